@@ -7,6 +7,8 @@
 use crate::hub::configuration::Configuration;
 use crate::hub::error::HubError;
 use async_trait::async_trait;
+
+pub mod embedded;
 use std::collections::BTreeMap;
 
 /// One page of a twin query.

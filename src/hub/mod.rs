@@ -1,10 +1,25 @@
 //! The embedded IoT hub: twins, the query language, automatic configurations,
-//! persistence and a simulated fleet. See the module docs of each part.
+//! persistence and a simulated fleet.
+//!
+//! - [`twin`] and [`device`]: the documents, stored flat, with IoT Hub's limits.
+//! - [`query`]: the query language, compiled once and evaluated per twin.
+//! - [`engine`]: the state and the incremental configuration engine.
+//! - [`store`]: SQLite persistence.
+//! - [`embedded`]: all of it behind one lock, as [`EmbeddedHub`].
+//! - [`fleet`]: simulated devices that react to desired properties.
 
+pub mod bitset;
 pub mod configuration;
+pub mod device;
+pub mod embedded;
+pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod path;
 pub mod query;
+pub mod store;
+pub mod twin;
 pub mod value;
 
+pub use embedded::{EmbeddedHub, HubOptions};
 pub use error::{ErrorCode, HubError};

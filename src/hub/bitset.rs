@@ -1,0 +1,84 @@
+//! A growable bit set over twin slots: the engine's per-configuration "targeted",
+//! "applied" and per-metric sets. Counting is a popcount, so gate counts cost nothing.
+
+/// A set of `u32` slot numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BitSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl BitSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn contains(&self, i: u32) -> bool {
+        let (w, b) = (i as usize / 64, i % 64);
+        self.words.get(w).is_some_and(|x| x & (1 << b) != 0)
+    }
+    /// Sets or clears bit `i`; returns true when it changed.
+    pub fn set(&mut self, i: u32, on: bool) -> bool {
+        let (w, b) = (i as usize / 64, i % 64);
+        if w >= self.words.len() {
+            if !on {
+                return false;
+            }
+            self.words.resize(w + 1, 0);
+        }
+        let before = self.words[w] & (1 << b) != 0;
+        if before == on {
+            return false;
+        }
+        if on {
+            self.words[w] |= 1 << b;
+            self.len += 1;
+        } else {
+            self.words[w] &= !(1 << b);
+            self.len -= 1;
+        }
+        true
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn clear(&mut self) {
+        self.words.clear();
+        self.len = 0;
+    }
+    /// The members in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                if w == 0 {
+                    return None;
+                }
+                let b = w.trailing_zeros();
+                w &= w - 1;
+                Some(wi as u32 * 64 + b)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_count_and_iterate() {
+        let mut s = BitSet::new();
+        assert!(s.set(3, true));
+        assert!(!s.set(3, true));
+        assert!(s.set(200, true));
+        assert!(!s.set(1000, false));
+        assert_eq!(s.len(), 2);
+        assert!(s.contains(200) && !s.contains(4));
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![3, 200]);
+        assert!(s.set(3, false));
+        assert_eq!(s.len(), 1);
+    }
+}

@@ -1,0 +1,245 @@
+//! Persistence: one SQLite file in WAL mode.
+//!
+//! Every acknowledged write has been committed first: the hub writes through to SQLite
+//! inside the same critical section that changes memory, and a cycle's writes go in one
+//! transaction. With `synchronous=FULL` (the default) a commit is on disk before the caller
+//! hears about it; `NORMAL` survives a killed process (the WAL is in the OS cache) but not a
+//! power cut, and is offered for benchmarks and throwaway hubs.
+//!
+//! The schema carries a version in `meta`; opening a file with a newer version is refused
+//! rather than guessed at.
+
+use super::configuration::Configuration;
+use super::device::Device;
+use super::engine::{Changes, HubState, Slot};
+use super::error::{ErrorCode, HubError, Result};
+use super::twin::{Section, Twin};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value, json};
+use std::path::Path;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How hard a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every commit: survives power loss.
+    #[default]
+    Full,
+    /// Survives a killed process, not a power cut.
+    Normal,
+}
+
+/// The SQLite store behind an embedded hub.
+pub struct Store {
+    conn: Connection,
+}
+
+fn db_err(e: rusqlite::Error) -> HubError {
+    HubError::new(ErrorCode::ServerError, format!("hub store: {e}"))
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        let conn = Connection::open(path).map_err(|e| {
+            HubError::new(
+                ErrorCode::ServerError,
+                format!("cannot open hub store {}: {e}", path.display()),
+            )
+        })?;
+        Self::init(conn, durability)
+    }
+
+    /// A store that lives in memory only (tests).
+    pub fn in_memory() -> Result<Store> {
+        Self::init(Connection::open_in_memory().map_err(db_err)?, Durability::Normal)
+    }
+
+    fn init(conn: Connection, durability: Durability) -> Result<Store> {
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync).map_err(db_err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, device TEXT NOT NULL, twin TEXT NOT NULL, owners TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, doc TEXT NOT NULL);",
+        )
+        .map_err(db_err)?;
+        let store = Store { conn };
+        match store.meta("schema_version")? {
+            None => store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
+            Some(v) => {
+                let v: i64 = v.parse().unwrap_or(i64::MAX);
+                if v > SCHEMA_VERSION {
+                    return Err(HubError::new(
+                        ErrorCode::ServerError,
+                        format!("hub store has schema version {v}; this ringmaster understands up to {SCHEMA_VERSION}: upgrade ringmaster"),
+                    ));
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// A value from the `meta` table (schema version, hub keys, counters).
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(db_err)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(db_err)
+    }
+
+    /// Loads every device and configuration into `state`.
+    pub fn load(&self, state: &mut HubState) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, device, twin, owners FROM devices ORDER BY rowid")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(db_err)?;
+        for row in rows {
+            let (id, device, twin, owners) = row.map_err(db_err)?;
+            let corrupt = |what: &str, e: String| {
+                HubError::new(ErrorCode::ServerError, format!("hub store: device '{id}': bad {what}: {e}"))
+            };
+            let device: Device = serde_json::from_str(&device).map_err(|e| corrupt("identity", e.to_string()))?;
+            let twin_doc: Value = serde_json::from_str(&twin).map_err(|e| corrupt("twin", e.to_string()))?;
+            let twin = twin_from_stored(&twin_doc).map_err(|e| corrupt("twin", e.message))?;
+            let owners: Vec<(String, String)> =
+                serde_json::from_str(&owners).map_err(|e| corrupt("owners", e.to_string()))?;
+            state.restore_device(Slot { device, twin, owners });
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, doc FROM configurations ORDER BY seq")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?;
+        for row in rows {
+            let (seq, doc) = row.map_err(db_err)?;
+            let config: Configuration = serde_json::from_str(&doc)
+                .map_err(|e| HubError::new(ErrorCode::ServerError, format!("hub store: bad configuration: {e}")))?;
+            state.restore_configuration(config, seq as u64)?;
+        }
+        if let Some(n) = self.meta("etag_counter")? {
+            state.restore_etag_counter(n.parse().unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// Writes what `changes` names, in one transaction.
+    pub fn save(&mut self, state: &HubState, changes: &Changes) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut put_dev = tx
+                .prepare_cached("INSERT INTO devices(id, device, twin, owners) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET device = excluded.device, twin = excluded.twin, owners = excluded.owners")
+                .map_err(db_err)?;
+            for id in &changes.devices {
+                if let Some(slot) = state.slot(id) {
+                    put_dev
+                        .execute(params![
+                            id,
+                            serde_json::to_string(&slot.device).expect("device serializes"),
+                            twin_to_stored(&slot.twin).to_string(),
+                            serde_json::to_string(&slot.owners).expect("owners serialize"),
+                        ])
+                        .map_err(db_err)?;
+                }
+            }
+            let mut del_dev = tx.prepare_cached("DELETE FROM devices WHERE id = ?1").map_err(db_err)?;
+            for id in &changes.deleted_devices {
+                del_dev.execute([id]).map_err(db_err)?;
+            }
+            let mut put_cfg = tx
+                .prepare_cached("INSERT INTO configurations(id, seq, doc) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc")
+                .map_err(db_err)?;
+            for id in &changes.configurations {
+                if let Some(cs) = state.configuration(id) {
+                    let mut c = cs.config.clone();
+                    // Counts are derived; they are recomputed when the hub opens.
+                    c.system_metrics.results.clear();
+                    c.metrics.results.clear();
+                    put_cfg
+                        .execute(params![id, cs.seq as i64, serde_json::to_string(&c).expect("configuration serializes")])
+                        .map_err(db_err)?;
+                }
+            }
+            let mut del_cfg = tx.prepare_cached("DELETE FROM configurations WHERE id = ?1").map_err(db_err)?;
+            for id in &changes.deleted_configurations {
+                del_cfg.execute([id]).map_err(db_err)?;
+            }
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('etag_counter', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [state.etag_counter().to_string()],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+}
+
+fn twin_to_stored(t: &Twin) -> Value {
+    json!({
+        "tags": t.section(Section::Tags),
+        "desired": t.section(Section::Desired),
+        "reported": t.section(Section::Reported),
+        "configurations": t.section(Section::Configurations),
+        "version": t.version,
+        "desiredVersion": t.desired_version,
+        "reportedVersion": t.reported_version,
+        "desiredUpdated": t.desired_updated.to_string(),
+        "reportedUpdated": t.reported_updated.to_string(),
+        "etag": t.etag_counter,
+    })
+}
+
+fn twin_from_stored(v: &Value) -> Result<Twin> {
+    let ts = |k: &str| -> Result<jiff::Timestamp> {
+        v[k].as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| HubError::new(ErrorCode::ServerError, format!("missing {k}")))
+    };
+    let mut t = Twin::new(ts("desiredUpdated")?);
+    t.reported_updated = ts("reportedUpdated")?;
+    t.version = v["version"].as_i64().unwrap_or(1);
+    t.desired_version = v["desiredVersion"].as_i64().unwrap_or(1);
+    t.reported_version = v["reportedVersion"].as_i64().unwrap_or(1);
+    t.etag_counter = v["etag"].as_u64().unwrap_or(1);
+    let empty = Map::new();
+    for (s, k) in [
+        (Section::Tags, "tags"),
+        (Section::Desired, "desired"),
+        (Section::Reported, "reported"),
+        (Section::Configurations, "configurations"),
+    ] {
+        t.set_section(s, v[k].as_object().unwrap_or(&empty))?;
+    }
+    Ok(t)
+}

@@ -1,1 +1,38 @@
-fn main() {}
+//! The `ringmaster` command line.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ringmaster", version, about = "Declarative phased rollouts of IoT Hub automatic device configurations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The embedded IoT hub.
+    #[command(subcommand)]
+    Hub(HubCommand),
+}
+
+#[derive(Subcommand)]
+enum HubCommand {
+    /// Measure the embedded hub's engine against SQLite on generated twins and print figures.
+    Bench(ringmaster::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hub(HubCommand::Bench(args)) => ringmaster::bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

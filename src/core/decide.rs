@@ -1189,3 +1189,7 @@ impl<'a> Run<'a> {
 fn paths_overlap(a: &str, b: &str) -> bool {
     a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
 }
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

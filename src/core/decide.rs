@@ -627,10 +627,10 @@ impl<'a> Run<'a> {
             if matches!(state, RingState::Applying | RingState::Baking | RingState::Analyzing | RingState::Failed) {
                 self.observe_numbers(i, &n);
             }
-            if self.requests.abort && cur.is_some() && hub_ring.is_some() {
+            if let (true, Some(c), Some(_)) = (self.requests.abort, cur, hub_ring) {
                 self.requests.abort = false;
                 self.history("Abort", Some(i), Some(&n), "aborted by operator".into());
-                let step = self.rollback(cur.expect("checked"), "aborted by operator".into());
+                let step = self.rollback(c, "aborted by operator".into());
                 if let Step::Wait(d) = step {
                     self.wait(d);
                 }

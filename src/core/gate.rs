@@ -234,12 +234,8 @@ const VARIABLES: [&str; 3] = ["targeted", "applied", "metrics"];
 
 fn walk(e: &IdedExpr, metrics: &BTreeSet<String>, scope: &mut Vec<String>, out: &mut Vec<String>) {
     match &e.expr {
-        Expr::Ident(name) => {
-            if !VARIABLES.contains(&name.as_str()) && !scope.contains(name) {
-                out.push(format!(
-                    "unknown variable `{name}`; conditions can use targeted, applied and metrics.<name>"
-                ));
-            }
+        Expr::Ident(name) if !VARIABLES.contains(&name.as_str()) && !scope.contains(name) => {
+            out.push(format!("unknown variable `{name}`; conditions can use targeted, applied and metrics.<name>"));
         }
         Expr::Select(sel) => {
             if let Expr::Ident(root) = &sel.operand.expr

@@ -110,7 +110,7 @@ impl Plan {
     /// What the configuration targets once widened to ring `i` (clamped to the last ring).
     pub fn target(&self, i: usize) -> Cond {
         let upto = &self.rings[..=i.min(self.last_ring())];
-        if upto.iter().any(|r| *r == Cond::All) {
+        if upto.contains(&Cond::All) {
             return self.base.clone();
         }
         let rings = if upto.len() == 1 {

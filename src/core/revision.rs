@@ -230,8 +230,10 @@ mod tests {
 
     #[test]
     fn labels_round_trip() {
-        let mut c = Configuration::default();
-        c.labels = labels("fleet", "chiller-fw", "3f9a2c1d", 2, ConfigState::Held);
+        let c = Configuration {
+            labels: labels("fleet", "chiller-fw", "3f9a2c1d", 2, ConfigState::Held),
+            ..Default::default()
+        };
         assert!(belongs_to(&c, "fleet", "chiller-fw"));
         assert!(!belongs_to(&c, "fleet", "chiller"));
         assert_eq!(

@@ -40,7 +40,8 @@ pub use ast::{Expr, Select};
 /// IoT Hub's limit on the length of a query or target condition, in characters.
 pub const MAX_QUERY_CHARS: usize = 8192;
 
-/// How deep parentheses, `NOT`, unary `-` and function calls may nest.
+/// How deep an expression may nest: open parentheses, calls, `NOT` and unary `-` as
+/// written, and the levels of the tree they parse into.
 pub const MAX_DEPTH: usize = 200;
 
 /// A syntax or semantic error in a query, with the 1-based column where it was found.

@@ -1,6 +1,8 @@
 //! The parser: tokens to a syntax tree, with errors that say what was expected and found.
 //!
-//! Recursive descent, loosest binding first, as SQL binds:
+//! Statements by recursive descent; expressions by operator precedence with explicit
+//! stacks (so nesting costs heap, not stack). The grammar, loosest binding first, as SQL
+//! binds:
 //!
 //! ```text
 //! or      := and (OR and)*
@@ -14,9 +16,11 @@
 //! name    := identifier that is not a keyword | [[any name]]
 //! ```
 //!
-//! Comparisons do not chain (`a = b = c` is an error asking for parentheses). Nesting
-//! (parentheses, `NOT`, unary `-`, function calls) is capped at [`MAX_DEPTH`], so no input
-//! can exhaust the stack here or in any later walk of the tree.
+//! Comparisons do not chain (`a = b = c` is an error asking for parentheses). The parser
+//! itself does not recurse. Two things are capped at [`MAX_DEPTH`]: the written nesting
+//! (open parentheses, calls, `NOT` and unary `-`) and the depth of the resulting tree,
+//! so no input can exhaust the stack in a later walk of the tree (evaluating, printing,
+//! dropping).
 
 use super::ast::{
     AddOp, AggFunc, CmpOp, Const, Expr, Func, MulOp, Path, Projection, Select, SelectItem, is_keyword,
@@ -58,7 +62,7 @@ pub(crate) fn parse_condition(text: &str) -> Result<Expr> {
                 .into(),
         ));
     }
-    let e = p.or()?;
+    let e = p.expr()?;
     if !p.at(&Tok::End) {
         return Err(p.expected("an operator, AND, OR or the end of the condition", false));
     }
@@ -112,7 +116,7 @@ pub(crate) fn parse_select(text: &str) -> Result<Parsed> {
     if p.is_kw(0, "WHERE") {
         p.bump();
         let start = p.tok(0).start;
-        filter = Some(p.or()?);
+        filter = Some(p.expr()?);
         span = Some((start, p.toks[p.pos - 1].end));
     }
     let mut group_by = Vec::new();
@@ -214,12 +218,11 @@ impl<'t> Parser<'t> {
         e
     }
 
+    /// Counts one level of recursion (an expression, or a function's arguments).
     fn enter(&mut self) -> Result<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(self.error_here(format!(
-                "the expression nests deeper than {MAX_DEPTH} levels (parentheses, NOT, '-' and function calls)"
-            )));
+            return Err(self.too_deep());
         }
         Ok(())
     }
@@ -314,45 +317,238 @@ impl<'t> Parser<'t> {
 
     // --- expressions -------------------------------------------------------------------
 
-    fn or(&mut self) -> Result<Expr> {
+    /// One expression, by operator precedence with explicit stacks: parentheses, calls,
+    /// `NOT` and unary `-` push markers instead of recursing.
+    fn expr(&mut self) -> Result<Expr> {
         self.enter()?;
-        let first = self.and()?;
-        let e = if self.is_kw(0, "OR") {
-            let mut items = vec![first];
-            while self.is_kw(0, "OR") {
+        let mut ops: Vec<Op> = Vec::new();
+        let mut vals = Vals::default();
+        // Open parentheses and calls, NOTs and minus signs on `ops`: they count toward
+        // MAX_DEPTH.
+        let mut nest = 0;
+        let mut want_operand = true;
+        loop {
+            if want_operand {
+                let col = self.tok(0).col;
+                let prefix = if self.is_kw(0, "NOT") {
+                    // SQL reads `a = NOT b` as an error, not `a = (NOT b)`.
+                    if !matches!(
+                        ops.last(),
+                        None | Some(Op::Paren(_) | Op::Call(..) | Op::Not | Op::And(_) | Op::Or(_))
+                    ) {
+                        return Err(self.expected("a value", true));
+                    }
+                    Op::Not
+                } else if self.at(&Tok::LParen) {
+                    Op::Paren(col)
+                } else if let Tok::Word(w) = &self.tok(0).tok
+                    && !is_keyword(w)
+                    && self.tok(1).tok == Tok::LParen
+                {
+                    let Some(func) = Func::from_name(w) else {
+                        return Err(QueryError { column: col, message: unknown_function(w) });
+                    };
+                    self.bump();
+                    if self.tok(1).tok == Tok::RParen {
+                        // No arguments.
+                        self.bump();
+                        self.bump();
+                        vals.push(call(func, Vec::new(), col)?, 1);
+                        want_operand = false;
+                        continue;
+                    }
+                    Op::Call(func, col, 0)
+                } else if self.at(&Tok::Minus) {
+                    if let Tok::Number(n) = &self.tok(1).tok {
+                        let c = number(n, true).map_err(|m| self.error_here(m))?;
+                        self.bump();
+                        self.bump();
+                        vals.push(Expr::Const(c), 1);
+                        want_operand = false;
+                        continue;
+                    }
+                    Op::Neg
+                } else {
+                    let e = self.primary()?;
+                    vals.push(e, 1);
+                    want_operand = false;
+                    continue;
+                };
+                nest += 1;
+                if self.depth + nest > MAX_DEPTH {
+                    return Err(self.too_deep());
+                }
                 self.bump();
-                items.push(self.and()?);
+                ops.push(prefix);
+                continue;
             }
-            Expr::Or(items)
-        } else {
-            first
-        };
+            // Operator position.
+            let (prec, op) = if self.is_kw(0, "OR") {
+                (prec::OR, Op::Or(1))
+            } else if self.is_kw(0, "AND") {
+                (prec::AND, Op::And(1))
+            } else if let Some(op) = self.cmp_op() {
+                (prec::CMP, Op::Cmp(op))
+            } else if let Some((negated, n)) = self.in_op() {
+                (prec::CMP, Op::In(Vec::new(), negated, n))
+            } else if let Some(op) = match self.tok(0).tok {
+                Tok::Plus => Some(AddOp::Add),
+                Tok::Minus => Some(AddOp::Sub),
+                _ => None,
+            } {
+                (prec::SUM, Op::Sum(vec![op]))
+            } else if let Some(op) = match self.tok(0).tok {
+                Tok::Star => Some(MulOp::Mul),
+                Tok::Slash => Some(MulOp::Div),
+                Tok::Percent => Some(MulOp::Rem),
+                _ => None,
+            } {
+                (prec::PRODUCT, Op::Product(vec![op]))
+            } else if self.at(&Tok::RParen) || self.at(&Tok::Comma) {
+                // Close the innermost parenthesis or call, or take the next argument.
+                let Some(at) = ops.iter().rposition(|o| matches!(o, Op::Paren(_) | Op::Call(..))) else {
+                    break;
+                };
+                while ops.len() > at + 1 {
+                    self.reduce(&mut ops, &mut vals, &mut nest)?;
+                }
+                match (&mut ops[at], self.at(&Tok::Comma)) {
+                    (Op::Paren(_), true) => break,
+                    (Op::Call(_, _, args), true) => {
+                        *args += 1;
+                        want_operand = true;
+                    }
+                    (Op::Paren(_), false) => {
+                        ops.pop();
+                        nest -= 1;
+                    }
+                    (Op::Call(func, col, args), false) => {
+                        let (func, col, n) = (*func, *col, *args + 1);
+                        ops.pop();
+                        nest -= 1;
+                        let (args, depth) = vals.take(n);
+                        vals.push(call(func, args, col)?, depth + 1);
+                        self.check_depth(depth + 1)?;
+                    }
+                    _ => unreachable!("rposition found a parenthesis or a call"),
+                }
+                self.bump();
+                continue;
+            } else {
+                break;
+            };
+            while ops.last().is_some_and(|o| o.prec() > prec) {
+                self.reduce(&mut ops, &mut vals, &mut nest)?;
+            }
+            match (ops.last_mut(), op) {
+                (Some(Op::Cmp(_) | Op::In(..)), Op::Cmp(_) | Op::In(..)) => {
+                    return Err(self.error_here(format!(
+                        "comparisons cannot be chained: found {} after a comparison; add parentheses, \
+                         like (a = b) = c",
+                        describe(&self.tok(0).tok)
+                    )));
+                }
+                (Some(Op::Or(n)), Op::Or(_)) | (Some(Op::And(n)), Op::And(_)) => {
+                    *n += 1;
+                    self.bump();
+                }
+                (Some(Op::Sum(list)), Op::Sum(new)) => {
+                    list.extend(new);
+                    self.bump();
+                }
+                (Some(Op::Product(list)), Op::Product(new)) => {
+                    list.extend(new);
+                    self.bump();
+                }
+                (_, Op::In(_, negated, n)) => {
+                    for _ in 0..n {
+                        self.bump();
+                    }
+                    if !self.at(&Tok::LBracket) {
+                        return Err(self.expected("an array constant like ['a', 'b']", true));
+                    }
+                    ops.push(Op::In(self.array()?, negated, n));
+                    continue;
+                }
+                (_, op) => {
+                    self.bump();
+                    ops.push(op);
+                }
+            }
+            want_operand = true;
+        }
+        while let Some(op) = ops.last() {
+            match op {
+                Op::Paren(col) => {
+                    return Err(self.expected(&format!("')' to close the '(' at column {col}"), false));
+                }
+                Op::Call(func, ..) => {
+                    return Err(self.expected(&format!("',' or ')' in the arguments of {}", func.name()), false));
+                }
+                _ => self.reduce(&mut ops, &mut vals, &mut nest)?,
+            }
+        }
         self.leave();
-        Ok(e)
+        Ok(vals.exprs.pop().expect("an expression leaves one value"))
     }
 
-    fn and(&mut self) -> Result<Expr> {
-        let first = self.not()?;
-        if !self.is_kw(0, "AND") {
-            return Ok(first);
-        }
-        let mut items = vec![first];
-        while self.is_kw(0, "AND") {
-            self.bump();
-            items.push(self.not()?);
-        }
-        Ok(Expr::And(items))
+    /// Pops the top operator and its operands, pushes the node they make.
+    fn reduce(&self, ops: &mut Vec<Op>, vals: &mut Vals, nest: &mut usize) -> Result<()> {
+        let op = ops.pop().expect("reduce() needs an operator");
+        let (e, depth) = match op {
+            Op::Paren(_) | Op::Call(..) => unreachable!("parentheses and calls are closed, not reduced"),
+            Op::Not | Op::Neg => {
+                *nest -= 1;
+                let (mut x, d) = vals.take(1);
+                let x = Box::new(x.pop().expect("one operand"));
+                (if matches!(op, Op::Not) { Expr::Not(x) } else { Expr::Neg(x) }, d)
+            }
+            Op::Or(n) => {
+                let (xs, d) = vals.take(n + 1);
+                (Expr::Or(xs), d)
+            }
+            Op::And(n) => {
+                let (xs, d) = vals.take(n + 1);
+                (Expr::And(xs), d)
+            }
+            Op::Cmp(c) => {
+                let (mut two, d) = vals.take(2);
+                let r = two.pop().expect("two operands");
+                let l = two.pop().expect("two operands");
+                (Expr::Compare(c, Box::new(l), Box::new(r)), d)
+            }
+            Op::In(list, negated, _) => {
+                let (mut x, d) = vals.take(1);
+                let x = Box::new(x.pop().expect("one operand"));
+                (Expr::In { expr: x, list, negated }, d)
+            }
+            Op::Sum(list) => {
+                let (xs, d) = vals.take(list.len() + 1);
+                let mut xs = xs.into_iter();
+                let first = xs.next().expect("operands");
+                (Expr::Sum(Box::new(first), list.into_iter().zip(xs).collect()), d)
+            }
+            Op::Product(list) => {
+                let (xs, d) = vals.take(list.len() + 1);
+                let mut xs = xs.into_iter();
+                let first = xs.next().expect("operands");
+                (Expr::Product(Box::new(first), list.into_iter().zip(xs).collect()), d)
+            }
+        };
+        vals.push(e, depth + 1);
+        self.check_depth(depth + 1)
     }
 
-    fn not(&mut self) -> Result<Expr> {
-        if self.is_kw(0, "NOT") {
-            self.bump();
-            self.enter()?;
-            let e = self.not()?;
-            self.leave();
-            return Ok(Expr::Not(Box::new(e)));
-        }
-        self.cmp()
+    /// Refuses a tree deeper than [`MAX_DEPTH`]: every later walk of it recurses.
+    fn check_depth(&self, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH { Err(self.too_deep()) } else { Ok(()) }
+    }
+
+    #[cold]
+    fn too_deep(&self) -> QueryError {
+        self.error_here(format!(
+            "the expression nests deeper than {MAX_DEPTH} levels (of parentheses, operators and function calls)"
+        ))
     }
 
     fn cmp_op(&self) -> Option<CmpOp> {
@@ -380,81 +576,7 @@ impl<'t> Parser<'t> {
         }
     }
 
-    fn cmp(&mut self) -> Result<Expr> {
-        let left = self.sum()?;
-        let e = if let Some(op) = self.cmp_op() {
-            self.bump();
-            let right = self.sum()?;
-            Expr::Compare(op, Box::new(left), Box::new(right))
-        } else if let Some((negated, n)) = self.in_op() {
-            for _ in 0..n {
-                self.bump();
-            }
-            if !self.at(&Tok::LBracket) {
-                return Err(self.expected("an array constant like ['a', 'b']", true));
-            }
-            let list = self.array()?;
-            Expr::In { expr: Box::new(left), list, negated }
-        } else {
-            return Ok(left);
-        };
-        if self.cmp_op().is_some() || self.in_op().is_some() {
-            return Err(self.error_here(format!(
-                "comparisons cannot be chained: found {} after a comparison; add parentheses, \
-                 like (a = b) = c",
-                describe(&self.tok(0).tok)
-            )));
-        }
-        Ok(e)
-    }
-
-    fn sum(&mut self) -> Result<Expr> {
-        let first = self.product()?;
-        let mut rest = Vec::new();
-        loop {
-            let op = match self.tok(0).tok {
-                Tok::Plus => AddOp::Add,
-                Tok::Minus => AddOp::Sub,
-                _ => break,
-            };
-            self.bump();
-            rest.push((op, self.product()?));
-        }
-        Ok(if rest.is_empty() { first } else { Expr::Sum(Box::new(first), rest) })
-    }
-
-    fn product(&mut self) -> Result<Expr> {
-        let first = self.unary()?;
-        let mut rest = Vec::new();
-        loop {
-            let op = match self.tok(0).tok {
-                Tok::Star => MulOp::Mul,
-                Tok::Slash => MulOp::Div,
-                Tok::Percent => MulOp::Rem,
-                _ => break,
-            };
-            self.bump();
-            rest.push((op, self.unary()?));
-        }
-        Ok(if rest.is_empty() { first } else { Expr::Product(Box::new(first), rest) })
-    }
-
-    fn unary(&mut self) -> Result<Expr> {
-        if !self.at(&Tok::Minus) {
-            return self.primary();
-        }
-        self.bump();
-        if let Tok::Number(n) = &self.tok(0).tok {
-            let c = number(n, true).map_err(|m| self.error_here(m))?;
-            self.bump();
-            return Ok(Expr::Const(c));
-        }
-        self.enter()?;
-        let e = self.unary()?;
-        self.leave();
-        Ok(Expr::Neg(Box::new(e)))
-    }
-
+    /// A constant, an array constant or a path.
     fn primary(&mut self) -> Result<Expr> {
         let tok = self.tok(0).tok.clone();
         match tok {
@@ -468,19 +590,6 @@ impl<'t> Parser<'t> {
                 Ok(Expr::Const(Const::Str(s)))
             }
             Tok::LBracket => Ok(Expr::Array(self.array()?)),
-            Tok::LParen => {
-                let open = self.bump();
-                let e = self.or()?;
-                if !self.at(&Tok::RParen) {
-                    return Err(self.expected(
-                        &format!("')' to close the '(' at column {}", open.col),
-                        false,
-                    ));
-                }
-                self.bump();
-                Ok(e)
-            }
-            Tok::Word(w) if self.tok(1).tok == Tok::LParen => self.call(&w),
             Tok::Word(w) if is_value_keyword(&w) => {
                 self.bump();
                 Ok(Expr::Const(value_keyword(&w)))
@@ -492,42 +601,6 @@ impl<'t> Parser<'t> {
                 true,
             )),
         }
-    }
-
-    fn call(&mut self, name: &str) -> Result<Expr> {
-        let col = self.tok(0).col;
-        let Some(func) = Func::from_name(name) else {
-            return Err(QueryError { column: col, message: unknown_function(name) });
-        };
-        self.bump();
-        self.bump();
-        self.enter()?;
-        let mut args = Vec::new();
-        if !self.at(&Tok::RParen) {
-            args.push(self.or()?);
-            while self.at(&Tok::Comma) {
-                self.bump();
-                args.push(self.or()?);
-            }
-            if !self.at(&Tok::RParen) {
-                return Err(self.expected(&format!("',' or ')' in the arguments of {}", func.name()), false));
-            }
-        }
-        self.bump();
-        self.leave();
-        if args.len() != func.arity() {
-            let plural = if func.arity() == 1 { "argument" } else { "arguments" };
-            return Err(QueryError {
-                column: col,
-                message: format!(
-                    "{} takes {} {plural}, found {}",
-                    func.name(),
-                    func.arity(),
-                    args.len()
-                ),
-            });
-        }
-        Ok(Expr::Call(func, args))
     }
 
     /// An array constant: `[` constants separated by `,` `]`.
@@ -610,6 +683,83 @@ impl<'t> Parser<'t> {
         }
         Ok(Path(names))
     }
+}
+
+/// Binding strength, loosest first (as in SQL).
+mod prec {
+    pub const OR: u8 = 1;
+    pub const AND: u8 = 2;
+    pub const NOT: u8 = 3;
+    pub const CMP: u8 = 4;
+    pub const SUM: u8 = 5;
+    pub const PRODUCT: u8 = 6;
+    pub const NEG: u8 = 7;
+}
+
+/// A pending operator on the parser's stack. n-ary operators collect their operators
+/// as they come, so a chain becomes one node.
+enum Op {
+    /// An open parenthesis, with its column.
+    Paren(usize),
+    /// An open function call, with its column and how many arguments are complete.
+    Call(Func, usize, usize),
+    Not,
+    Neg,
+    /// With the number of `OR`s so far (operands: one more).
+    Or(usize),
+    And(usize),
+    Cmp(CmpOp),
+    /// The array, whether negated, and how many tokens the operator took.
+    In(Vec<Const>, bool, usize),
+    Sum(Vec<AddOp>),
+    Product(Vec<MulOp>),
+}
+
+impl Op {
+    fn prec(&self) -> u8 {
+        match self {
+            Op::Paren(_) | Op::Call(..) => 0,
+            Op::Or(_) => prec::OR,
+            Op::And(_) => prec::AND,
+            Op::Not => prec::NOT,
+            Op::Cmp(_) | Op::In(..) => prec::CMP,
+            Op::Sum(_) => prec::SUM,
+            Op::Product(_) => prec::PRODUCT,
+            Op::Neg => prec::NEG,
+        }
+    }
+}
+
+/// The operand stack: finished subexpressions and how deep each is.
+#[derive(Default)]
+struct Vals {
+    exprs: Vec<Expr>,
+    depths: Vec<usize>,
+}
+
+impl Vals {
+    fn push(&mut self, e: Expr, depth: usize) {
+        self.exprs.push(e);
+        self.depths.push(depth);
+    }
+    /// The top `n` operands, in order, and the greatest depth among them.
+    fn take(&mut self, n: usize) -> (Vec<Expr>, usize) {
+        let at = self.exprs.len() - n;
+        let depth = self.depths.drain(at..).max().unwrap_or(0);
+        (self.exprs.split_off(at), depth)
+    }
+}
+
+/// A call node, once its arguments are known.
+fn call(func: Func, args: Vec<Expr>, col: usize) -> Result<Expr> {
+    if args.len() != func.arity() {
+        let plural = if func.arity() == 1 { "argument" } else { "arguments" };
+        return Err(QueryError {
+            column: col,
+            message: format!("{} takes {} {plural}, found {}", func.name(), func.arity(), args.len()),
+        });
+    }
+    Ok(Expr::Call(func, args))
 }
 
 fn is_value_keyword(w: &str) -> bool {

@@ -421,6 +421,12 @@ fn deep_nesting_is_an_error_not_a_crash() {
     assert!(Condition::parse(&deep("IS_DEFINED(", ")", 1000)).is_err());
     assert!(Condition::parse(&deep("[", "]", 3000)).is_err());
     assert!(Query::parse(&format!("SELECT * FROM devices WHERE {}", deep("(", ")", 3000))).is_err());
+    // The tree's depth counts too, not only what is written nested.
+    let layered = |n: usize| format!("{}1{}", "x OR x AND x = x + x * (".repeat(n), ")".repeat(n));
+    assert!(Condition::parse(&layered(39)).is_ok());
+    let e = Condition::parse(&layered(41)).unwrap_err();
+    assert!(e.message.contains("nests deeper than 200 levels"), "{e}");
+    assert_eq!(err(&deep("(", ")", 201)), "column 200: the expression nests deeper than 200 levels (of parentheses, operators and function calls)");
     // Long flat chains are fine: they do not nest.
     let chain = vec!["tags.ring = 'a'"; 400].join(" OR ");
     assert!(Condition::parse(&chain).is_ok());
@@ -716,4 +722,34 @@ fn query_aliases_and_printing() {
         "SELECT TOP 5 tags.[[odd name]] AS [[Odd Alias]], COUNT() AS n, SUM(x) AS s FROM devices WHERE x > 1 GROUP BY tags.[[odd name]]"
     );
     assert_eq!(run(&q, &[json!({"x": 2, "tags": {"odd name": "v"}})]), vec![json!({"n": 1, "s": 2, "Odd Alias": "v"})]);
+}
+
+#[test]
+fn the_deepest_accepted_expressions_fit_a_small_stack() {
+    // Evaluation, printing, cloning and dropping recurse over the tree; the cap on its
+    // depth keeps them within 1 MiB even in a debug build (tokio workers have 2 MiB).
+    std::thread::Builder::new()
+        .stack_size(1024 * 1024)
+        .spawn(|| {
+            let n = MAX_DEPTH - 1;
+            let texts = [
+                format!("{}1{}", "x OR x AND x = x + x * (".repeat(39), ")".repeat(39)),
+                format!("{}1{}", "LOWER(".repeat(n), ")".repeat(n)),
+                format!("{}true", "NOT ".repeat(n)),
+                format!("{}1{}", "-(".repeat(n / 2), ")".repeat(n / 2)),
+            ];
+            let t = json!({"x": 1});
+            for text in texts {
+                let c = Condition::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+                let _ = c.matches(&JsonRow(&t));
+                let _ = c.paths();
+                let printed = c.expr().unwrap().to_string();
+                assert_eq!(super::parser::parse_condition(&printed).as_ref(), Ok(c.expr().unwrap()));
+                let q = Query::parse(&format!("SELECT * FROM devices WHERE {text}")).unwrap();
+                drop((c.clone(), q.clone()));
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }

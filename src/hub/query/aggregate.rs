@@ -183,7 +183,7 @@ impl Plan {
     }
 
     /// Runs the plan over rows that already passed the WHERE condition.
-    pub(crate) fn run<'a>(&self, rows: &mut dyn Iterator<Item = &'a dyn Row>) -> Vec<Value> {
+    pub(crate) fn run(&self, rows: &mut dyn Iterator<Item = &dyn Row>) -> Vec<Value> {
         let mut groups: Vec<Group> = Vec::new();
         let mut index: HashMap<Vec<Key>, usize> = HashMap::new();
         if self.group_by.is_empty() {

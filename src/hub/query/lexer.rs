@@ -430,7 +430,7 @@ mod tests {
         assert!(e.message.contains("invalid escape '\\q'"), "{e}");
         let e = lex("x = 1.").unwrap_err();
         assert_eq!(e.to_string(), "column 5: invalid number '1.' (expected digits like 12, -3, 1.5, 2e10 or hex like 0x1F)");
-        assert_eq!(lex("x = 12ab").unwrap_err().message.contains("'12ab'"), true);
+        assert!(lex("x = 12ab").unwrap_err().message.contains("'12ab'"));
         assert_eq!(lex("x = 0x").unwrap_err().column, 5);
         assert_eq!(lex("x # 1").unwrap_err().to_string(), "column 3: unexpected character '#'");
         assert_eq!(lex("tags.[[abc").unwrap_err().column, 6);

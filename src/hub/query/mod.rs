@@ -3,13 +3,14 @@
 //! CONTRACT (used by the engine, the REST layer and the decision core; keep these
 //! signatures): [`Condition`] is a compiled bare predicate (a configuration's target
 //! condition, `*` for every device); [`Query`] is a compiled `SELECT ... FROM devices ...`.
-//! Evaluation runs against any [`Row`](crate::hub::value::Row).
+//! Evaluation runs against any [`Row`].
 //!
-//! The parts, in the order text flows through them: [`lexer`](self) (text → tokens with
-//! columns), `parser` (tokens → [`ast`]), `eval` (tree → compiled nodes over interned
-//! [`PathId`]s, and their three-valued evaluation) and `aggregate` (`COUNT()` and
-//! `GROUP BY`). Each file's header says what it decided where IoT Hub's documentation is
-//! silent; `eval` holds the semantics of undefined values and comparisons.
+//! The parts, in the order text flows through them: `lexer.rs` (text → tokens with
+//! columns), `parser.rs` (tokens → [`ast`], no recursion), `eval.rs` (tree → compiled
+//! nodes over interned [`PathId`]s, and their three-valued evaluation) and `aggregate.rs`
+//! (`COUNT()`, `SUM/AVG/MIN/MAX` and `GROUP BY`). Each file's header says what it decided
+//! where IoT Hub's documentation is silent: `eval.rs` holds the semantics of undefined
+//! values and comparisons, `aggregate.rs` the shape of grouped output.
 //!
 //! What the language accepts, in short: keywords and property names in any case (names
 //! are looked up lowercase; values compare case-sensitively, except
@@ -205,6 +206,7 @@ impl Query {
     /// Runs an aggregate query over the rows that match the condition (the caller filters).
     /// Applies `TOP`. See the `aggregate` module for the output shape; a non-aggregate
     /// query gives the projection of every row.
+    #[allow(clippy::needless_lifetimes)] // the contract's signature, kept as written
     pub fn aggregate<'a>(&self, rows: &mut dyn Iterator<Item = &'a dyn Row>) -> Vec<serde_json::Value> {
         match &self.shape {
             Shape::Aggregate(plan) => plan.run(rows),

@@ -809,10 +809,11 @@ pub(crate) fn number(text: &str, negative: bool) -> std::result::Result<Const, S
         });
     }
     let is_int = !text.contains(['.', 'e', 'E']);
-    if is_int && let Ok(v) = text.parse::<i128>() {
-        if let Ok(i) = i64::try_from(v * sign) {
-            return Ok(Const::Int(i));
-        }
+    if is_int
+        && let Ok(v) = text.parse::<i128>()
+        && let Ok(i) = i64::try_from(v * sign)
+    {
+        return Ok(Const::Int(i));
     }
     match shown.parse::<f64>() {
         Ok(f) if f.is_finite() => Ok(Const::Float(f)),

@@ -753,3 +753,28 @@ fn the_deepest_accepted_expressions_fit_a_small_stack() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn compiled_forms_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<Condition>();
+    shareable::<Query>();
+    shareable::<QueryError>();
+}
+
+#[test]
+fn odd_inputs() {
+    assert_eq!(qerr("SELECT * FROM devices WHERE *"), "column 29: expected a value after 'WHERE', found '*'");
+    assert_eq!(err("* AND tags.a = 1"), "column 1: expected a condition, found '*'");
+    assert_eq!(err("IS_DEFINED(a,)"), "column 14: expected a value after ',', found ')'");
+    assert_eq!(err("IS_DEFINED((a, b))"), "column 14: expected ')' to close the '(' at column 12, found ','");
+    assert_eq!(err("IS_DEFINED(a"), "column 13: expected ',' or ')' in the arguments of IS_DEFINED, found the end of the query");
+    assert_eq!(err("tags.a NOT = 1"), "column 8: expected an operator, AND, OR or the end of the condition, found keyword NOT");
+    assert_eq!(err("()"), "column 2: expected a value after '(', found ')'");
+    assert_eq!(err("tags.a = 1,"), "column 11: expected an operator, AND, OR or the end of the condition, found ','");
+    assert!(matches("NOT(tags.a = 2) AND (((tags.a)) = 1)", &json!({"tags": {"a": 1}})));
+    assert!(matches("tags.a IN [1] AND NOT tags.a IN [2] AND tags.a NOT IN [3]", &json!({"tags": {"a": 1}})));
+    assert!(matches("tags.list = tags.list OR true", &json!({"tags": {"list": [1]}})));
+    // Whitespace of any kind between tokens.
+    assert!(matches("tags.a\n=\t1\r\nAND\u{a0}true", &json!({"tags": {"a": 1}})));
+}

@@ -283,6 +283,28 @@ mod tests {
     }
 
     #[test]
+    fn every_generated_condition_and_query_parses() {
+        use crate::hub::query::{Condition, Query};
+        let p = Plan::new(&rollout("tags.env='prod'", &["tags.ring='canary'", "tags.ring='early'", "*"]));
+        let ids = vec!["fleet_a_01234567".to_string(), "baseline".to_string()];
+        let mut conds = vec![NO_DEVICE_TARGET.to_string()];
+        for i in 0..3 {
+            conds.push(p.target(i).text().to_string());
+        }
+        let fresh = p.new_devices(Some(0), 1).unwrap();
+        conds.push(fresh.text().to_string());
+        conds.push(fresh.and_not(&any_configuration(&ids).unwrap()).unwrap().text().to_string());
+        conds.push(applied_any(&ids).unwrap().and_not(&any_configuration(&ids).unwrap()).unwrap().text().to_string());
+        for c in &conds {
+            Condition::parse(c).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+        for q in p.metric_queries(&p.id).values() {
+            Query::parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        }
+        Query::parse(&metric_query(&p.id, "*")).unwrap();
+    }
+
+    #[test]
     fn star_base_target_means_the_rings_alone() {
         let p = Plan::new(&rollout("*", &["tags.ring='canary'", "*"]));
         assert_eq!(p.target(0).text(), "tags.ring='canary'");

@@ -753,7 +753,9 @@ impl<'a> Run<'a> {
         let Some(new_devices) = self.plan.new_devices(hub_ring, next) else {
             return proceed(self, promote);
         };
-        let covering = self.covering_ids(cur.map(|c| c.config), stable);
+        // The stable revision covers too (it is ours, so covering_ids leaves it out).
+        let mut covering: Vec<String> = stable.map(|s| s.config.id.clone()).into_iter().collect();
+        covering.extend(self.covering_ids(cur.and_then(|c| c.config.created_time_utc)));
         let condition = match plan::any_configuration(&covering) {
             Some(covered) => match new_devices.and_not(&covered) {
                 Some(c) => c,
@@ -798,21 +800,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Configurations that would take a device back if this rollout let go of it: the
-    /// stable revision, and any other configuration of lower priority (or equal priority
-    /// and created earlier) that writes one of the same paths.
-    fn covering_ids(&self, cur: Option<&Configuration>, stable: Option<Ours<'a>>) -> Vec<String> {
+    /// Configurations that would take a device back if this rollout let go of it: other
+    /// owners' configurations of lower priority (or equal priority and created before
+    /// `created`) that write one of the same paths.
+    fn covering_ids(&self, created: Option<Timestamp>) -> Vec<String> {
         let our_paths: Vec<&String> = self.plan.content.device_content.iter().flat_map(|m| m.keys()).collect();
-        let cur_created = cur.and_then(|c| c.created_time_utc);
-        let mut ids: Vec<String> = self
-            .obs
+        self.obs
             .configurations
             .iter()
             .filter(|c| !belongs_to(c, &self.plan.namespace, &self.plan.name))
             .filter(|c| {
                 c.priority < self.plan.priority
                     || (c.priority == self.plan.priority
-                        && match (c.created_time_utc, cur_created) {
+                        && match (c.created_time_utc, created) {
                             (Some(a), Some(b)) => a < b,
                             _ => true,
                         })
@@ -825,11 +825,7 @@ impl<'a> Run<'a> {
                     .any(|p| our_paths.iter().any(|q| paths_overlap(p, q)))
             })
             .map(|c| c.id.clone())
-            .collect();
-        if let Some(s) = stable {
-            ids.insert(0, s.config.id.clone());
-        }
-        ids
+            .collect()
     }
 
     /// Targets ring `next`: creates the configuration, or widens its target.
@@ -1048,22 +1044,7 @@ impl<'a> Run<'a> {
         }
         let our_ids: Vec<String> = ours.iter().map(|o| o.config.id.clone()).collect();
         let oldest = ours.iter().filter_map(|o| o.config.created_time_utc).min();
-        let our_paths: Vec<&String> = self.plan.content.device_content.iter().flat_map(|m| m.keys()).collect();
-        let covering: Vec<String> = self
-            .obs
-            .configurations
-            .iter()
-            .filter(|c| !belongs_to(c, &self.plan.namespace, &self.plan.name))
-            .filter(|c| {
-                c.priority < self.plan.priority
-                    || (c.priority == self.plan.priority && matches!((c.created_time_utc, oldest), (Some(a), Some(b)) if a < b))
-            })
-            .filter(|c| {
-                let paths: Vec<&String> = c.content.device_content.iter().flat_map(|m| m.keys()).collect();
-                paths.iter().any(|p| our_paths.iter().any(|q| paths_overlap(p, q)))
-            })
-            .map(|c| c.id.clone())
-            .collect();
+        let covering = self.covering_ids(oldest);
         let applied = plan::applied_any(&our_ids).expect("ours is not empty");
         let condition = match plan::any_configuration(&covering) {
             Some(cov) => applied.and_not(&cov).expect("a predicate"),

@@ -170,9 +170,6 @@ fn setup() -> (Arc<FakeHub>, ManualClock, Driver) {
     (hub, clock, driver)
 }
 
-fn needs_query_language() -> bool {
-    std::panic::catch_unwind(|| crate::hub::query::Condition::parse("*")).is_ok()
-}
 
 /// Reconciles until `pred` holds, letting the hub settle and the clock follow the requeue.
 async fn drive(d: &Driver, hub: &FakeHub, clock: &ManualClock, ro: &DeviceRollout, st: &mut DeviceRolloutStatus, n: usize, pred: impl Fn(&DeviceRolloutStatus) -> bool) {
@@ -191,10 +188,6 @@ async fn drive(d: &Driver, hub: &FakeHub, clock: &ManualClock, ro: &DeviceRollou
 
 #[tokio::test]
 async fn drives_a_rollout_to_healthy_with_counts_from_the_hub() {
-    if !needs_query_language() {
-        eprintln!("skipped until the query language is merged");
-        return;
-    }
     let (hub, clock, d) = setup();
     let ro = rollout();
     let mut st = DeviceRolloutStatus::default();
@@ -216,9 +209,6 @@ async fn drives_a_rollout_to_healthy_with_counts_from_the_hub() {
 
 #[tokio::test]
 async fn writes_are_idempotent() {
-    if !needs_query_language() {
-        return;
-    }
     let (hub, _clock, d) = setup();
     let ro = rollout();
     let st = DeviceRolloutStatus::default();
@@ -240,9 +230,6 @@ async fn writes_are_idempotent() {
 
 #[tokio::test]
 async fn a_failed_write_keeps_the_previous_status() {
-    if !needs_query_language() {
-        return;
-    }
     let (hub, _clock, d) = setup();
     let ro = rollout();
     let st = DeviceRolloutStatus::default();
@@ -262,9 +249,6 @@ async fn a_failed_write_keeps_the_previous_status() {
 
 #[tokio::test]
 async fn restart_without_status_reaches_the_same_outcome() {
-    if !needs_query_language() {
-        return;
-    }
     let (hub, clock, d) = setup();
     let ro = rollout();
     let mut st = DeviceRolloutStatus::default();
@@ -279,9 +263,6 @@ async fn restart_without_status_reaches_the_same_outcome() {
 
 #[tokio::test]
 async fn the_write_budget_is_shared_and_never_exceeded() {
-    if !needs_query_language() {
-        return;
-    }
     let clock = ManualClock::at_epoch();
     let hub = Arc::new(FakeHub { clock: Some(clock.clone()), ..Default::default() });
     let limits = HubLimits { configuration_writes_per_minute: 3, ..Default::default() };
@@ -306,9 +287,6 @@ async fn the_write_budget_is_shared_and_never_exceeded() {
 
 #[tokio::test]
 async fn an_invalid_rollout_costs_no_hub_traffic() {
-    if !needs_query_language() {
-        return;
-    }
     let (hub, _clock, d) = setup();
     let mut ro = rollout();
     ro.spec.rings.clear();

@@ -36,7 +36,7 @@
 
 use super::gate::{self, EffectiveGate, GateInputs};
 use super::plan::{self, Cond, Plan};
-use super::revision::{ConfigLabels, ConfigState, belongs_to};
+use super::revision::{ConfigLabels, ConfigState, Marks, belongs_to, label_value};
 use super::status::{self, READY, RECONCILING, STALLED};
 use super::validate::FieldError;
 use crate::hub::configuration::{Configuration, MAX_QUERY_LEN};
@@ -62,6 +62,9 @@ pub const BAKE_POLL: SignedDuration = SignedDuration::from_secs(120);
 pub const HUMAN_POLL: SignedDuration = SignedDuration::from_secs(300);
 /// When nothing is expected to change (healthy, rolled back, suspended, invalid): drift checks.
 pub const IDLE_POLL: SignedDuration = SignedDuration::from_secs(600);
+/// How long a rollback waits for the devices it let go of to get their settings from
+/// another configuration before it reports the ones that did not (two hub cycles on Azure).
+pub const ROLLBACK_GRACE: SignedDuration = SignedDuration::from_secs(600);
 
 /// What the driver measured on the hub for one decision.
 #[derive(Clone, Debug, Default)]
@@ -193,6 +196,12 @@ struct Ours<'a> {
     state: ConfigState,
 }
 
+impl Ours<'_> {
+    fn marks(&self) -> Marks {
+        Marks::read(&self.config.labels)
+    }
+}
+
 /// The numbers a configuration reports.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Numbers {
@@ -240,6 +249,8 @@ struct Run<'a> {
     finalized: bool,
     /// A stall to report (reason, message); cleared each decision.
     stalled: Option<(String, String)>,
+    /// One of the actions only writes marks (nothing to look at soon after it).
+    marks_write: bool,
     message: String,
 }
 
@@ -260,6 +271,7 @@ impl<'a> Run<'a> {
             requests: Requests::default(),
             finalized: false,
             stalled: None,
+            marks_write: false,
             message: String::new(),
         }
     }
@@ -322,6 +334,7 @@ impl<'a> Run<'a> {
             applied_at: None,
             targeted: None,
             applied: None,
+            shielded: None,
         });
     }
 
@@ -357,7 +370,13 @@ impl<'a> Run<'a> {
             self.cleanup(&ours, deletion);
             return;
         }
+        let cur = ours.iter().copied().find(|o| o.revision == self.plan.revision);
         self.new_revision_bookkeeping();
+        // What the status lost, the configuration's marks give back; before the requests,
+        // so that a request aimed at the current ring finds it.
+        if let Some(c) = cur {
+            self.restore(c);
+        }
         self.operations();
         if self.ro.spec.suspend {
             self.message = "suspended: spec.suspend is true; nothing is written to the hub".into();
@@ -365,7 +384,6 @@ impl<'a> Run<'a> {
             return;
         }
 
-        let cur = ours.iter().copied().find(|o| o.revision == self.plan.revision);
         let stable = ours
             .iter()
             .copied()
@@ -416,6 +434,151 @@ impl<'a> Run<'a> {
             other => {
                 let others = self.obs.configurations.len() - deleted;
                 self.progress(other, keep_stable, others);
+            }
+        }
+        self.sync_marks(cur);
+    }
+
+    /// Takes back from the current revision's marks what the status does not know: the
+    /// last request applied, a pause, and (for a rolling revision) where its ring is.
+    fn restore(&mut self, c: Ours<'a>) {
+        let marks = c.marks();
+        let known = |st: &DeviceRolloutStatus, id: &str| st.handled_operations.iter().any(|h| label_value(h) == id);
+        // A pause the status has no record of at all: the status was lost, not resumed.
+        if let Some(p) = &marks.paused
+            && self.st.paused.is_none()
+            && !known(&self.st, p)
+        {
+            let since = c.config.last_updated_time_utc.unwrap_or(self.now).min(self.now);
+            self.st.paused = Some(PauseState { since: Time(since), operation: p.clone() });
+        }
+        if let Some(op) = &marks.operation
+            && !known(&self.st, op)
+        {
+            status::mark_handled(&mut self.st, op);
+        }
+        if c.state == ConfigState::Rolling {
+            self.rebuild(c, &marks);
+        }
+    }
+
+    /// Where a rolling revision is, from its labels, when the status says otherwise (it
+    /// was lost, or belongs to another revision). The ring its target includes, since
+    /// when it was targeted, applied and passed, and an approval of the next ring: the
+    /// rollout goes on from there, with the same deadlines and bake times.
+    fn rebuild(&mut self, c: Ours<'a>, marks: &Marks) {
+        let k = c.ring.min(self.plan.last_ring());
+        let consistent = match &self.st.ring {
+            Some(r) if r.index as usize == k => matches!(
+                r.state,
+                RingState::Applying | RingState::Baking | RingState::Analyzing | RingState::Passed | RingState::Failed
+            ),
+            Some(r) if r.index as usize == k + 1 => {
+                matches!(r.state, RingState::WaitingForBaseline | RingState::AwaitingApproval)
+            }
+            _ => false,
+        };
+        if consistent {
+            return;
+        }
+        // Configurations written before marks existed: the last update is when the ring
+        // was targeted.
+        let started = marks
+            .started
+            .or(c.config.last_updated_time_utc)
+            .or(c.config.created_time_utc)
+            .unwrap_or(self.now)
+            .min(self.now);
+        let rec = self.record(k);
+        rec.started_at = Some(Time(started));
+        rec.applied_at = marks.applied.map(Time);
+        if let Some(p) = marks.passed {
+            rec.passed_at = Some(Time(p));
+            rec.verdict = Some(Verdict::Pass);
+            rec.message = Some("passed (restored from the configuration's labels)".into());
+        }
+        if let Some(a) = marks.approved
+            && k < self.plan.last_ring()
+        {
+            self.record(k + 1).approved_at = Some(Time(a));
+        }
+        let (index, state, since) = match (marks.passed, marks.applied) {
+            (Some(p), _) if k < self.plan.last_ring() => (k + 1, RingState::WaitingForBaseline, p),
+            (Some(p), _) => (k, RingState::Passed, p),
+            (None, Some(a)) => (k, RingState::Baking, a),
+            (None, None) => (k, RingState::Applying, started),
+        };
+        self.set_ring(index, state);
+        if let Some(r) = self.st.ring.as_mut() {
+            r.since = Time(since.min(self.now));
+            r.applied_at = if index == k { marks.applied.map(Time) } else { None };
+        }
+        self.history(
+            "Restored",
+            Some(index),
+            Some(&numbers(c.config)),
+            format!("status rebuilt from the labels of configuration {}: ring {} {state:?}", c.config.id, self.ring_names[index]),
+        );
+    }
+
+    /// Writes the marks the status calls for onto the current revision's configuration:
+    /// into the create or update this decision already makes, or as an update of its own.
+    fn sync_marks(&mut self, cur: Option<Ours<'a>>) {
+        let id = self.plan.id.clone();
+        let pending = self.actions.iter().position(|a| match a {
+            Action::Create(c) | Action::Update { config: c, .. } => c.id == id,
+            Action::Delete { .. } => false,
+        });
+        let config = match (pending, cur) {
+            (Some(i), _) => match &self.actions[i] {
+                Action::Create(c) | Action::Update { config: c, .. } => c.clone(),
+                Action::Delete { .. } => unreachable!("pending is a create or an update"),
+            },
+            (None, Some(c)) => c.config.clone(),
+            (None, None) => return,
+        };
+        let Some(l) = ConfigLabels::read(&config) else { return };
+        let want = self.marks_for(&l).write(&config.labels);
+        if want == config.labels {
+            return;
+        }
+        match pending {
+            Some(i) => match &mut self.actions[i] {
+                Action::Create(c) | Action::Update { config: c, .. } => c.labels = want,
+                Action::Delete { .. } => unreachable!("pending is a create or an update"),
+            },
+            None => {
+                // Marks are for a restart; a spent budget only delays them.
+                if let Some(c) = cur
+                    && self.take_write()
+                {
+                    let mut config = config;
+                    config.labels = want;
+                    self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+                    self.marks_write = true;
+                }
+            }
+        }
+    }
+
+    /// The marks a configuration with labels `l` should carry, from the status.
+    fn marks_for(&self, l: &ConfigLabels) -> Marks {
+        let operation = self.st.handled_operations.last().cloned();
+        let paused = self.st.paused.as_ref().map(|p| p.operation.clone());
+        match l.state {
+            ConfigState::Stable => Marks::default(),
+            ConfigState::Held => Marks { paused, operation, ..Default::default() },
+            ConfigState::Rolling => {
+                let rec = self.st.rings.get(l.ring);
+                let passed = rec.filter(|r| r.verdict == Some(Verdict::Pass)).and_then(|r| r.passed_at.clone());
+                Marks {
+                    started: rec.and_then(|r| r.started_at.clone()).map(|t| t.0),
+                    applied: rec.and_then(|r| r.applied_at.clone()).map(|t| t.0),
+                    passed: passed.map(|t| t.0),
+                    approved: self.st.rings.get(l.ring + 1).and_then(|r| r.approved_at.clone()).map(|t| t.0),
+                    paused,
+                    operation,
+                }
             }
         }
     }
@@ -507,48 +670,117 @@ impl<'a> Run<'a> {
         }
         self.st.held_revision = Some(self.plan.revision.clone());
         let ring = c.ring.min(self.plan.last_ring());
-        if self.ring_state() == Some(RingState::RolledBack) {
-            self.message = format!("revision {} was rolled back; waiting for new content or retry", self.plan.revision);
-            self.wait(IDLE_POLL);
-            return;
-        }
-        if self.ring_state() != Some(RingState::RollingBack) {
+        let rolled_back = self.ring_state() == Some(RingState::RolledBack);
+        if !rolled_back && self.ring_state() != Some(RingState::RollingBack) {
+            // Rebuilt from the labels: the rollback was the configuration's last update.
+            let since = c.config.last_updated_time_utc.unwrap_or(self.now).min(self.now);
             self.set_ring(ring, RingState::RollingBack);
-        }
-        self.observe_numbers(ring, &n);
-        // The hub confirms: the held configuration reaches no device, and the stable
-        // revision underneath is applied wherever it is targeted again.
-        let gone = n.targeted == Some(0) && n.applied == Some(0);
-        let back = stable.is_none_or(|s| {
-            let sn = numbers(s.config);
-            matches!((sn.targeted, sn.applied), (Some(t), Some(a)) if a >= t)
-        });
-        if gone && back {
-            let stable_n = stable.map(|s| numbers(s.config));
-            let msg = match &stable_n {
-                Some(sn) => format!(
-                    "rolled back: revision {} reaches no device; stable revision {} applied on {} of {}",
-                    self.plan.revision,
-                    stable.map(|s| s.revision).unwrap_or_default(),
-                    sn.applied.unwrap_or(0),
-                    sn.targeted.unwrap_or(0)
-                ),
-                None => format!("rolled back: revision {} reaches no device; any baseline takes the devices back", self.plan.revision),
-            };
             if let Some(r) = self.st.ring.as_mut() {
-                r.state = RingState::RolledBack;
-                r.since = Time(self.now);
+                r.since = Time(since);
             }
-            self.history("RolledBack", Some(ring), Some(&n), msg.clone());
-            self.message = msg;
-            self.wait(IDLE_POLL);
-        } else {
+        }
+        if !rolled_back {
+            self.observe_numbers(ring, &n);
+        }
+        // The hub confirms in two steps: the held configuration reaches no device, and
+        // every device the revision reached has its settings from another configuration
+        // again (the stable revision, a baseline, or one of higher priority).
+        let gone = n.targeted == Some(0) && n.applied == Some(0);
+        if !gone {
             self.message = format!(
                 "rolling back: waiting for the hub to confirm (held configuration targeted {:?}, applied {:?})",
                 n.targeted, n.applied
             );
             self.wait(APPLY_POLL);
+            return;
         }
+        let uncovered = match self.rollback_uncovered(c, ring) {
+            Ok(u) => u,
+            Err(step) => {
+                if let Step::Wait(d) = step {
+                    self.wait(d);
+                }
+                return;
+            }
+        };
+        let reached = format!("rings {}..{}", self.ring_names[0], self.ring_names[ring]);
+        let from = match stable {
+            Some(s) => format!("stable revision {} or another configuration", s.revision),
+            None => "a baseline or another configuration".to_string(),
+        };
+        match uncovered {
+            Some(0) | None => {
+                let checked = if uncovered.is_none() {
+                    " (not counted: the query over every other configuration is too long)"
+                } else {
+                    ""
+                };
+                let msg = format!(
+                    "rolled back: revision {} reaches no device; every device of {reached} has its settings from {from}{checked}",
+                    self.plan.revision
+                );
+                if rolled_back {
+                    self.message = format!("revision {} was rolled back; waiting for new content or retry", self.plan.revision);
+                } else {
+                    self.rolled_back(ring, &n, msg.clone());
+                    self.message = msg;
+                }
+                self.wait(IDLE_POLL);
+            }
+            Some(u) => {
+                let since = self.st.ring.as_ref().map_or(self.now, |r| r.since.0);
+                if !rolled_back && self.now < since.checked_add(ROLLBACK_GRACE).unwrap_or(since) {
+                    self.message = format!(
+                        "rolling back: waiting for the hub to give {u} devices of {reached} their settings from {from}"
+                    );
+                    self.wait(APPLY_POLL);
+                    return;
+                }
+                let msg = format!(
+                    "{u} devices that revision {} reached have no other configuration writing its settings: the rollback removed their settings instead of restoring them; add a baseline configuration",
+                    self.plan.revision
+                );
+                if !rolled_back {
+                    self.rolled_back(ring, &n, msg.clone());
+                }
+                self.stalled = Some(("RollbackIncomplete".into(), msg.clone()));
+                self.message = msg;
+                self.wait(IDLE_POLL);
+            }
+        }
+    }
+
+    fn rolled_back(&mut self, ring: usize, n: &Numbers, msg: String) {
+        if let Some(r) = self.st.ring.as_mut() {
+            r.state = RingState::RolledBack;
+            r.since = Time(self.now);
+        }
+        self.history("RolledBack", Some(ring), Some(n), msg);
+    }
+
+    /// Devices that the held configuration `c` reached (rings 0..=`ring`) and that no
+    /// other configuration writing one of its paths is applied to: `None` when the query
+    /// would be too long to ask.
+    fn rollback_uncovered(&mut self, c: Ours<'a>, ring: usize) -> Result<Option<u64>, Step> {
+        let others: Vec<String> = self
+            .obs
+            .configurations
+            .iter()
+            .filter(|o| o.id != c.config.id && self.writes_our_paths(o))
+            .map(|o| o.id.clone())
+            .collect();
+        let reach = self.plan.target(ring);
+        let condition = match plan::applied_any(&others) {
+            Some(covered) => match reach.and_not(&covered) {
+                Some(cond) => cond,
+                None => return Ok(Some(0)),
+            },
+            None => reach,
+        };
+        if condition.text().len() > MAX_QUERY_LEN {
+            return Ok(None);
+        }
+        self.count(format!("rollback:{}", self.plan.revision), &condition).map(Some)
     }
 
     /// A revision without a configuration yet, or one moving through the rings.
@@ -584,27 +816,8 @@ impl<'a> Run<'a> {
                 self.machine(None, None, stable, configs_after_deletes);
             }
             Some(c) => {
+                // `restore` made the status agree with the labels.
                 let k = c.ring.min(self.plan.last_ring());
-                let consistent = match &self.st.ring {
-                    Some(r) if r.index as usize == k => matches!(
-                        r.state,
-                        RingState::Applying | RingState::Baking | RingState::Analyzing | RingState::Passed | RingState::Failed
-                    ),
-                    Some(r) if r.index as usize == k + 1 => {
-                        matches!(r.state, RingState::WaitingForBaseline | RingState::AwaitingApproval)
-                    }
-                    _ => false,
-                };
-                if !consistent {
-                    // Rebuilt from the hub: the ring its labels name, since its last update.
-                    let since = c.config.last_updated_time_utc.or(c.config.created_time_utc).unwrap_or(self.now).min(self.now);
-                    self.set_ring(k, RingState::Applying);
-                    if let Some(r) = self.st.ring.as_mut() {
-                        r.since = Time(since);
-                    }
-                    let rec = self.record(k);
-                    rec.started_at.get_or_insert(Time(since));
-                }
                 // A spec change to targets, priority or metrics: bring the configuration in line.
                 if !self.plan.matches(c.config, c.revision, k, ConfigState::Rolling) && self.take_write() {
                     let config = self.plan.retarget(c.config, c.revision, k, ConfigState::Rolling);
@@ -640,8 +853,11 @@ impl<'a> Run<'a> {
                 RingState::WaitingForBaseline => self.guard(cur, hub_ring, i, stable, &mut promote, configs),
                 RingState::AwaitingApproval => {
                     if std::mem::take(&mut promote) {
-                        self.history("Approve", Some(i), Some(&n), "approved by operator".into());
-                        self.widen(cur, i, configs)
+                        // Approved; the guard runs again before widening: coverage may have
+                        // changed while the ring waited.
+                        self.approve(i);
+                        self.enter(i, RingState::WaitingForBaseline);
+                        Step::Continue
                     } else {
                         self.message = format!("ring {} waits for an operator's promote", self.ring_names[i]);
                         Step::Wait(HUMAN_POLL)
@@ -728,39 +944,55 @@ impl<'a> Run<'a> {
         rec.metrics = n.metrics.clone();
     }
 
-    /// The baseline guard before targeting ring `next` (semantics 7).
+    /// The baseline guard before targeting ring `next` (semantics 7), then its approval.
+    ///
+    /// `promote` on an approval ring approves it (and the guard still runs); on any other
+    /// ring, or once approved, it widens past the guard.
     fn guard(&mut self, cur: Option<Ours<'a>>, hub_ring: Option<usize>, next: usize, stable: Option<Ours<'a>>, promote: &mut bool, configs: usize) -> Step {
-        let approval = self.ro.spec.rings.get(next).is_some_and(|r| r.approval);
-        let proceed = |run: &mut Self, promote: &mut bool| {
-            if approval && !std::mem::take(promote) {
-                run.enter(next, RingState::AwaitingApproval);
-                Step::Continue
+        let needs_approval = |run: &Self| {
+            run.ro.spec.rings.get(next).is_some_and(|r| r.approval)
+                && run.st.rings.get(next).is_none_or(|r| r.approved_at.is_none())
+        };
+        if std::mem::take(promote) {
+            if needs_approval(self) {
+                self.approve(next);
             } else {
-                if approval {
-                    run.history("Approve", Some(next), None, "approved by operator".into());
-                }
-                run.widen(cur, next, configs)
+                self.history("Promote", Some(next), None, "operator promoted past the baseline guard".into());
+                return self.widen(cur, next, configs);
             }
-        };
-        if *promote && !approval {
-            *promote = false;
-            self.history("Promote", Some(next), None, "operator promoted past the baseline guard".into());
-            return self.widen(cur, next, configs);
         }
+        if let Some(step) = self.baseline_blocks(cur, hub_ring, next, stable) {
+            return step;
+        }
+        if needs_approval(self) {
+            if self.ring_state() != Some(RingState::AwaitingApproval) || self.ring_index() != next {
+                self.enter(next, RingState::AwaitingApproval);
+            }
+            self.message = format!("ring {} waits for an operator's promote", self.ring_names[next]);
+            return Step::Wait(HUMAN_POLL);
+        }
+        self.widen(cur, next, configs)
+    }
+
+    /// Records an operator's approval of ring `i`.
+    fn approve(&mut self, i: usize) {
+        self.history("Approve", Some(i), None, "approved by operator".into());
+        let now = Time(self.now);
+        self.record(i).approved_at = Some(now);
+    }
+
+    /// The baseline count for ring `next`: `Some(step)` when widening must wait (for the
+    /// count, or for a baseline), `None` when it may go on.
+    fn baseline_blocks(&mut self, cur: Option<Ours<'a>>, hub_ring: Option<usize>, next: usize, stable: Option<Ours<'a>>) -> Option<Step> {
         if self.ro.spec.baseline == crate::resources::BaselinePolicy::Off {
-            return proceed(self, promote);
+            return None;
         }
-        let Some(new_devices) = self.plan.new_devices(hub_ring, next) else {
-            return proceed(self, promote);
-        };
+        let new_devices = self.plan.new_devices(hub_ring, next)?;
         // The stable revision covers too (it is ours, so covering_ids leaves it out).
         let mut covering: Vec<String> = stable.map(|s| s.config.id.clone()).into_iter().collect();
         covering.extend(self.covering_ids(cur.and_then(|c| c.config.created_time_utc)));
         let condition = match plan::any_configuration(&covering) {
-            Some(covered) => match new_devices.and_not(&covered) {
-                Some(c) => c,
-                None => return proceed(self, promote),
-            },
+            Some(covered) => new_devices.and_not(&covered)?,
             None => new_devices,
         };
         if condition.text().len() > MAX_QUERY_LEN {
@@ -771,40 +1003,35 @@ impl<'a> Run<'a> {
             );
             self.stalled = Some(("BaselineUnchecked".into(), msg.clone()));
             self.message = msg;
-            return Step::Wait(HUMAN_POLL);
+            return Some(Step::Wait(HUMAN_POLL));
         }
         let uncovered = match self.count(format!("baseline:{}:{next}", self.plan.revision), &condition) {
             Ok(n) => n,
-            Err(step) => return step,
+            Err(step) => return Some(step),
         };
         if uncovered == 0 {
-            return proceed(self, promote);
+            return None;
         }
         let msg = format!(
             "{uncovered} devices of ring {} are not covered by a lower-priority configuration: a rollback would strip their settings instead of restoring them",
             self.ring_names[next]
         );
-        match self.ro.spec.baseline {
-            crate::resources::BaselinePolicy::Warn => {
-                self.history("BaselineWarning", Some(next), None, msg);
-                proceed(self, promote)
-            }
-            _ => {
-                if self.ring_state() != Some(RingState::WaitingForBaseline) || self.ring_index() != next {
-                    self.enter(next, RingState::WaitingForBaseline);
-                }
-                self.stalled = Some(("BaselineMissing".into(), format!("{msg}; add a baseline configuration, or promote to go on")));
-                self.message = msg;
-                Step::Wait(HUMAN_POLL)
-            }
+        if self.ro.spec.baseline == crate::resources::BaselinePolicy::Warn {
+            self.history("BaselineWarning", Some(next), None, msg);
+            return None;
         }
+        if self.ring_state() != Some(RingState::WaitingForBaseline) || self.ring_index() != next {
+            self.enter(next, RingState::WaitingForBaseline);
+        }
+        self.stalled = Some(("BaselineMissing".into(), format!("{msg}; add a baseline configuration, or promote to go on")));
+        self.message = msg;
+        Some(Step::Wait(HUMAN_POLL))
     }
 
     /// Configurations that would take a device back if this rollout let go of it: other
     /// owners' configurations of lower priority (or equal priority and created before
     /// `created`) that write one of the same paths.
     fn covering_ids(&self, created: Option<Timestamp>) -> Vec<String> {
-        let our_paths: Vec<&String> = self.plan.content.device_content.iter().flat_map(|m| m.keys()).collect();
         self.obs
             .configurations
             .iter()
@@ -817,15 +1044,40 @@ impl<'a> Run<'a> {
                             _ => true,
                         })
             })
-            .filter(|c| {
-                c.content
-                    .device_content
-                    .iter()
-                    .flat_map(|m| m.keys())
-                    .any(|p| our_paths.iter().any(|q| paths_overlap(p, q)))
-            })
+            .filter(|c| self.writes_our_paths(c))
             .map(|c| c.id.clone())
             .collect()
+    }
+
+    /// Configurations that win over `ours` where both target a device: other owners'
+    /// configurations of higher priority (or equal priority and created later) that write
+    /// one of the same paths.
+    fn shielding_ids(&self, ours: &Configuration) -> Vec<String> {
+        self.obs
+            .configurations
+            .iter()
+            .filter(|c| !belongs_to(c, &self.plan.namespace, &self.plan.name))
+            .filter(|c| {
+                c.priority > ours.priority
+                    || (c.priority == ours.priority
+                        && match (c.created_time_utc, ours.created_time_utc) {
+                            (Some(a), Some(b)) => a > b,
+                            _ => false,
+                        })
+            })
+            .filter(|c| self.writes_our_paths(c))
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
+    /// True when `c` writes a twin path the rollout's content writes too.
+    fn writes_our_paths(&self, c: &Configuration) -> bool {
+        let ours = || self.plan.content.device_content.iter().flat_map(|m| m.keys());
+        c.content
+            .device_content
+            .iter()
+            .flat_map(|m| m.keys())
+            .any(|p| ours().any(|q| paths_overlap(p, q)))
     }
 
     /// Targets ring `next`: creates the configuration, or widens its target.
@@ -866,7 +1118,7 @@ impl<'a> Run<'a> {
         self.set_ring(next, RingState::Applying);
         let now = Time(self.now);
         let rec = self.record(next);
-        *rec = RingRecord { name: rec.name.clone(), started_at: Some(now), ..Default::default() };
+        *rec = RingRecord { name: rec.name.clone(), started_at: Some(now), approved_at: rec.approved_at.clone(), ..Default::default() };
         self.message = format!("ring {} targeted", self.ring_names[next]);
         Step::Wait(AFTER_WRITE)
     }
@@ -881,16 +1133,42 @@ impl<'a> Run<'a> {
             Ok(e) => e,
             Err(step) => return step,
         };
-        let applied = matches!((n.targeted, n.applied), (Some(t), Some(a)) if t == expected && a >= t);
+        // Devices a higher-priority configuration holds are never applied: they settle as
+        // shielded. Counted only when the numbers fall short and such a configuration exists.
+        let mut shielded = 0;
+        let mut shielding = Vec::new();
+        if let (Some(t), Some(a)) = (n.targeted, n.applied)
+            && t == expected
+            && a < t
+        {
+            shielding = self.shielding_ids(c.config);
+            if let Some(cond) = shielded_condition(&c.config.id, &shielding) {
+                shielded = match self.count(format!("shielded:{}:{i}", self.plan.revision), &cond) {
+                    Ok(s) => s,
+                    Err(step) => return step,
+                };
+            }
+        }
+        let shielded_note = if shielded > 0 {
+            format!("; {shielded} more are held by higher-priority configuration(s) {} and count as settled", shielding.join(", "))
+        } else {
+            String::new()
+        };
+        let applied = matches!((n.targeted, n.applied), (Some(t), Some(a)) if t == expected && a + shielded >= t);
         if applied {
+            let shielded = (shielded > 0).then_some(shielded);
             if let Some(r) = self.st.ring.as_mut() {
                 r.state = RingState::Baking;
                 r.since = Time(self.now);
                 r.applied_at = Some(Time(self.now));
+                r.shielded = shielded;
             }
             let now = Time(self.now);
-            self.record(i).applied_at = Some(now);
-            self.history("Applied", Some(i), Some(n), format!("the hub applied ring {} to {expected} devices", self.ring_names[i]));
+            let rec = self.record(i);
+            rec.applied_at = Some(now);
+            rec.shielded = shielded;
+            let applied = n.applied.unwrap_or(0);
+            self.history("Applied", Some(i), Some(n), format!("the hub applied ring {} to {applied} devices{shielded_note}", self.ring_names[i]));
             return Step::Continue;
         }
         let since = self.st.ring.as_ref().map_or(self.now, |r| r.since.0);
@@ -904,8 +1182,11 @@ impl<'a> Run<'a> {
             );
             return self.failure(c, i, n, reason, true);
         }
+        if let Some(r) = self.st.ring.as_mut() {
+            r.shielded = (shielded > 0).then_some(shielded);
+        }
         self.message = format!(
-            "waiting for the hub to apply ring {}: {} targeted, {} applied, the target matches {expected}",
+            "waiting for the hub to apply ring {}: {} targeted, {} applied, the target matches {expected}{shielded_note}",
             self.ring_names[i],
             n.targeted.map_or("?".to_string(), |v| v.to_string()),
             n.applied.map_or("?".to_string(), |v| v.to_string())
@@ -1151,7 +1432,7 @@ impl<'a> Run<'a> {
                 status::set_condition(&mut self.st, READY, false, &r, &message, g, now);
             }
         }
-        let requeue = if !self.actions.is_empty() {
+        let requeue = if self.actions.len() > usize::from(self.marks_write) {
             self.requeue.unwrap_or(AFTER_WRITE).min(AFTER_WRITE)
         } else {
             self.requeue.unwrap_or(IDLE_POLL)
@@ -1164,6 +1445,14 @@ impl<'a> Run<'a> {
             finalized: self.finalized,
         }
     }
+}
+
+/// Devices `id` targets but is not applied to because one of `shielding` is applied there;
+/// `None` when there is nothing to count (no such configuration, or too long a query).
+fn shielded_condition(id: &str, shielding: &[String]) -> Option<Cond> {
+    let winners = plan::applied_any(shielding)?;
+    let cond = Cond::Expr(format!("configurations.[[{id}]].status='Targeted'")).and(&winners);
+    (cond.text().len() <= MAX_QUERY_LEN).then_some(cond)
 }
 
 /// True when two content paths touch the same twin property (equal, or one inside the other).

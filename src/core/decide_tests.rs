@@ -90,6 +90,10 @@ struct Sim {
     uncovered: u64,
     /// Answer for the cleanup count.
     cleanup_uncovered: u64,
+    /// Answer for the rollback count.
+    rollback_uncovered: u64,
+    /// Devices of ring 0 that a higher-priority `hotfix` configuration holds (while it exists).
+    shielded: u64,
     ops: Vec<Operation>,
     deletion: Option<Deletion>,
     budget: Budget,
@@ -109,6 +113,8 @@ impl Sim {
             fail_rate: BTreeMap::new(),
             uncovered: 0,
             cleanup_uncovered: 0,
+            rollback_uncovered: 0,
+            shielded: 0,
             ops: Vec::new(),
             deletion: None,
             budget: Budget::default(),
@@ -140,12 +146,13 @@ impl Sim {
             .filter(|(_, c)| ConfigLabels::read(c).is_some())
             .map(|(i, c)| (i, self.reach(c), c.created_time_utc))
             .collect();
+        let shielded = if self.configs.iter().any(|c| c.id == "hotfix") { self.shielded } else { 0 };
         let results: Vec<(usize, u64, u64)> = ours
             .iter()
             .map(|&(i, reach, created)| {
                 // Newer configurations of the rollout outrank older ones where they reach.
                 let outranked: u64 = ours.iter().filter(|o| o.2 > created).map(|o| o.1).max().unwrap_or(0);
-                (i, reach, reach.saturating_sub(outranked))
+                (i, reach, reach.saturating_sub(outranked).saturating_sub(shielded.min(reach)))
             })
             .collect();
         for (i, targeted, applied) in results {
@@ -165,6 +172,10 @@ impl Sim {
             self.uncovered
         } else if req.key == "cleanup" {
             self.cleanup_uncovered
+        } else if req.key.starts_with("rollback:") {
+            self.rollback_uncovered
+        } else if req.key.starts_with("shielded:") {
+            self.shielded
         } else {
             panic!("unexpected count {req:?}")
         }
@@ -179,6 +190,20 @@ impl Sim {
             deletion: self.deletion,
             max_configurations: self.max_configurations,
         }
+    }
+
+    /// Every count one reconcile would ask for, round after round.
+    fn counts_asked(&self) -> Vec<CountRequest> {
+        let mut obs = self.observation();
+        let mut asked = Vec::new();
+        for _ in 0..4 {
+            let d = decide(&self.ro, &self.status, &obs, self.now);
+            for req in d.counts_needed {
+                obs.counts.insert(req.key.clone(), self.count(&req));
+                asked.push(req);
+            }
+        }
+        asked
     }
 
     /// One reconcile: decide (running the counts it asks for), then perform the actions.
@@ -443,7 +468,10 @@ fn approval_rings_wait_for_promote() {
     stale.ring = Some("canary".into());
     s.ops.push(stale);
     let d = s.step();
-    assert!(d.actions.is_empty());
+    // Recorded on the hub too (so that it stays ignored after a restart), and nothing else.
+    let [Action::Update { config, .. }] = &d.actions[..] else { panic!("{:?}", d.actions) };
+    assert_eq!(config.labels[label::RING], "0");
+    assert_eq!(config.labels[label::OPERATION], "old");
     assert_eq!(decisions(&s).last().unwrap(), "IgnoredOperation");
     let mut op = Operation::new("go", OperationKind::Promote);
     op.ring = Some("early".into());
@@ -649,6 +677,175 @@ fn a_lost_status_is_rebuilt_from_the_labels() {
     let d = s.step();
     assert!(d.actions.is_empty());
     assert_eq!(s.phase(), Phase::Healthy);
+}
+
+/// One reconcile by a controller that lost the status just before it.
+fn forgetful_step(s: &mut Sim) -> Decision {
+    s.status = DeviceRolloutStatus::default();
+    let d = s.step();
+    s.refresh();
+    s.advance(d.requeue_after);
+    d
+}
+
+#[test]
+fn a_status_lost_before_every_step_reaches_the_same_outcome_as_an_uninterrupted_run() {
+    let mut a = Sim::new(rollout());
+    a.run_until(60, |s| s.phase() == Phase::Healthy);
+    let mut b = Sim::new(rollout());
+    for _ in 0..200 {
+        forgetful_step(&mut b);
+        if b.phase() == Phase::Healthy {
+            break;
+        }
+    }
+    assert_eq!(b.phase(), Phase::Healthy, "{:#?}", b.status);
+    let (la, lb) = (&a.ours()[0].1.labels, &b.ours()[0].1.labels);
+    assert_eq!(la, lb, "the same stable configuration");
+    assert_eq!(b.ours().len(), 1);
+    // Bake times count from the `applied` marks, not from each restart: the run takes
+    // no longer than the uninterrupted one, give or take a poll per ring.
+    let (ta, tb) = (a.now.duration_since(t0()), b.now.duration_since(t0()));
+    assert!(tb <= ta + mins(10), "{tb:?} vs {ta:?}");
+
+    // The faulty revision: rolled back in the canary ring all the same.
+    let mut b = Sim::new(rollout());
+    b.fail_rate.insert("2.4.0".into(), 0.5);
+    for _ in 0..100 {
+        forgetful_step(&mut b);
+        if b.phase() == Phase::RolledBack {
+            break;
+        }
+    }
+    assert_eq!(b.phase(), Phase::RolledBack);
+    assert_eq!(b.ours()[0].0.ring, 0);
+    assert_eq!(b.ours()[0].0.state, ConfigState::Held);
+}
+
+#[test]
+fn a_pause_outlives_a_lost_status() {
+    let mut s = Sim::new(rollout());
+    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::Baking));
+    s.op("p", OperationKind::Pause);
+    let d = s.step();
+    let [Action::Update { config, .. }] = &d.actions[..] else { panic!("the pause is written to the hub: {:?}", d.actions) };
+    assert_eq!(config.labels[label::PAUSED], "p");
+    for _ in 0..20 {
+        forgetful_step(&mut s);
+        assert_eq!(s.phase(), Phase::Paused, "{:#?}", s.status);
+        assert!(s.status.paused.as_ref().is_some_and(|p| p.operation == "p"));
+    }
+    assert_eq!(s.ours()[0].0.ring, 0, "no widening while paused");
+    s.op("r", OperationKind::Resume);
+    forgetful_step(&mut s);
+    assert!(s.status.paused.is_none());
+    assert!(!s.ours()[0].1.labels.contains_key(label::PAUSED));
+    for _ in 0..5 {
+        forgetful_step(&mut s);
+    }
+    assert!(s.ours()[0].0.ring >= 1, "widened after the resume");
+}
+
+#[test]
+fn an_operation_is_not_applied_again_after_the_status_is_lost() {
+    let mut ro = rollout();
+    ro.spec.on_failure = OnFailure::Pause;
+    let mut s = Sim::new(ro);
+    s.fail_rate.insert("2.4.0".into(), 0.5);
+    s.run_until(20, |s| s.phase() == Phase::Failed);
+    s.op("p1", OperationKind::Promote);
+    s.step();
+    assert_eq!(s.ours()[0].0.ring, 1, "promoted past the failed ring");
+    // The request is still there (an annotation stays until replaced); the status is lost.
+    for _ in 0..30 {
+        forgetful_step(&mut s);
+    }
+    assert_eq!(s.ours()[0].0.ring, 1, "the same promote does not pass ring 1 too");
+    assert_eq!(s.ring_state(), (1, RingState::Failed));
+    assert!(s.status.handled_operations.contains(&"p1".to_string()));
+}
+
+#[test]
+fn devices_a_higher_priority_configuration_holds_count_as_settled() {
+    let mut s = Sim::new(rollout());
+    s.shielded = 3;
+    // Without a configuration that could hold them, the numbers fall short and nothing is
+    // counted: the ring waits.
+    s.step();
+    s.refresh();
+    assert!(s.counts_asked().iter().all(|r| !r.key.starts_with("shielded:")));
+    let mut hotfix = baseline_config();
+    hotfix.id = "hotfix".into();
+    hotfix.priority = 50;
+    hotfix.created_time_utc = Some(s.now);
+    s.configs.push(hotfix);
+    s.refresh();
+    let asked = s.counts_asked();
+    let req = asked.iter().find(|r| r.key.starts_with("shielded:")).expect("a shielded count");
+    assert_eq!(
+        req.condition,
+        format!("(configurations.[[{}]].status='Targeted') AND (configurations.[[hotfix]].status='Applied')", s.ours()[0].1.id)
+    );
+    s.step();
+    assert_eq!(s.ring_state(), (0, RingState::Baking));
+    assert_eq!(s.status.ring.as_ref().unwrap().shielded, Some(3));
+    assert_eq!(s.status.rings[0].shielded, Some(3));
+    assert!(s.status.history.last().unwrap().message.contains("3 more are held by higher-priority configuration(s) hotfix"));
+}
+
+#[test]
+fn a_rollback_is_confirmed_only_when_the_devices_have_other_settings() {
+    let mut s = Sim::new(rollout());
+    s.fail_rate.insert("2.4.0".into(), 0.5);
+    s.rollback_uncovered = 4;
+    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::RollingBack));
+    let started = s.now;
+    s.refresh();
+    let asked = s.counts_asked();
+    let [req] = &asked[..] else { panic!("{asked:?}") };
+    assert!(req.key.starts_with("rollback:"));
+    assert_eq!(
+        req.condition,
+        "((tags.environment='prod') AND (tags.ring='canary')) AND NOT (configurations.[[baseline]].status='Applied')"
+    );
+    // Within the grace period: still rolling back.
+    s.step();
+    assert_eq!(s.ring_state(), (0, RingState::RollingBack));
+    assert!(s.status.message.as_deref().unwrap().contains("4 devices"));
+    // After it: rolled back, and stalled on the devices that lost their settings.
+    s.run_until(40, |s| s.phase() == Phase::RolledBack);
+    assert!(s.now.duration_since(started) >= ROLLBACK_GRACE);
+    let stalled = status::condition(&s.status, STALLED).unwrap();
+    assert_eq!(stalled.reason, "RollbackIncomplete");
+    assert!(stalled.message.contains("4 devices"), "{}", stalled.message);
+    // A baseline that covers them clears it.
+    s.rollback_uncovered = 0;
+    s.step();
+    assert_eq!(status::condition(&s.status, STALLED).unwrap().reason, "RolledBack");
+}
+
+#[test]
+fn an_approval_runs_the_baseline_guard_again() {
+    let mut ro = rollout();
+    ro.spec.rings[1].approval = true;
+    let mut s = Sim::new(ro);
+    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::AwaitingApproval));
+    // Coverage went away while the ring waited for its approval.
+    s.uncovered = 5;
+    s.op("go", OperationKind::Promote);
+    let d = s.step();
+    assert!(
+        d.actions.iter().all(|a| !matches!(a, Action::Update { config, .. } if config.labels[label::RING] == "1")),
+        "no widening onto uncovered devices: {:?}",
+        d.actions
+    );
+    assert_eq!(s.ring_state(), (1, RingState::WaitingForBaseline));
+    assert_eq!(status::condition(&s.status, STALLED).unwrap().reason, "BaselineMissing");
+    assert!(s.status.rings[1].approved_at.is_some());
+    // Covered again: it widens without asking for a second approval.
+    s.uncovered = 0;
+    let d = s.step();
+    assert!(d.actions.iter().any(|a| matches!(a, Action::Update { config, .. } if config.labels[label::RING] == "1")), "{:?}", d.actions);
 }
 
 #[test]

@@ -178,7 +178,8 @@ impl Plan {
 
     /// An existing configuration (of any revision of this rollout) with the mutable
     /// fields set as they should be for `state` at `ring`; content, id and the hub's
-    /// read-only fields are kept.
+    /// read-only fields are kept. The labels are the base labels alone: the decision adds
+    /// the [`revision::Marks`] the status calls for.
     pub fn retarget(&self, existing: &Configuration, revision: &str, ring: usize, state: ConfigState) -> Configuration {
         let mut c = existing.clone();
         c.labels = self.labels(revision, ring, state);
@@ -188,10 +189,11 @@ impl Plan {
         c
     }
 
-    /// True when `existing` already has the mutable fields `retarget` would give it.
+    /// True when `existing` already has the mutable fields `retarget` would give it
+    /// (marks aside: they follow the status, not the spec).
     pub fn matches(&self, existing: &Configuration, revision: &str, ring: usize, state: ConfigState) -> bool {
         let want = self.retarget(existing, revision, ring, state);
-        want.labels == existing.labels
+        revision::Marks::default().write(&existing.labels) == want.labels
             && want.target_condition == existing.target_condition
             && want.priority == existing.priority
             && want.metrics.queries == existing.metrics.queries

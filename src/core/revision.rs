@@ -6,9 +6,17 @@
 //! and revision, so every write is idempotent and two controllers derive the same ids.
 //! Labels on the configuration name the rollout, revision, ring and state, so the state
 //! can be rebuilt from the hub alone.
+//!
+//! Besides those, the current revision's configuration carries [`Marks`]: when its ring
+//! was targeted, applied and passed, an approval of the next ring, an operator's pause,
+//! and the last operator request applied. They are what the status knows and the hub
+//! otherwise would not, so that a controller that lost the status (a restart without the
+//! CR's status, a wiped state store) resumes where it was instead of re-baking a ring,
+//! forgetting a pause, or applying a `promote` a second time.
 
 use crate::hub::configuration::{Configuration, MAX_ID_LEN};
 use crate::resources::RolloutContent;
+use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -33,6 +41,23 @@ pub mod label {
     pub const RING: &str = "ringmaster.ring";
     /// `rolling`, `stable` or `held` (see [`super::ConfigState`]).
     pub const STATE: &str = "ringmaster.state";
+
+    // Marks (see [`super::Marks`]): times are Unix seconds.
+    /// When the ring in [`RING`] was targeted.
+    pub const STARTED: &str = "ringmaster.started";
+    /// When the hub reported that ring applied (its bake counts from here).
+    pub const APPLIED: &str = "ringmaster.applied";
+    /// When that ring's gate passed.
+    pub const PASSED: &str = "ringmaster.passed";
+    /// When an operator approved the ring after it.
+    pub const APPROVED: &str = "ringmaster.approved";
+    /// The id of the operator's `pause` in effect.
+    pub const PAUSED: &str = "ringmaster.paused";
+    /// The id of the last operator request applied.
+    pub const OPERATION: &str = "ringmaster.operation";
+
+    /// Every mark key.
+    pub const MARKS: [&str; 6] = [STARTED, APPLIED, PASSED, APPROVED, PAUSED, OPERATION];
 }
 
 /// What a configuration of a rollout is, as its `ringmaster.state` label says.
@@ -174,6 +199,7 @@ pub struct ConfigLabels {
     pub revision: String,
     pub ring: usize,
     pub state: ConfigState,
+    pub marks: Marks,
 }
 
 impl ConfigLabels {
@@ -183,7 +209,77 @@ impl ConfigLabels {
             revision: l.get(label::REVISION)?.clone(),
             ring: l.get(label::RING)?.parse().ok()?,
             state: ConfigState::from_label(l.get(label::STATE)?)?,
+            marks: Marks::read(l),
         })
+    }
+}
+
+/// What the status knows about the current revision that the hub should keep too, written
+/// as labels on its configuration. A mark that cannot be read (edited by hand) is absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// When the ring in the `ringmaster.ring` label was targeted.
+    pub started: Option<Timestamp>,
+    /// When the hub reported that ring applied.
+    pub applied: Option<Timestamp>,
+    /// When its gate passed.
+    pub passed: Option<Timestamp>,
+    /// When an operator approved the ring after it.
+    pub approved: Option<Timestamp>,
+    /// The operator's `pause` in effect (its id, as a label value).
+    pub paused: Option<String>,
+    /// The last operator request applied (its id, as a label value).
+    pub operation: Option<String>,
+}
+
+impl Marks {
+    /// The marks among `labels`.
+    pub fn read(labels: &BTreeMap<String, String>) -> Marks {
+        let time = |k: &str| {
+            labels
+                .get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(|s| Timestamp::from_second(s).ok())
+        };
+        Marks {
+            started: time(label::STARTED),
+            applied: time(label::APPLIED),
+            passed: time(label::PASSED),
+            approved: time(label::APPROVED),
+            paused: labels.get(label::PAUSED).cloned(),
+            operation: labels.get(label::OPERATION).cloned(),
+        }
+    }
+
+    /// `labels` with these marks in place of whatever marks they had.
+    pub fn write(&self, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut out: BTreeMap<String, String> = labels
+            .iter()
+            .filter(|(k, _)| !label::MARKS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let times = [
+            (label::STARTED, self.started),
+            (label::APPLIED, self.applied),
+            (label::PASSED, self.passed),
+            (label::APPROVED, self.approved),
+        ];
+        for (k, t) in times {
+            if let Some(t) = t {
+                out.insert(k.to_string(), t.as_second().to_string());
+            }
+        }
+        for (k, v) in [(label::PAUSED, &self.paused), (label::OPERATION, &self.operation)] {
+            if let Some(v) = v {
+                out.insert(k.to_string(), label_value(v));
+            }
+        }
+        out
+    }
+
+    /// True when `id` is the operation recorded here (ids are compared as label values).
+    pub fn is_operation(&self, id: &str) -> bool {
+        self.operation.as_deref() == Some(label_value(id).as_str())
     }
 }
 
@@ -238,10 +334,35 @@ mod tests {
         assert!(!belongs_to(&c, "fleet", "chiller"));
         assert_eq!(
             ConfigLabels::read(&c),
-            Some(ConfigLabels { revision: "3f9a2c1d".into(), ring: 2, state: ConfigState::Held })
+            Some(ConfigLabels { revision: "3f9a2c1d".into(), ring: 2, state: ConfigState::Held, marks: Marks::default() })
         );
         let long = label_value(&"x".repeat(300));
         assert!(long.len() <= MAX_LABEL_LEN);
+    }
+
+    #[test]
+    fn marks_round_trip_and_replace_only_marks() {
+        let t: Timestamp = "2026-01-01T00:05:00.750Z".parse().unwrap();
+        let marks = Marks {
+            started: Some(t),
+            applied: Some(t),
+            passed: None,
+            approved: Some(t),
+            paused: Some("pause/1".into()),
+            operation: Some("op-7".into()),
+        };
+        let base = labels("fleet", "chiller-fw", "3f9a2c1d", 1, ConfigState::Rolling);
+        let with = marks.write(&base);
+        assert_eq!(with[label::STARTED], "1767225900");
+        assert_eq!(with[label::PAUSED], label_value("pause/1"));
+        let back = Marks::read(&with);
+        assert_eq!(back.started, Some(Timestamp::from_second(1767225900).unwrap()), "seconds are kept");
+        assert_eq!(back.passed, None);
+        assert!(back.is_operation("op-7"));
+        assert_eq!(Marks::default().write(&with), base, "no marks: the base labels alone");
+        for v in with.values() {
+            assert_eq!(&label_value(v), v, "every value is a valid label value");
+        }
     }
 
     proptest! {

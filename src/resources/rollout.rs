@@ -295,6 +295,11 @@ pub struct RingStatus {
     /// Devices where the configuration is applied, as the hub last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<u64>,
+    /// Targeted devices where a higher-priority configuration writes the same settings, so
+    /// this one is never applied there; they count as settled when waiting for the ring to
+    /// be applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shielded: Option<u64>,
 }
 
 /// What a ring is waiting for.
@@ -336,12 +341,19 @@ pub struct RingRecord {
     /// When its gate passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passed_at: Option<Time>,
+    /// When an operator approved widening into this ring (`approval: true` rings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<Time>,
     /// Targeted devices at the last observation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub targeted: Option<u64>,
     /// Applied devices at the last observation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<u64>,
+    /// Targeted devices shielded by a higher-priority configuration when the ring was
+    /// found applied (see `RingStatus.shielded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shielded: Option<u64>,
     /// Custom metric counts at the last observation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, u64>,

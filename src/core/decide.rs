@@ -720,7 +720,7 @@ impl<'a> Run<'a> {
                     self.plan.revision
                 );
                 if rolled_back {
-                    self.message = format!("revision {} was rolled back; waiting for new content or retry", self.plan.revision);
+                    self.message = format!("revision {} was rolled back and is held", self.plan.revision);
                 } else {
                     self.rolled_back(ring, &n, msg.clone());
                     self.message = msg;

@@ -603,7 +603,9 @@ impl<'a> Run<'a> {
     fn operations(&mut self) {
         let ring_name = self.st.ring.as_ref().map(|r| r.name.clone());
         for op in &self.obs.operations {
-            if self.st.handled_operations.contains(&op.id) {
+            // An id restored from the `operation` mark is in its label form.
+            let as_label = label_value(&op.id);
+            if self.st.handled_operations.iter().any(|h| *h == op.id || *h == as_label) {
                 continue;
             }
             status::mark_handled(&mut self.st, &op.id);
@@ -887,6 +889,11 @@ impl<'a> Run<'a> {
                     } else if std::mem::take(&mut self.requests.retry) {
                         self.history("Retry", Some(i), Some(&n), "operator asked to judge the ring again".into());
                         self.enter(i, RingState::Applying);
+                        // A new start: applied, baked and judged again, with a new deadline.
+                        let now = Time(self.now);
+                        let rec = self.record(i);
+                        rec.started_at = Some(now);
+                        rec.applied_at = None;
                         Step::Continue
                     } else {
                         let _ = c;

@@ -4,11 +4,14 @@
 //! # How it works
 //! The hub is the source of truth for *where* a rollout is: each configuration carries
 //! labels naming its revision, the widest ring its target includes, and its state
-//! (`rolling`, `stable`, `held`). The status adds what the hub cannot hold: since when a
-//! ring has been in a state, verdicts, history, pauses. When the status is lost, the
-//! labels give the ring and the configuration's `lastUpdatedTimeUtc` gives the start
-//! time; the ring is then re-applied, re-baked and re-judged, which reaches the same
-//! outcome later rather than a different one.
+//! (`rolling`, `stable`, `held`). The status adds verdicts, history and messages. What a
+//! restart needs besides (when the ring was targeted, applied and passed, an approval of
+//! the next ring, a pause, the last operator request applied) the current revision's
+//! configuration carries as [`Marks`], written with the write that changes them or as a
+//! small label update of their own. When the status is lost, the decision takes them
+//! back: the rollout goes on with the same bake times and deadlines, stays paused, and
+//! applies no request twice. (Configurations without marks fall back on
+//! `lastUpdatedTimeUtc` as the start time and are re-applied, re-baked and re-judged.)
 //!
 //! # Where the numbers come from
 //! `targeted`, `applied` and the custom metrics are the configuration's own
@@ -20,6 +23,12 @@
 //!   only when the hub's `targetedCount` equals this and `appliedCount` has caught up.
 //! - `baseline:<rev>:<ring>`: newly targeted devices that no lower-priority configuration
 //!   covers (the baseline guard, semantics 7).
+//! - `shielded:<rev>:<ring>`: targeted devices where a higher-priority configuration
+//!   writing the same paths is applied, so this one never will be. Asked only when the
+//!   numbers fall short and such a configuration exists; they count as settled.
+//! - `rollback:<rev>`: devices a held revision reached that no other configuration
+//!   writing its paths is applied to: the rollback is confirmed when this is 0 (or, after
+//!   [`ROLLBACK_GRACE`], reported as `RollbackIncomplete`).
 //! - `cleanup`: devices where this rollout's configurations are applied and no other
 //!   lower-priority configuration covers them (deleting the rollout).
 //!
@@ -28,9 +37,11 @@
 //!
 //! # Operator requests
 //! [`Operation`]s arrive in [`Observation::operations`]; each id is applied once and
-//! recorded in `status.handledOperations`. `promote` moves the current ring forward now
-//! (approval, a pending gate, a failed ring held by `onFailure: pause`, or a blocked
-//! baseline guard) and is recorded as a Pass "promoted by operator"; `abort` rolls back;
+//! recorded in `status.handledOperations` (and the last one as a mark on the hub).
+//! `promote` approves an approval ring (the baseline guard still runs before widening),
+//! or moves the current ring forward now (a pending gate, a failed ring held by
+//! `onFailure: pause`, or a blocked baseline guard), recorded as a Pass "promoted by
+//! operator"; `abort` rolls back;
 //! `retry` restarts a rolled-back revision at ring 0 (or re-judges a failed ring); `pause`
 //! holds widening and completion (rollbacks still happen: safety wins); `resume` lifts it.
 

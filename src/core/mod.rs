@@ -2,7 +2,7 @@
 //! reports and the time, to the hub writes to make and the next status.
 //!
 //! Pipeline: [`validate`] (every mode runs it before anything else) → [`plan`] (targets,
-//! scoped metric queries, configurations; ids and labels in [`revision`]) → [`decide`]
+//! scoped metric queries, configurations; ids and labels in [`revision`]) → [`decide`](mod@decide)
 //! (the state machine, with [`gate`] verdicts and [`status`] bookkeeping). Nothing here
 //! does I/O or reads a clock: no tokio, kube client, HTTP or SQLite. The
 //! [`crate::driver`] performs what the core decides.

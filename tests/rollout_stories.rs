@@ -31,21 +31,32 @@ use std::sync::Arc;
 
 // ---- the world --------------------------------------------------------------------
 
-/// 400 chillers in three quality rings; model 5000x cannot install 2.5.0 (30% fail).
-const FLEET: &str = r#"
-devices: 400
+/// A fleet of `devices` chillers running 2.3.0, in three quality rings (canary, early and
+/// broad shares), of two models; model 5000x fails to install 2.5.0 at `fail_rate`.
+fn fleet(devices: usize, [canary, early, broad]: [f64; 3], share_5000x: f64, fail_rate: f64, seed: u64) -> String {
+    format!(
+        r#"
+devices: {devices}
 idPrefix: chiller-
-seed: 7
-tags: {environment: prod}
-rings: {canary: 0.1, early: 0.3, broad: 0.6}
-models: {"4000x": 0.5, "5000x": 0.5}
+seed: {seed}
+tags: {{environment: prod}}
+rings: {{canary: {canary}, early: {early}, broad: {broad}}}
+models: {{"4000x": {m4}, "5000x": {share_5000x}}}
 firmware:
   initial: "2.3.0"
   downloadSeconds: 20
   applySeconds: 10
   failures:
-    - {model: "5000x", version: "2.5.0", rate: 0.3}
-"#;
+    - {{model: "5000x", version: "2.5.0", rate: {fail_rate}}}
+"#,
+        m4 = 1.0 - share_5000x,
+    )
+}
+
+/// 400 chillers, 40 of them canaries; 30% of model 5000x cannot install 2.5.0.
+fn chillers() -> String {
+    fleet(400, [0.1, 0.3, 0.6], 0.5, 0.3, 7)
+}
 
 /// What every device runs today, and what the baseline configuration writes.
 const BASELINE_VERSION: &str = "2.3.0";
@@ -304,16 +315,7 @@ fn assert_restored(hub: &EmbeddedHub, received: &BTreeSet<String>, expected: &st
 
 #[tokio::test]
 async fn a_good_revision_reaches_ten_thousand_devices_ring_by_ring_each_ring_gated_on_its_counts() {
-    let fleet = r#"
-devices: 10000
-idPrefix: chiller-
-seed: 11
-tags: {environment: prod}
-rings: {canary: 0.02, early: 0.18, broad: 0.8}
-models: {"4000x": 0.5, "5000x": 0.5}
-firmware: {initial: "2.3.0", downloadSeconds: 20, applySeconds: 10}
-"#;
-    let mut w = World::new(fleet, "2.4.0");
+    let mut w = World::new(&fleet(10_000, [0.02, 0.18, 0.8], 0.5, 0.3, 11), "2.4.0");
     w.tick = SignedDuration::from_secs(10);
     w.ro.spec.gate.min_applied = Some(50);
     w.ro.spec.gate.bake = Some("5m".parse().unwrap());
@@ -368,7 +370,7 @@ firmware: {initial: "2.3.0", downloadSeconds: 20, applySeconds: 10}
 
 #[tokio::test]
 async fn a_faulty_revision_is_rolled_back_in_the_canary_ring_and_its_devices_get_the_stable_one_back() {
-    let mut w = World::new(FLEET, "2.4.0");
+    let mut w = World::new(&chillers(), "2.4.0");
     w.run_until(2, "healthy on 2.4.0", |w| w.phase() == Some(Phase::Healthy)).await;
     let stable = revision_of(&w.ro);
 
@@ -404,7 +406,7 @@ async fn a_faulty_revision_is_rolled_back_in_the_canary_ring_and_its_devices_get
 
 #[tokio::test]
 async fn new_content_mid_rollout_supersedes_the_unfinished_revision() {
-    let mut w = World::new(FLEET, "2.4.0");
+    let mut w = World::new(&chillers(), "2.4.0");
     w.run_until(2, "baking the early ring", |w| w.ring_is("early", RingState::Baking)).await;
     let first = w.current().unwrap().id;
     assert_eq!(w.count("properties.desired.firmware.version='2.4.0'"), 160);
@@ -431,7 +433,7 @@ async fn new_content_mid_rollout_supersedes_the_unfinished_revision() {
 
 #[tokio::test]
 async fn an_approval_ring_waits_for_promote_and_widens_once_it_arrives() {
-    let mut w = World::new(FLEET, "2.4.0");
+    let mut w = World::new(&chillers(), "2.4.0");
     w.ro.spec.rings[1].approval = true;
     w.run_until(2, "awaiting approval", |w| w.ring_is("early", RingState::AwaitingApproval)).await;
     assert_eq!(w.phase(), Some(Phase::Paused));
@@ -465,7 +467,7 @@ async fn an_approval_ring_waits_for_promote_and_widens_once_it_arrives() {
 
 #[tokio::test]
 async fn an_approval_given_after_the_baseline_went_away_waits_for_the_baseline() {
-    let mut w = World::new(FLEET, "2.4.0");
+    let mut w = World::new(&chillers(), "2.4.0");
     w.ro.spec.rings[1].approval = true;
     w.run_until(2, "awaiting approval", |w| w.ring_is("early", RingState::AwaitingApproval)).await;
     // While the ring waits, the baseline is narrowed to the canary ring.
@@ -491,7 +493,7 @@ async fn an_approval_given_after_the_baseline_went_away_waits_for_the_baseline()
 #[tokio::test]
 async fn a_too_small_sample_stays_inconclusive_and_stalls_at_the_deadline() {
     // Three canaries, and no verdict below five applied devices.
-    let fleet = FLEET.replace("devices: 400", "devices: 200").replace("canary: 0.1, early: 0.3, broad: 0.6", "canary: 0.015, early: 0.285, broad: 0.7");
+    let fleet = fleet(200, [0.015, 0.285, 0.7], 0.5, 0.3, 7);
     let mut w = World::new(&fleet, "2.4.0");
     w.ro.spec.gate.deadline = Some("30m".parse().unwrap());
     w.run_until(2, "rolled back", |w| w.phase() == Some(Phase::RolledBack)).await;
@@ -533,7 +535,7 @@ async fn a_controller_that_loses_its_status_before_every_step_reaches_the_same_o
     // Uninterrupted, then restarting before every reconcile; an approval ring on the way.
     let mut outcomes = Vec::new();
     for forgetful in [false, true] {
-        let mut w = World::new(FLEET, "2.4.0");
+        let mut w = World::new(&chillers(), "2.4.0");
         w.forgetful = forgetful;
         w.ro.spec.rings[1].approval = true;
         w.run_until(2, "awaiting approval", |w| w.ring_is("early", RingState::AwaitingApproval)).await;
@@ -552,7 +554,7 @@ async fn a_controller_that_loses_its_status_before_every_step_reaches_the_same_o
     assert!(b.4 <= a.4 + SignedDuration::from_mins(10), "restarts cost {:?} against {:?}", b.4, a.4);
 
     // The faulty revision, restarting all the way: rolled back in the canary ring.
-    let mut w = World::new(FLEET, "2.5.0");
+    let mut w = World::new(&chillers(), "2.5.0");
     w.forgetful = true;
     let received = watch_faulty(&mut w, "2.5.0");
     w.run_until(2, "rolled back", |w| w.phase() == Some(Phase::RolledBack)).await;
@@ -564,7 +566,7 @@ async fn a_controller_that_loses_its_status_before_every_step_reaches_the_same_o
 
 #[tokio::test]
 async fn deleting_a_rollout_removes_its_configurations_only_once_something_else_covers_the_devices() {
-    let mut w = World::new(FLEET, "2.4.0");
+    let mut w = World::new(&chillers(), "2.4.0");
     w.run_until(2, "healthy", |w| w.phase() == Some(Phase::Healthy)).await;
     // The baseline goes; then the rollout is deleted.
     w.hub.delete_configuration("baseline", None).unwrap();
@@ -584,7 +586,7 @@ async fn deleting_a_rollout_removes_its_configurations_only_once_something_else_
     assert!(out.finalized);
 
     // Forced: deleted even with nothing underneath (the settings are stripped).
-    let mut w = World::new(FLEET, "2.4.0");
+    let mut w = World::new(&chillers(), "2.4.0");
     w.run_until(2, "healthy", |w| w.phase() == Some(Phase::Healthy)).await;
     w.hub.delete_configuration("baseline", None).unwrap();
     w.ro.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(w.clock.now()));
@@ -595,7 +597,7 @@ async fn deleting_a_rollout_removes_its_configurations_only_once_something_else_
 
 #[tokio::test]
 async fn devices_a_higher_priority_configuration_holds_do_not_hold_up_the_ring() {
-    let mut w = World::new(FLEET, "2.4.0");
+    let mut w = World::new(&chillers(), "2.4.0");
     // A hotfix pinned five canaries to 2.3.1 at a higher priority.
     let pinned: Vec<String> = device_ids(&w.hub, "tags.ring='canary'").into_iter().take(5).collect();
     let ids = pinned.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ");
@@ -619,28 +621,6 @@ async fn devices_a_higher_priority_configuration_holds_do_not_hold_up_the_ring()
 
 // ---- the property -------------------------------------------------------------------
 
-/// A small fleet: `devices` chillers, a canary share, and one model failing `version` at `rate`.
-fn small_fleet(devices: usize, canary: f64, share_5000x: f64, version: &str, rate: f64, seed: u64) -> String {
-    format!(
-        r#"
-devices: {devices}
-idPrefix: c-
-seed: {seed}
-tags: {{environment: prod}}
-rings: {{canary: {canary}, early: {early}, broad: 0.5}}
-models: {{"4000x": {m4}, "5000x": {share_5000x}}}
-firmware:
-  initial: "2.3.0"
-  downloadSeconds: 20
-  applySeconds: 10
-  failures:
-    - {{model: "5000x", version: "{version}", rate: {rate}}}
-"#,
-        early = 0.5 - canary,
-        m4 = 1.0 - share_5000x,
-    )
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -658,7 +638,7 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let fleet = small_fleet(devices, canary, share_5000x, "2.5.0", rate, seed);
+            let fleet = fleet(devices, [canary, 0.5 - canary, 0.5], share_5000x, rate, seed);
             let mut w = World::new(&fleet, "2.4.0");
             w.tick = SignedDuration::from_secs(10);
             w.forgetful = restarts;

@@ -6,6 +6,7 @@
 //! runs the core against a hub, sources and the HTTP surface, and the CLI in `main.rs`.
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod core;

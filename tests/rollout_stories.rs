@@ -565,6 +565,45 @@ async fn a_controller_that_loses_its_status_before_every_step_reaches_the_same_o
 }
 
 #[tokio::test]
+async fn a_pause_holds_through_restarts_until_resume() {
+    let mut w = World::new(&chillers(), "2.4.0");
+    w.forgetful = true;
+    w.run_until(1, "baking the canary ring", |w| w.ring_is("canary", RingState::Baking)).await;
+    w.operate("hold-on", OperationKind::Pause, None);
+    let paused_at = w.trace.len();
+    w.run_for(60).await;
+    // Every step started from nothing; the pause came back from the configuration's label.
+    assert!(w.trace[paused_at..].iter().all(|s| s.labels == Some((0, "rolling".into()))), "widened while paused");
+    assert_eq!(w.phase(), Some(Phase::Paused));
+    assert_eq!(w.current().unwrap().labels[label::PAUSED], "hold-on");
+    assert_eq!(w.count("properties.desired.firmware.version='2.4.0'"), 40);
+
+    w.operate("go-on", OperationKind::Resume, None);
+    w.run_until(2, "healthy", |w| w.phase() == Some(Phase::Healthy)).await;
+    assert_eq!(w.count("properties.desired.firmware.version='2.4.0'"), 400);
+}
+
+#[tokio::test]
+async fn a_rollback_with_nothing_underneath_says_how_many_devices_lost_their_settings() {
+    let mut w = World::new(&chillers(), "2.5.0");
+    w.hub.delete_configuration("baseline", None).unwrap();
+    w.ro.spec.baseline = ringmaster::resources::BaselinePolicy::Warn;
+    let received = watch_faulty(&mut w, "2.5.0");
+    w.run_until(2, "rolled back", |w| w.phase() == Some(Phase::RolledBack)).await;
+    assert!(w.decisions().contains(&"BaselineWarning"), "{:?}", w.decisions());
+    // The held revision reaches no device, and nothing gave the canaries their firmware
+    // settings back: reported, not hidden.
+    assert_eq!(received.borrow().len(), 40);
+    assert_eq!(w.count("tags.ring='canary' AND IS_DEFINED(properties.desired.firmware)"), 0);
+    let stalled = condition(&w.status, STALLED).unwrap();
+    assert_eq!(stalled.reason, "RollbackIncomplete");
+    assert!(stalled.message.contains("40 devices"), "{}", stalled.message);
+    let rollback = w.history("Rollback")[0].time.0;
+    let confirmed = w.history("RolledBack")[0].time.0;
+    assert!(confirmed.duration_since(rollback) >= ringmaster::core::decide::ROLLBACK_GRACE);
+}
+
+#[tokio::test]
 async fn deleting_a_rollout_removes_its_configurations_only_once_something_else_covers_the_devices() {
     let mut w = World::new(&chillers(), "2.4.0");
     w.run_until(2, "healthy", |w| w.phase() == Some(Phase::Healthy)).await;

@@ -132,7 +132,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut engine_best = f64::MAX;
     let mut matched = 0;
     for _ in 0..runs {
-        let (m, s) = time(|| hub.read(|st| st.slots().filter(|s| cond.matches(&s.row())).count()));
+        let (m, s) = time(|| hub.read(|st| {
+            let mut n = 0;
+            st.scan(Some(&cond), |_, _| n += 1);
+            n
+        }));
         matched = m;
         engine_best = engine_best.min(s);
     }

@@ -333,6 +333,12 @@ impl HubState {
         self.slots[i as usize].as_ref()
     }
 
+    /// Calls `f(slot number, slot)` for every device matching `cond` (`None`: all), in slot
+    /// order. This is the engine's hot loop: it prefetches twins ahead of evaluation.
+    pub fn scan<'a>(&'a self, cond: Option<&Condition>, f: impl FnMut(u32, &'a Slot)) {
+        scan_slots(&self.slots, cond, f)
+    }
+
     /// Every device, in slot order.
     pub fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().flatten()
@@ -694,13 +700,9 @@ impl HubState {
         for cs in self.configs.iter_mut().filter(|c| c.target_dirty) {
             stats.configurations_rescanned += 1;
             let mut fresh = BitSet::new();
-            for (i, slot) in self.slots.iter().enumerate() {
-                if let Some(slot) = slot {
-                    if cs.target.matches(&slot.row()) {
-                        fresh.set(i as u32, true);
-                    }
-                }
-            }
+            scan_slots(&self.slots, Some(&cs.target), |i, _| {
+                fresh.set(i, true);
+            });
             // Every twin it targets, or targeted before, is re-decided (covers priority
             // changes as well as target changes).
             for s in cs.targeted.iter().chain(fresh.iter()) {
@@ -745,12 +747,10 @@ impl HubState {
             if cs.metrics_dirty {
                 for m in &mut cs.metrics {
                     m.set.clear();
-                    for (i, slot) in self.slots.iter().enumerate() {
-                        if let Some(slot) = slot {
-                            let hit = m.condition.as_ref().is_none_or(|c| c.matches(&slot.row()));
-                            m.set.set(i as u32, hit);
-                        }
-                    }
+                    let set = &mut m.set;
+                    scan_slots(&self.slots, m.condition.as_ref(), |i, _| {
+                        set.set(i, true);
+                    });
                 }
                 cs.metrics_dirty = false;
             } else if !touched.is_empty() {
@@ -934,6 +934,21 @@ impl HubState {
                 .any(|s| cond.is_none_or(|c| c.matches(&s.row())));
         let token = more.then(|| encode_continuation(start, emitted));
         Ok((q.item_type(), out, token))
+    }
+}
+
+/// See [`HubState::scan`].
+fn scan_slots<'a>(slots: &'a [Option<Slot>], cond: Option<&Condition>, mut f: impl FnMut(u32, &'a Slot)) {
+    const AHEAD: usize = 12;
+    for i in 0..slots.len() {
+        if let Some(Some(next)) = slots.get(i + AHEAD) {
+            next.twin.prefetch();
+        }
+        if let Some(slot) = &slots[i] {
+            if cond.is_none_or(|c| c.matches(&slot.row())) {
+                f(i as u32, slot);
+            }
+        }
     }
 }
 

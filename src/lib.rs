@@ -7,3 +7,4 @@
 pub mod client;
 pub mod clock;
 pub mod hub;
+pub mod server;

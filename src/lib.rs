@@ -4,6 +4,7 @@
 //! `Hub` trait and its implementations, `core` the pure decision core, sources and the
 //! HTTP surface, and the CLI in `main.rs`.
 
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod hub;

@@ -1,29 +1,47 @@
 //! The `ringmaster` command line.
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
-#[derive(Debug, Parser)]
-#[command(name = "ringmaster", version, about = "Phased rollouts of IoT Hub automatic device configurations")]
+#[derive(Parser)]
+#[command(name = "ringmaster", version, about = "Declarative phased rollouts of IoT Hub automatic device configurations")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// The embedded IoT hub.
     #[command(subcommand)]
     Hub(HubCommand),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum HubCommand {
+    /// Measure the embedded hub's engine against SQLite on generated twins and print figures.
+    Bench(ringmaster::bench::BenchArgs),
     /// Serve the embedded hub over an Azure IoT Hub compatible REST API.
     Serve(ringmaster::server::ServeArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hub(HubCommand::Bench(args)) => ringmaster::bench::run(args),
+        Command::Hub(HubCommand::Serve(args)) => serve(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `hub serve`: logs to stderr (`RUST_LOG`, default info), the server on a tokio runtime.
+fn serve(args: ringmaster::server::ServeArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -31,8 +49,6 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
-        Command::Hub(HubCommand::Serve(args)) => rt.block_on(ringmaster::server::run(args)),
-    }
+    tokio::runtime::Runtime::new()?.block_on(ringmaster::server::run(args))?;
+    Ok(ExitCode::SUCCESS)
 }

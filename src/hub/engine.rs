@@ -803,9 +803,37 @@ impl HubState {
             .map(|(p, (id, _))| (p.to_string(), id.to_string()))
             .collect();
 
+        let mut statuses: Map<String, Value> = Map::new();
+        let applied_ids: Vec<&str> = winners.values().map(|(id, _)| *id).collect();
+        for c in &targeting {
+            let st = if applied_ids.contains(&c.config.id.as_str()) || c.content.is_empty() {
+                STATUS_APPLIED
+            } else {
+                STATUS_TARGETED
+            };
+            statuses.insert(c.config.id.clone(), serde_json::json!({ "status": st }));
+        }
+        let applied_set: Vec<(usize, bool)> = self
+            .configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let st = statuses.get(&c.config.id).and_then(|v| v["status"].as_str());
+                (i, st == Some(STATUS_APPLIED))
+            })
+            .collect();
+        let owners_changed = new_owners != slot.owners;
+        let status_changed = statuses != slot.twin.section(Section::Configurations);
+        if !owners_changed && !status_changed {
+            for (i, on) in applied_set {
+                self.configs[i].applied.set(s, on);
+            }
+            return false;
+        }
+
         let mut twin = slot.twin.clone();
         let mut desired_changed = false;
-        if new_owners != slot.owners {
+        if owners_changed {
             let mut desired = twin.section(Section::Desired);
             for (p, old) in &slot.owners {
                 if !winners.contains_key(p.as_str()) {
@@ -827,35 +855,8 @@ impl HubState {
                 return false;
             }
         }
-
-        let mut statuses: Map<String, Value> = Map::new();
-        let applied_ids: Vec<&str> = winners.values().map(|(id, _)| *id).collect();
-        for c in &targeting {
-            let st = if applied_ids.contains(&c.config.id.as_str()) || c.content.is_empty() {
-                STATUS_APPLIED
-            } else {
-                STATUS_TARGETED
-            };
-            statuses.insert(c.config.id.clone(), serde_json::json!({ "status": st }));
-        }
-        let status_changed = statuses != twin.section(Section::Configurations);
         if status_changed {
             let _ = twin.set_section(Section::Configurations, &statuses);
-        }
-        let applied_set: Vec<(usize, bool)> = self
-            .configs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let st = statuses.get(&c.config.id).and_then(|v| v["status"].as_str());
-                (i, st == Some(STATUS_APPLIED))
-            })
-            .collect();
-        if !(desired_changed || status_changed || new_owners != slot.owners) {
-            for (i, on) in applied_set {
-                self.configs[i].applied.set(s, on);
-            }
-            return false;
         }
         if desired_changed {
             twin.version += 1;

@@ -703,4 +703,58 @@ mod tests {
         assert!(t.to_json(&d).get("configurations").is_none());
         assert_eq!(twin_etag(7), "AAAAAAAAAAc=");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-zA-Z][a-zA-Z0-9_-]{0,8}",
+                "[a-z .$#]{1,4}",
+                any::<String>().prop_map(|s| s.chars().take(6).collect()),
+            ]
+        }
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-1e9f64..1e9).prop_map(Value::from),
+                "[ -~]{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(12, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..5)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Any object either round-trips through the flat form exactly or is refused
+            /// with the twin left as it was; nothing panics.
+            #[test]
+            fn sections_round_trip_or_are_refused(
+                m in prop::collection::btree_map(key(), json_value(), 0..6),
+                patch in prop::collection::btree_map(key(), json_value(), 0..4),
+            ) {
+                let m: Map<String, Value> = m.into_iter().collect();
+                let mut t = Twin::new(now());
+                match t.set_section(Section::Reported, &m) {
+                    Ok(()) => prop_assert_eq!(t.section(Section::Reported), m.clone()),
+                    Err(_) => prop_assert!(t.section(Section::Reported).is_empty()),
+                }
+                let before = t.section(Section::Reported);
+                let mut merged = before.clone();
+                merge_patch(&mut merged, &patch.into_iter().collect());
+                match t.set_section(Section::Reported, &merged) {
+                    Ok(()) => prop_assert_eq!(t.section(Section::Reported), merged),
+                    Err(_) => prop_assert_eq!(t.section(Section::Reported), before),
+                }
+            }
+        }
+    }
 }

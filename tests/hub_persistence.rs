@@ -1,0 +1,125 @@
+//! The embedded hub's SQLite store: acknowledged writes survive a killed process.
+
+use ringmaster::clock::{ManualClock, SystemClock};
+use ringmaster::hub::configuration::{Configuration, ConfigurationContent};
+use ringmaster::hub::device::Device;
+use ringmaster::hub::{EmbeddedHub, ErrorCode, HubOptions};
+use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+const CHILD_ENV: &str = "RINGMASTER_TEST_CHILD_STORE";
+
+fn fw_config() -> Configuration {
+    Configuration {
+        id: "fw".into(),
+        target_condition: "tags.ring='canary'".into(),
+        priority: 5,
+        content: ConfigurationContent {
+            device_content: Some(json!({"properties.desired.firmware": {"version": "2"}}).as_object().unwrap().clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The child: writes devices as fast as it can and prints an ACK after each returns.
+fn child(path: &str) {
+    let hub = EmbeddedHub::open(std::path::Path::new(path), Arc::new(SystemClock), HubOptions::default()).unwrap();
+    hub.create_configuration(&fw_config()).unwrap();
+    let out = std::io::stdout();
+    for i in 0.. {
+        let id = format!("d{i}");
+        hub.create_device_with_twin(Device::new(&id), &json!({"tags": {"ring": "canary"}})).unwrap();
+        hub.patch_reported(&id, &json!({"seq": i})).unwrap();
+        let mut o = out.lock();
+        writeln!(o, "ACK {i}").unwrap();
+        o.flush().unwrap();
+    }
+}
+
+#[test]
+fn reopening_after_sigkill_loses_nothing_acknowledged() {
+    if let Ok(path) = std::env::var(CHILD_ENV) {
+        child(&path);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let mut proc = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "reopening_after_sigkill_loses_nothing_acknowledged", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, &db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = 0usize;
+    let mut lines = BufReader::new(proc.stdout.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(n) = line.strip_prefix("ACK ") {
+            acked = n.parse::<usize>().unwrap() + 1;
+            if acked >= 150 {
+                break;
+            }
+        }
+    }
+    proc.kill().unwrap(); // SIGKILL on Unix
+    proc.wait().unwrap();
+    assert!(acked >= 150, "the child acknowledged only {acked} writes");
+
+    let clock = ManualClock::at_epoch();
+    let hub = EmbeddedHub::open(&db, Arc::new(clock), HubOptions::default()).unwrap();
+    for i in 0..acked {
+        let t = hub.get_twin(&format!("d{i}")).unwrap();
+        assert_eq!(t["properties"]["reported"]["seq"], i, "d{i}");
+        assert_eq!(t["properties"]["desired"]["firmware"]["version"], "2", "d{i}");
+        assert_eq!(t["configurations"]["fw"]["status"], "applied", "d{i}");
+    }
+    let fw = hub.get_configuration("fw").unwrap();
+    assert!(fw.system_metrics.results["appliedCount"] as usize >= acked);
+}
+
+#[test]
+fn a_reopened_hub_keeps_owners_etags_and_creation_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    let clock = ManualClock::at_epoch();
+    let etag;
+    {
+        let hub = EmbeddedHub::open(&db, Arc::new(clock.clone()), HubOptions::default()).unwrap();
+        hub.create_device_with_twin(Device::new("d1"), &json!({"tags": {"ring": "canary"}})).unwrap();
+        let mut base = fw_config();
+        base.id = "base".into();
+        base.target_condition = "*".into();
+        base.content.device_content = Some(json!({"properties.desired.firmware": {"version": "1"}}).as_object().unwrap().clone());
+        base.priority = 5;
+        hub.create_configuration(&base).unwrap();
+        clock.advance(jiff::SignedDuration::from_secs(1));
+        hub.create_configuration(&fw_config()).unwrap();
+        etag = hub.get_twin("d1").unwrap()["etag"].clone();
+    }
+    let hub = EmbeddedHub::open(&db, Arc::new(clock.clone()), HubOptions::default()).unwrap();
+    let t = hub.get_twin("d1").unwrap();
+    assert_eq!(t["etag"], etag, "reopening changes nothing");
+    assert_eq!(t["properties"]["desired"]["firmware"]["version"], "2", "the newer config still wins the tie");
+    // Narrowing after the restart hands the path back to the base configuration.
+    let mut fw = hub.get_configuration("fw").unwrap();
+    fw.target_condition = "tags.ring='none'".into();
+    hub.update_configuration(&fw, None).unwrap();
+    assert_eq!(hub.get_twin("d1").unwrap()["properties"]["desired"]["firmware"]["version"], "1");
+    assert_eq!(hub.get_configuration("base").unwrap().system_metrics.results["appliedCount"], 1);
+}
+
+#[test]
+fn a_store_from_a_newer_ringmaster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('schema_version', '99');").unwrap();
+    }
+    let e = EmbeddedHub::open(&db, Arc::new(SystemClock), HubOptions::default()).err().unwrap();
+    assert_eq!(e.code, ErrorCode::ServerError);
+    assert!(e.message.contains("schema version 99"), "{e}");
+}

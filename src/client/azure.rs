@@ -264,6 +264,8 @@ struct Call<'a> {
     path: String,
     headers: Vec<(&'a str, String)>,
     body: Option<Value>,
+    /// A non-2xx status that still carries the answer (bulk calls: 400).
+    also_ok: Option<StatusCode>,
 }
 
 impl<'a> Call<'a> {
@@ -274,6 +276,7 @@ impl<'a> Call<'a> {
             path,
             headers: Vec::new(),
             body: None,
+            also_ok: None,
         }
     }
     fn header(mut self, k: &'a str, v: impl Into<String>) -> Self {
@@ -447,7 +450,7 @@ impl AzureHub {
                         }
                         Err(e) => return Err(transport_error(&self.base_url, &e)),
                     };
-                    if status.is_success() {
+                    if status.is_success() || call.also_ok == Some(status) {
                         return Ok(Answer { status, headers, body });
                     }
                     if status == StatusCode::UNAUTHORIZED && !fresh_token && !last {
@@ -517,11 +520,14 @@ impl AzureHub {
     /// A bulk registry call (`POST /devices`, at most 100 entries). Returns the
     /// `BulkRegistryOperationResult`, also when some entries failed (HTTP 400).
     pub async fn bulk(&self, entries: &[Value]) -> Result<Value, HubError> {
-        let call = Call::new(Class::Registry, Method::POST, "/devices".into()).body(Value::Array(entries.to_vec()));
-        match self.send(call, ErrorCode::DeviceNotFound).await {
-            Ok(a) => a.json(),
-            Err(e) => Err(e),
+        let mut call = Call::new(Class::Registry, Method::POST, "/devices".into()).body(Value::Array(entries.to_vec()));
+        call.also_ok = Some(StatusCode::BAD_REQUEST);
+        let a = self.send(call, ErrorCode::DeviceNotFound).await?;
+        let v = a.json()?;
+        if a.status == StatusCode::BAD_REQUEST && v.get("isSuccessful").is_none() {
+            return Err(error_from(a.status, &a.headers, &a.body, ErrorCode::DeviceNotFound));
         }
+        Ok(v)
     }
 
     /// Device counts (`GET /statistics/devices`).
@@ -616,10 +622,7 @@ impl Hub for AzureHub {
     async fn delete_configuration(&self, id: &str, etag: Option<&str>) -> Result<(), HubError> {
         let call = Call::new(Class::Configurations, Method::DELETE, format!("/configurations/{}", encode(id)))
             .header("If-Match", if_match_value(etag));
-        match self.send(call, ErrorCode::ConfigurationNotFound).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.send(call, ErrorCode::ConfigurationNotFound).await.map(drop)
     }
 
     async fn query(&self, query: &str, page_size: Option<usize>, continuation: Option<&str>) -> Result<QueryPage, HubError> {

@@ -1,11 +1,16 @@
 //! ringmaster: declarative phased rollouts of IoT Hub automatic device configurations.
 //!
 //! Parts (one folder each, as in DESIGN.md): [`hub`] the embedded IoT hub, [`client`] the
-//! `Hub` trait and its implementations, `core` the pure decision core, sources and the
-//! HTTP surface, and the CLI in `main.rs`.
+//! `Hub` trait and its implementations, [`resources`] the `DeviceRollout` and `Hub`
+//! resources and the manifest loader, [`core`] the pure decision core, [`driver`] which
+//! runs the core against a hub, sources and the HTTP surface, and the CLI in `main.rs`.
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod core;
+pub mod driver;
 pub mod hub;
+pub mod resources;
 pub mod server;

@@ -15,6 +15,10 @@ enum Command {
     /// The embedded IoT hub.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// Print the CustomResourceDefinitions (DeviceRollout, Hub) as YAML.
+    Crd,
+    /// Check DeviceRollout and Hub manifests offline: exit 0 when valid, 1 when not.
+    Validate(ringmaster::cli::ValidateArgs),
 }
 
 #[derive(Subcommand)]
@@ -30,6 +34,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hub(HubCommand::Bench(args)) => ringmaster::bench::run(args),
         Command::Hub(HubCommand::Serve(args)) => serve(args),
+        Command::Crd => ringmaster::cli::crd(),
+        Command::Validate(args) => ringmaster::cli::validate(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,290 @@
+//! The driver: runs the decision core against a hub.
+//!
+//! One reconcile is a pipeline: validate → observe (list the configurations; count
+//! queries the core asks for) → decide → perform the actions in order → return the new
+//! status and when to look again. The driver holds the hub's traffic budgets (token
+//! buckets refilled per minute, shared by every rollout reconciled through it) and tells
+//! the core what is left, so the core never plans more traffic than the hub allows.
+//!
+//! Every write is idempotent (derived ids): a create that finds the configuration already
+//! there, or a delete that finds it gone, has done its job. If a write fails, the
+//! reconcile stops there and the *previous* status is returned with the error: the next
+//! reconcile observes the hub again and the core, which reads its position from the
+//! configurations' labels, picks up from whatever was done. The same holds when the
+//! status is lost altogether (a restart without the CR's status, a wiped state store).
+
+use crate::client::Hub;
+use crate::clock::Clock;
+use crate::core::decide::{self, Action, Budget, Deletion, Observation};
+use crate::core::status::{self, RECONCILING, STALLED};
+use crate::core::validate;
+use crate::hub::error::{ErrorCode, HubError};
+use crate::resources::operation::force_delete;
+use crate::resources::{DeviceRollout, DeviceRolloutStatus, HubLimits, Operation};
+use jiff::{SignedDuration, Timestamp};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What one reconcile did and what comes next.
+#[derive(Clone, Debug)]
+pub struct ReconcileOutcome {
+    /// The status to record.
+    pub status: DeviceRolloutStatus,
+    /// When to reconcile again.
+    pub requeue_after: std::time::Duration,
+    /// The hub writes performed (in order).
+    pub performed: Vec<Action>,
+    /// Count queries run: key -> count.
+    pub counts: BTreeMap<String, u64>,
+    /// Deletion: every configuration of the rollout is gone; the finalizer may go.
+    pub finalized: bool,
+    /// A hub error that stopped the reconcile (the status is the previous one, with the
+    /// error in its message and conditions).
+    pub error: Option<HubError>,
+}
+
+/// Inputs besides the rollout and its status, for sources that do not carry them in
+/// annotations (git and directory modes).
+#[derive(Clone, Debug, Default)]
+pub struct ReconcileInput {
+    pub operations: Vec<Operation>,
+    pub deletion: Option<Deletion>,
+}
+
+impl ReconcileInput {
+    /// Operator requests and deletion as a Kubernetes object carries them: the
+    /// `ringmaster.dev/operation` annotation, `deletionTimestamp`, and
+    /// `ringmaster.dev/force-delete`.
+    pub fn from_object(ro: &DeviceRollout) -> ReconcileInput {
+        let ann = ro.metadata.annotations.as_ref();
+        ReconcileInput {
+            operations: Operation::from_annotations(ann),
+            deletion: ro.metadata.deletion_timestamp.as_ref().map(|_| Deletion { force: force_delete(ann) }),
+        }
+    }
+}
+
+/// A token bucket: `per_minute` tokens, refilled continuously.
+#[derive(Clone, Debug)]
+struct Bucket {
+    per_minute: u32,
+    tokens: f64,
+    at: Timestamp,
+}
+
+impl Bucket {
+    fn new(per_minute: u32, now: Timestamp) -> Bucket {
+        Bucket { per_minute: per_minute.max(1), tokens: f64::from(per_minute.max(1)), at: now }
+    }
+    fn refill(&mut self, now: Timestamp) {
+        let elapsed = now.duration_since(self.at).as_secs_f64().max(0.0);
+        let cap = f64::from(self.per_minute);
+        self.tokens = (self.tokens + elapsed * cap / 60.0).min(cap);
+        self.at = now.max(self.at);
+    }
+    fn available(&mut self, now: Timestamp) -> u32 {
+        self.refill(now);
+        self.tokens.floor() as u32
+    }
+    fn take(&mut self, now: Timestamp) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+    /// Time until one more token.
+    fn refill_in(&self) -> SignedDuration {
+        let missing = (1.0 - self.tokens.fract()).max(0.0);
+        SignedDuration::from_secs_f64(missing * 60.0 / f64::from(self.per_minute)).max(SignedDuration::from_secs(1))
+    }
+}
+
+struct Budgets {
+    queries: Bucket,
+    writes: Bucket,
+}
+
+/// Runs the decision core against one hub.
+pub struct Driver {
+    hub: Arc<dyn Hub>,
+    clock: Arc<dyn Clock>,
+    limits: HubLimits,
+    budgets: Mutex<Budgets>,
+}
+
+/// Rounds of count queries per reconcile (each round answers what the core asked for).
+const MAX_COUNT_ROUNDS: usize = 4;
+
+impl Driver {
+    /// A driver with IoT Hub S1 limits (20 queries and 20 configuration operations a
+    /// minute, 100 configurations).
+    pub fn new(hub: Arc<dyn Hub>, clock: Arc<dyn Clock>) -> Driver {
+        Driver::with_limits(hub, clock, HubLimits::default())
+    }
+
+    /// A driver with the limits of a `Hub` resource.
+    pub fn with_limits(hub: Arc<dyn Hub>, clock: Arc<dyn Clock>, limits: HubLimits) -> Driver {
+        let now = clock.now();
+        let budgets = Budgets {
+            queries: Bucket::new(limits.queries_per_minute, now),
+            writes: Bucket::new(limits.configuration_writes_per_minute, now),
+        };
+        Driver { hub, clock, limits, budgets: Mutex::new(budgets) }
+    }
+
+    /// The hub this driver writes to.
+    pub fn hub(&self) -> &Arc<dyn Hub> {
+        &self.hub
+    }
+
+    /// One reconcile, with operator requests and deletion read from the object.
+    pub async fn reconcile(&self, rollout: &DeviceRollout, status: &DeviceRolloutStatus) -> ReconcileOutcome {
+        self.reconcile_with(rollout, status, &ReconcileInput::from_object(rollout)).await
+    }
+
+    /// One reconcile with explicit inputs.
+    pub async fn reconcile_with(&self, rollout: &DeviceRollout, last: &DeviceRolloutStatus, input: &ReconcileInput) -> ReconcileOutcome {
+        let now = self.clock.now();
+        let mut outcome = ReconcileOutcome {
+            status: last.clone(),
+            requeue_after: std::time::Duration::from_secs(decide::IDLE_POLL.as_secs() as u64),
+            performed: Vec::new(),
+            counts: BTreeMap::new(),
+            finalized: false,
+            error: None,
+        };
+
+        // Validate: bad input never costs data, and needs no hub traffic. (A rollout being
+        // deleted is cleaned up even if its spec no longer validates.)
+        let errors = validate::validate_rollout(rollout);
+        if !errors.is_empty() && input.deletion.is_none() {
+            let d = decide::invalid(rollout, last, &errors, now);
+            outcome.status = d.status;
+            outcome.requeue_after = to_std(d.requeue_after);
+            return outcome;
+        }
+
+        // Observe. Listing configurations is a configuration operation (it counts
+        // against the same per-minute throttle as writes).
+        let listed = {
+            let mut b = self.budgets.lock();
+            if b.writes.take(now) { Ok(()) } else { Err(b.writes.refill_in()) }
+        };
+        if let Err(wait) = listed {
+            outcome.status.message = Some("waiting for the hub's configuration-operation budget".into());
+            outcome.requeue_after = to_std(wait.max(decide::MIN_REQUEUE));
+            return outcome;
+        }
+        let configurations = match self.hub.list_configurations().await {
+            Ok(c) => c,
+            Err(e) => return self.failed(outcome, rollout, e, now),
+        };
+        let mut obs = Observation {
+            configurations,
+            counts: BTreeMap::new(),
+            budget: self.budget(now),
+            operations: input.operations.clone(),
+            deletion: input.deletion,
+            max_configurations: self.limits.max_configurations as usize,
+        };
+
+        // Decide, running the counts the core asks for.
+        let mut decision = decide::decide(rollout, last, &obs, now);
+        for _ in 0..MAX_COUNT_ROUNDS {
+            if decision.counts_needed.is_empty() {
+                break;
+            }
+            for req in &decision.counts_needed {
+                if !self.budgets.lock().queries.take(now) {
+                    break;
+                }
+                match self.hub.count(&req.condition).await {
+                    Ok(n) => {
+                        obs.counts.insert(req.key.clone(), n);
+                        outcome.counts.insert(req.key.clone(), n);
+                    }
+                    Err(e) => return self.failed(outcome, rollout, e, now),
+                }
+            }
+            obs.budget = self.budget(now);
+            decision = decide::decide(rollout, last, &obs, now);
+        }
+
+        // Act, in order; stop at the first failure.
+        for action in &decision.actions {
+            if !self.budgets.lock().writes.take(now) {
+                // Another rollout spent the budget since the decision: try again later.
+                outcome.requeue_after = to_std(self.budgets.lock().writes.refill_in().max(decide::MIN_REQUEUE));
+                return outcome;
+            }
+            let result = match action {
+                Action::Create(c) => match self.hub.create_configuration(c).await {
+                    Err(e) if e.code == ErrorCode::ConfigurationAlreadyExists => Ok(()),
+                    other => other.map(|_| ()),
+                },
+                Action::Update { config, etag } => {
+                    let etag = etag.as_deref().map(quote_etag);
+                    self.hub.update_configuration(config, etag.as_deref()).await.map(|_| ())
+                }
+                Action::Delete { id } => match self.hub.delete_configuration(id, None).await {
+                    Err(e) if e.code == ErrorCode::ConfigurationNotFound => Ok(()),
+                    other => other,
+                },
+            };
+            if let Err(e) = result {
+                return self.failed(outcome, rollout, e, now);
+            }
+            outcome.performed.push(action.clone());
+        }
+        outcome.status = decision.status;
+        outcome.requeue_after = to_std(decision.requeue_after);
+        outcome.finalized = decision.finalized;
+        outcome
+    }
+
+    fn budget(&self, now: Timestamp) -> Budget {
+        let mut b = self.budgets.lock();
+        let queries = b.queries.available(now);
+        let writes = b.writes.available(now);
+        let refill = b.queries.refill_in().min(b.writes.refill_in());
+        Budget { queries, writes, refill }
+    }
+
+    /// The previous status, with the hub's error in it.
+    fn failed(&self, mut outcome: ReconcileOutcome, ro: &DeviceRollout, e: HubError, now: Timestamp) -> ReconcileOutcome {
+        let g = ro.metadata.generation;
+        let st = &mut outcome.status;
+        let message = format!("the hub refused: {e}");
+        st.message = Some(message.clone());
+        // A refusal about the request itself will not go away by retrying: Stalled.
+        // Throttling, outages and races are transient: still Reconciling.
+        let (stalled, wait) = match e.code {
+            ErrorCode::ThrottlingException | ErrorCode::IotHubQuotaExceeded => (false, 60),
+            ErrorCode::ServerError | ErrorCode::ServiceUnavailable | ErrorCode::PreconditionFailed | ErrorCode::ConfigurationNotFound => (false, 15),
+            _ => (true, 120),
+        };
+        if stalled {
+            status::set_condition(st, STALLED, true, e.code.name(), &message, g, now);
+        }
+        status::set_condition(st, RECONCILING, !stalled, "HubError", &message, g, now);
+        outcome.requeue_after = std::time::Duration::from_secs(wait);
+        outcome.error = Some(e);
+        outcome
+    }
+}
+
+/// IoT Hub ignores an unquoted If-Match (reference §3.3): quote it.
+fn quote_etag(etag: &str) -> String {
+    if etag.starts_with('"') { etag.to_string() } else { format!("\"{etag}\"") }
+}
+
+fn to_std(d: SignedDuration) -> std::time::Duration {
+    std::time::Duration::try_from(d.max(decide::MIN_REQUEUE)).unwrap_or(std::time::Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+//! The resources ringmaster reads: `DeviceRollout` and `Hub` (group `ringmaster.dev`,
+//! version `v1alpha1`), operator requests, and the loader for YAML manifests.
+//!
+//! The same types serve every source: Kubernetes custom resources, a git repository and
+//! a directory. [`crds_yaml`] prints the CustomResourceDefinitions generated from them;
+//! `crds/` holds a checked-in copy that a test keeps in sync.
+
+pub mod hub;
+pub mod manifest;
+pub mod operation;
+pub mod rollout;
+
+pub use hub::{Hub, HubLimits, HubSpec, HubType, SecretKeyRef};
+pub use manifest::{Document, ManifestError, load_manifests};
+pub use operation::{Operation, OperationKind};
+pub use rollout::{
+    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, DeviceRolloutStatus, GateSpec,
+    HistoryEntry, OnFailure, PauseState, Phase, Ring, RingRecord, RingState, RingStatus,
+    RolloutContent, Verdict,
+};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// The API group of every ringmaster resource.
+pub const GROUP: &str = "ringmaster.dev";
+/// The version of every ringmaster resource.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "ringmaster.dev/v1alpha1";
+
+/// The CustomResourceDefinitions, one per resource, with the file name each has in `crds/`.
+pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
+    [DeviceRollout::crd(), Hub::crd()]
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            (format!("{name}.yaml"), crd)
+        })
+        .collect()
+}
+
+/// One CRD as YAML, as the files in `crds/` hold it.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
+    serde_saphyr::to_string(crd).expect("a CRD serializes to YAML")
+}
+
+/// Both CRDs as one multi-document YAML stream (what `ringmaster crd` prints).
+pub fn crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(|(_, crd)| format!("---\n{}", crd_yaml(crd)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// `crds/` must match the types. Regenerate with `UPDATE_CRDS=1 cargo test --lib crds`.
+    #[test]
+    fn crds_in_the_repository_match_the_types() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let update = std::env::var_os("UPDATE_CRDS").is_some();
+        let mut stale = Vec::new();
+        for (file, crd) in crds() {
+            let path = dir.join(&file);
+            let want = crd_yaml(&crd);
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &want).unwrap();
+                continue;
+            }
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(want.as_str()) {
+                stale.push(format!("crds/{file}"));
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "{} differ from the resource types; regenerate with `UPDATE_CRDS=1 cargo test --lib crds`",
+            stale.join(", ")
+        );
+    }
+
+    #[test]
+    fn crds_are_structural() {
+        // The API server refuses a schema node without a type unless it preserves unknown
+        // fields or is int-or-string (trap 3).
+        fn walk(v: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
+            let Some(obj) = v.as_object() else { return };
+            let open = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true))
+                || obj.contains_key("x-kubernetes-int-or-string");
+            if !obj.contains_key("type") && !open {
+                bad.push(path.to_string());
+            }
+            for key in ["anyOf", "oneOf", "allOf"] {
+                if obj.contains_key(key) {
+                    bad.push(format!("{path} ({key})"));
+                }
+            }
+            if let Some(props) = obj.get("properties").and_then(|p| p.as_object()) {
+                for (k, p) in props {
+                    walk(p, &format!("{path}.{k}"), bad);
+                }
+            }
+            for key in ["items", "additionalProperties"] {
+                if let Some(child) = obj.get(key).filter(|c| c.is_object()) {
+                    walk(child, &format!("{path}.{key}"), bad);
+                }
+            }
+        }
+        for (file, crd) in crds() {
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+            let mut bad = Vec::new();
+            walk(&schema, "", &mut bad);
+            assert!(bad.is_empty(), "{file}: nodes without a type: {bad:?}");
+        }
+        let yaml = crds_yaml();
+        assert!(yaml.contains("x-kubernetes-list-type: map"));
+        assert!(yaml.contains("shortNames:\n    - dro"));
+        assert!(yaml.contains("status: {}"));
+    }
+}

@@ -106,10 +106,12 @@ def queries(reg):
     assert len(seen) == 40 and len(set(seen)) == 40, seen
     assert pages == 6, pages
     ok("query twins across %d pages" % pages)
-    r = reg.query_iot_hub(QuerySpecification(query="SELECT COUNT() AS n FROM devices WHERE tags.ring = 'canary'"))
-    assert r.items == [{"n": 5}], r.items
+    # The SDK reads every row as a Twin, so a projection onto deviceId is what it can show.
+    r = reg.query_iot_hub(QuerySpecification(query="SELECT deviceId FROM devices WHERE tags.ring = 'canary'"))
+    assert r.type == "raw", r.type
+    assert sorted(t.device_id for t in r.items) == ["sdk-bulk-%03d" % i for i in range(5)], r.items
     assert r.continuation_token is None
-    ok("count query")
+    ok("projection query, one page")
 
 
 def configurations(cfgm, reg):

@@ -1,4 +1,4 @@
--- wrk script: GET /twins/{id} on random devices of the bench fleet.
+-- wrk script: GET /twins/{id} on random devices seeded by bench/run.
 -- Env: HUB_TOKEN (a SAS token), DEVICES (fleet size), PREFIX (device id prefix), WIDTH (id digits).
 local token = os.getenv("HUB_TOKEN")
 local n = tonumber(os.getenv("DEVICES") or "10000")

@@ -26,14 +26,14 @@ enum HubCommand {
     /// Measure the embedded hub's engine against SQLite on generated twins and print figures.
     Bench(ringmaster::bench::BenchArgs),
     /// Serve the embedded hub over an Azure IoT Hub compatible REST API.
-    Serve(ringmaster::server::ServeArgs),
+    Serve(Box<ringmaster::server::ServeArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Hub(HubCommand::Bench(args)) => ringmaster::bench::run(args),
-        Command::Hub(HubCommand::Serve(args)) => serve(args),
+        Command::Hub(HubCommand::Serve(args)) => serve(*args),
         Command::Crd => ringmaster::cli::crd(),
         Command::Validate(args) => ringmaster::cli::validate(args),
     };

@@ -391,10 +391,11 @@ impl AzureHub {
         let now = jiff::Timestamp::now().as_second();
         let ttl = self.opts.token_ttl.as_secs().max(60) as i64;
         let mut t = self.token.lock();
-        if let Some((tok, exp)) = t.as_ref() {
-            if !force_new && *exp - now > ttl / 4 {
-                return tok.clone();
-            }
+        if let Some((tok, exp)) = t.as_ref()
+            && !force_new
+            && *exp - now > ttl / 4
+        {
+            return tok.clone();
         }
         let exp = now + ttl;
         let tok = self.conn.key.token(&self.conn.host_name, &self.conn.key_name, exp);

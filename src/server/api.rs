@@ -210,10 +210,10 @@ async fn gate(State(s): State<Shared>, req: Request, next: Next) -> Response {
             ))
             .into_response();
         }
-        if let Some(t) = &s.throttle {
-            if let Err(e) = t.admit(op.class(), 1) {
-                return e.into_response();
-            }
+        if let Some(t) = &s.throttle
+            && let Err(e) = t.admit(op.class(), 1)
+        {
+            return e.into_response();
         }
     }
     if let Some(e) = s.opts.faults.draw() {
@@ -309,10 +309,10 @@ fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T, eta
     let mut resp = (status, bytes).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
-    if let Some(e) = etag.filter(|e| !e.is_empty()) {
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{e}\"")) {
-            h.insert(header::ETAG, v);
-        }
+    if let Some(e) = etag.filter(|e| !e.is_empty())
+        && let Ok(v) = HeaderValue::from_str(&format!("\"{e}\""))
+    {
+        h.insert(header::ETAG, v);
     }
     resp
 }
@@ -561,10 +561,10 @@ async fn query(State(s): State<Shared>, headers: HeaderMap, body: Body) -> Resul
         h.insert("x-ms-item-type", v);
     }
     // Absent on the last page: an empty-but-present header makes clients start over.
-    if let Some(c) = p.continuation.filter(|c| !c.is_empty()) {
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            h.insert("x-ms-continuation", v);
-        }
+    if let Some(c) = p.continuation.filter(|c| !c.is_empty())
+        && let Ok(v) = HeaderValue::from_str(&c)
+    {
+        h.insert("x-ms-continuation", v);
     }
     Ok(resp)
 }
@@ -835,7 +835,7 @@ fn apply_bulk(hub: &EmbeddedHub, entries: Vec<BulkEntry>) -> Vec<Value> {
             ImportMode::Delete => hub.delete_device(&e.id, None),
             ImportMode::DeleteIfMatchETag => hub.delete_device(&e.id, e.etag.as_deref()),
             ImportMode::UpdateTwin | ImportMode::UpdateTwinIfMatchETag => {
-                let etag = (e.mode == ImportMode::UpdateTwinIfMatchETag).then(|| e.twin_etag.as_deref()).flatten();
+                let etag = (e.mode == ImportMode::UpdateTwinIfMatchETag).then_some(e.twin_etag.as_deref()).flatten();
                 let patch = e.twin.clone().unwrap_or_else(|| json!({}));
                 hub.update_twin(&e.id, &patch, etag).map(drop)
             }

@@ -187,10 +187,8 @@ mod tests {
             assert_eq!(e.status, 401, "{h:?}");
             assert_eq!(e.name, "IotHubUnauthorizedAccess");
             assert!(e.message.contains(want), "{h:?}: {}", e.message);
-            if let Some(h) = &h {
-                if let Some(sig) = SasToken::parse(h).map(|t| t.sig) {
-                    assert!(!e.message.contains(sig));
-                }
+            if let Some(sig) = h.as_deref().and_then(SasToken::parse).map(|t| t.sig) {
+                assert!(!e.message.contains(sig));
             }
         }
     }

@@ -13,3 +13,4 @@ pub mod core;
 pub mod driver;
 pub mod hub;
 pub mod resources;
+pub mod server;

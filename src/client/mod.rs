@@ -8,7 +8,9 @@ use crate::hub::configuration::Configuration;
 use crate::hub::error::HubError;
 use async_trait::async_trait;
 
+pub mod azure;
 pub mod embedded;
+pub mod sas;
 use std::collections::BTreeMap;
 
 /// One page of a twin query.

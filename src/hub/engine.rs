@@ -80,6 +80,27 @@ pub struct ConfigState {
 }
 
 impl ConfigState {
+    /// A configuration not yet evaluated: the next cycle computes its sets.
+    fn new(
+        config: Configuration,
+        seq: u64,
+        target: Condition,
+        metrics: Vec<Metric>,
+        content: Vec<(String, Value)>,
+    ) -> ConfigState {
+        ConfigState {
+            config,
+            seq,
+            target,
+            metrics,
+            targeted: BitSet::new(),
+            applied: BitSet::new(),
+            content,
+            target_dirty: true,
+            metrics_dirty: true,
+        }
+    }
+
     pub fn targeted_count(&self) -> usize {
         self.targeted.len()
     }
@@ -590,17 +611,7 @@ impl HubState {
         c.system_metrics = system_metrics(&c.id, &c.target_condition);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.configs.push(ConfigState {
-            config: c.clone(),
-            seq,
-            target,
-            metrics,
-            targeted: BitSet::new(),
-            applied: BitSet::new(),
-            content,
-            target_dirty: true,
-            metrics_dirty: true,
-        });
+        self.configs.push(ConfigState::new(c.clone(), seq, target, metrics, content));
         changes.configurations.push(c.id.clone());
         Ok(c)
     }
@@ -1059,17 +1070,7 @@ impl HubState {
         let metrics = check_metrics(&config.metrics)?;
         let content = compile_content(&config)?;
         self.next_seq = self.next_seq.max(seq + 1);
-        self.configs.push(ConfigState {
-            config,
-            seq,
-            target,
-            metrics,
-            targeted: BitSet::new(),
-            applied: BitSet::new(),
-            content,
-            target_dirty: true,
-            metrics_dirty: true,
-        });
+        self.configs.push(ConfigState::new(config, seq, target, metrics, content));
         self.configs.sort_by_key(|c| c.seq);
         Ok(())
     }

@@ -581,6 +581,25 @@ pub struct TwinRow<'a> {
     pub twin: &'a Twin,
 }
 
+impl TwinRow<'_> {
+    /// The value at a lowercase path, found in the rebuilt JSON document: the slow path,
+    /// for projections of objects and of identity fields.
+    fn project_from_document(&self, p: PathId) -> Option<Value> {
+        let doc = self.to_json();
+        path::with_name(p, |lc| {
+            let mut cur = &doc;
+            for seg in lc.split('.') {
+                cur = cur
+                    .as_object()?
+                    .iter()
+                    .find(|(k, _)| k.to_lowercase() == seg)
+                    .map(|(_, v)| v)?;
+            }
+            Some(cur.clone())
+        })
+    }
+}
+
 impl Row for TwinRow<'_> {
     fn lookup(&self, p: PathId) -> Val<'_> {
         let k = &*KNOWN;
@@ -632,35 +651,12 @@ impl Row for TwinRow<'_> {
         }
         match self.lookup(p) {
             Val::Undefined => None,
-            Val::Object => {
-                // Rebuild the subtree from the full document (rare: projections of objects).
-                let doc = self.to_json();
-                path::with_name(p, |lc| {
-                    let mut cur = &doc;
-                    for seg in lc.split('.') {
-                        cur = cur
-                            .as_object()?
-                            .iter()
-                            .find(|(k, _)| k.to_lowercase() == seg)
-                            .map(|(_, v)| v)?;
-                    }
-                    Some(cur.clone())
-                })
-            }
-            _ => self.twin.find(p).map(|e| e.val.to_json()).or_else(|| {
-                let doc = self.to_json();
-                path::with_name(p, |lc| {
-                    let mut cur = &doc;
-                    for seg in lc.split('.') {
-                        cur = cur
-                            .as_object()?
-                            .iter()
-                            .find(|(k, _)| k.to_lowercase() == seg)
-                            .map(|(_, v)| v)?;
-                    }
-                    Some(cur.clone())
-                })
-            }),
+            Val::Object => self.project_from_document(p),
+            _ => self
+                .twin
+                .find(p)
+                .map(|e| e.val.to_json())
+                .or_else(|| self.project_from_document(p)),
         }
     }
 

@@ -46,9 +46,24 @@ pub struct Slot {
     pub twin: Twin,
     /// `(content path, configuration id)`, sorted by path.
     pub owners: Vec<(String, String)>,
+    /// `(configuration id, applied?)`, sorted by id: the engine's copy of the twin's
+    /// `configurations` map, so that deciding "did anything change" compares a few
+    /// strings instead of rebuilding JSON.
+    pub statuses: Vec<(String, bool)>,
 }
 
 impl Slot {
+    /// A slot restored from storage: the status copy is read back from the twin.
+    pub fn restored(device: Device, twin: Twin, owners: Vec<(String, String)>) -> Slot {
+        let mut statuses: Vec<(String, bool)> = twin
+            .section(Section::Configurations)
+            .iter()
+            .map(|(id, v)| (id.clone(), v["status"].as_str() == Some(STATUS_APPLIED)))
+            .collect();
+        statuses.sort();
+        Slot { device, twin, owners, statuses }
+    }
+
     pub fn row(&self) -> TwinRow<'_> {
         TwinRow {
             device: &self.device,
@@ -407,6 +422,7 @@ impl HubState {
             device: device.clone(),
             twin,
             owners: Vec::new(),
+            statuses: Vec::new(),
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -814,29 +830,37 @@ impl HubState {
             .map(|(p, (id, _))| (p.to_string(), id.to_string()))
             .collect();
 
-        let mut statuses: Map<String, Value> = Map::new();
         let applied_ids: Vec<&str> = winners.values().map(|(id, _)| *id).collect();
-        for c in &targeting {
-            let st = if applied_ids.contains(&c.config.id.as_str()) || c.content.is_empty() {
-                STATUS_APPLIED
-            } else {
-                STATUS_TARGETED
-            };
-            statuses.insert(c.config.id.clone(), serde_json::json!({ "status": st }));
-        }
-        let applied_set: Vec<(usize, bool)> = self
-            .configs
+        let mut statuses: Vec<(&str, bool)> = targeting
             .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let st = statuses.get(&c.config.id).and_then(|v| v["status"].as_str());
-                (i, st == Some(STATUS_APPLIED))
+            .map(|c| {
+                let id = c.config.id.as_str();
+                (id, applied_ids.contains(&id) || c.content.is_empty())
             })
             .collect();
+        statuses.sort_unstable();
         let owners_changed = new_owners != slot.owners;
-        let status_changed = statuses != slot.twin.section(Section::Configurations);
+        let status_changed = statuses.len() != slot.statuses.len()
+            || statuses
+                .iter()
+                .zip(&slot.statuses)
+                .any(|(a, b)| a.0 != b.0 || a.1 != b.1);
+        // The configurations whose applied bit may differ: those named before or now.
+        let touched_configs: Vec<(&str, bool)> = slot
+            .statuses
+            .iter()
+            .map(|(id, _)| (id.as_str(), false))
+            .chain(statuses.iter().copied())
+            .collect();
+        let mut applied_bits: Vec<(usize, bool)> = Vec::with_capacity(touched_configs.len());
+        for (id, _) in &touched_configs {
+            if let Some(i) = self.configs.iter().position(|c| c.config.id == *id) {
+                let on = statuses.binary_search_by(|(x, _)| x.cmp(id)).is_ok_and(|k| statuses[k].1);
+                applied_bits.push((i, on));
+            }
+        }
         if !owners_changed && !status_changed {
-            for (i, on) in applied_set {
+            for (i, on) in applied_bits {
                 self.configs[i].applied.set(s, on);
             }
             return false;
@@ -867,8 +891,17 @@ impl HubState {
             }
         }
         if status_changed {
-            let _ = twin.set_section(Section::Configurations, &statuses);
+            let section: Map<String, Value> = statuses
+                .iter()
+                .map(|(id, applied)| {
+                    let st = if *applied { STATUS_APPLIED } else { STATUS_TARGETED };
+                    (id.to_string(), serde_json::json!({ "status": st }))
+                })
+                .collect();
+            let _ = twin.set_section(Section::Configurations, &section);
         }
+        let new_statuses: Vec<(String, bool)> =
+            statuses.iter().map(|(id, a)| (id.to_string(), *a)).collect();
         if desired_changed {
             twin.version += 1;
             twin.desired_version += 1;
@@ -879,7 +912,8 @@ impl HubState {
         let slot = self.slots[s as usize].as_mut().expect("slot checked above");
         slot.twin = twin;
         slot.owners = new_owners;
-        for (i, on) in applied_set {
+        slot.statuses = new_statuses;
+        for (i, on) in applied_bits {
             self.configs[i].applied.set(s, on);
         }
         true

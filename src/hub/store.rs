@@ -130,7 +130,7 @@ impl Store {
             let twin = twin_from_stored(&twin_doc).map_err(|e| corrupt("twin", e.message))?;
             let owners: Vec<(String, String)> =
                 serde_json::from_str(&owners).map_err(|e| corrupt("owners", e.to_string()))?;
-            state.restore_device(Slot { device, twin, owners });
+            state.restore_device(Slot::restored(device, twin, owners));
         }
         let mut stmt = self
             .conn

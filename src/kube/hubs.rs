@@ -54,14 +54,29 @@ impl HubClients for FixedHub {
     }
 }
 
+/// A Hub resource: (namespace, name).
+type HubKey = (String, String);
+
+/// A driver and what it was built from (the Hub's spec and the Secret's version).
+struct Cached {
+    fingerprint: String,
+    driver: Arc<Driver>,
+}
+
+/// What a Hub's Secret holds for the client.
+struct HubSecret {
+    connection_string: String,
+    ca_pem: Option<Vec<u8>>,
+    resource_version: String,
+}
+
 /// Drivers built from `Hub` resources and Secrets read through the Kubernetes API.
 pub struct KubeHubs {
     client: Client,
     clock: Arc<dyn Clock>,
-    /// (namespace, name) → (what the driver was built from, the driver).
-    drivers: Mutex<HashMap<(String, String), (String, Arc<Driver>)>>,
+    drivers: Mutex<HashMap<HubKey, Cached>>,
     /// In-process hubs, kept when their Hub's limits change so their state survives.
-    embedded: Mutex<HashMap<(String, String), EmbeddedHub>>,
+    embedded: Mutex<HashMap<HubKey, EmbeddedHub>>,
 }
 
 impl KubeHubs {
@@ -71,7 +86,7 @@ impl KubeHubs {
 
     /// The connection string and optional CA a Hub's Secret holds, with the Secret's
     /// resourceVersion (so a rotated key rebuilds the client).
-    async fn secret(&self, namespace: &str, hub: &Hub) -> Result<Option<(String, Option<Vec<u8>>, String)>> {
+    async fn secret(&self, namespace: &str, hub: &Hub) -> Result<Option<HubSecret>> {
         let Some(r) = &hub.spec.connection_string_secret else { return Ok(None) };
         let hub_name = hub.metadata.name.clone().unwrap_or_default();
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
@@ -90,10 +105,14 @@ impl KubeHubs {
             message: format!("Secret '{}' key '{key}' is not UTF-8", r.name),
         })?;
         let ca = data.get(CA_KEY).map(|b| b.0.clone());
-        Ok(Some((conn.trim().to_string(), ca, secret.metadata.resource_version.unwrap_or_default())))
+        Ok(Some(HubSecret {
+            connection_string: conn.trim().to_string(),
+            ca_pem: ca,
+            resource_version: secret.metadata.resource_version.unwrap_or_default(),
+        }))
     }
 
-    fn build(&self, namespace: &str, hub: &Hub, secret: Option<(String, Option<Vec<u8>>, String)>) -> Result<Arc<dyn crate::client::Hub>> {
+    fn build(&self, namespace: &str, hub: &Hub, secret: Option<HubSecret>) -> Result<Arc<dyn crate::client::Hub>> {
         let name = hub.metadata.name.clone().unwrap_or_default();
         let config_error = |message: String| Error::HubConfig { hub: format!("{namespace}/{name}"), message };
         match (&hub.spec.type_, &hub.spec.url) {
@@ -112,13 +131,13 @@ impl KubeHubs {
                 Ok(Arc::new(hub))
             }
             (type_, url) => {
-                let (conn, ca, _) = secret.ok_or_else(|| config_error("connectionStringSecret is required".into()))?;
+                let secret = secret.ok_or_else(|| config_error("connectionStringSecret is required".into()))?;
                 let opts = AzureHubOptions {
                     base_url: if *type_ == HubType::Embedded { url.clone() } else { None },
-                    ca_pem: ca,
+                    ca_pem: secret.ca_pem,
                     ..Default::default()
                 };
-                let client = AzureHub::new(&conn, opts).map_err(|e| config_error(e.to_string()))?;
+                let client = AzureHub::new(&secret.connection_string, opts).map_err(|e| config_error(e.to_string()))?;
                 Ok(Arc::new(client))
             }
         }
@@ -137,17 +156,17 @@ impl HubClients for KubeHubs {
         let fingerprint = format!(
             "{}|{}",
             serde_json::to_string(&hub.spec).unwrap_or_default(),
-            secret.as_ref().map(|s| s.2.as_str()).unwrap_or("")
+            secret.as_ref().map(|s| s.resource_version.as_str()).unwrap_or("")
         );
         let key = (namespace.to_string(), name.to_string());
-        if let Some((fp, driver)) = self.drivers.lock().get(&key)
-            && *fp == fingerprint
+        if let Some(cached) = self.drivers.lock().get(&key)
+            && cached.fingerprint == fingerprint
         {
-            return Ok(driver.clone());
+            return Ok(cached.driver.clone());
         }
         let client = self.build(namespace, &hub, secret)?;
         let driver = Arc::new(Driver::with_limits(client, self.clock.clone(), hub.spec.limits.clone()));
-        self.drivers.lock().insert(key, (fingerprint, driver.clone()));
+        self.drivers.lock().insert(key, Cached { fingerprint, driver: driver.clone() });
         Ok(driver)
     }
 }

@@ -323,3 +323,57 @@ fn settings_default_by_where_the_controller_runs() {
     let on = Cli::parse_from(["x", "--leader-election"]).kube.settings(false, "default");
     assert!(on.leader_election);
 }
+
+#[tokio::test]
+async fn a_reconcile_is_counted_in_the_metrics() {
+    let (_hub, driver) = hub();
+    let metrics = Arc::new(super::metrics::Metrics::default());
+    let m = metrics.clone();
+    let (result, _) = play(rollout().finalized(), move |c| {
+        let recorder = kube::runtime::events::Recorder::new(c.clone(), "ringmaster".into());
+        Arc::new(super::controller::Context::new(c, Arc::new(super::hubs::FixedHub(driver)), recorder, m, Leadership::always()))
+    })
+    .await;
+    result.unwrap();
+    let text = metrics.encode();
+    for line in [
+        "ringmaster_kube_reconciles_total 1",
+        "ringmaster_rollouts{phase=\"Progressing\"} 1",
+        "ringmaster_hub_actions_total{action=\"create\"} 1",
+        "ringmaster_kube_reconcile_duration_seconds_count 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn health_endpoints_report_readiness_and_role() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ready = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let health = super::metrics::Health {
+        metrics: Arc::new(super::metrics::Metrics::default()),
+        leader: Leadership::from_channel(rx),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, super::metrics::router(health)).await.unwrap() });
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 503);
+    ready.store(true, Ordering::Relaxed);
+    assert_eq!(get("/readyz").await, (200, "ok (standby)\n".to_string()));
+    tx.send(true).unwrap();
+    assert_eq!(get("/readyz").await, (200, "ok (leader)\n".to_string()));
+    let (code, text) = get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(text.contains("ringmaster_leader 1"), "{text}");
+}

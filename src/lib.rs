@@ -3,7 +3,8 @@
 //! Parts (one folder each, as in DESIGN.md): [`hub`] the embedded IoT hub, [`client`] the
 //! `Hub` trait and its implementations, [`resources`] the `DeviceRollout` and `Hub`
 //! resources and the manifest loader, [`core`] the pure decision core, [`driver`] which
-//! runs the core against a hub, sources and the HTTP surface, and the CLI in `main.rs`.
+//! runs the core against a hub, [`kube`] the Kubernetes controller (`run --kube`), sources
+//! and the HTTP surface, and the CLI in `main.rs`.
 
 pub mod bench;
 pub mod cli;
@@ -12,5 +13,6 @@ pub mod clock;
 pub mod core;
 pub mod driver;
 pub mod hub;
+pub mod kube;
 pub mod resources;
 pub mod server;

@@ -1,0 +1,379 @@
+//! Scenarios for the kube shell: the controller against a mock API server (every request
+//! recorded and asserted) and an in-process embedded hub.
+
+use super::controller::{self, backoff, reconcile, status_patch, transitions};
+use super::fixtures::*;
+use super::leader::Leadership;
+use super::{FINALIZER, KubeArgs};
+use crate::clock::ManualClock;
+use crate::driver::Driver;
+use crate::hub::EmbeddedHub;
+use crate::hub::device::Device;
+use crate::resources::{DeviceRollout, DeviceRolloutStatus, Phase};
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const OBJECT: &str = "/apis/ringmaster.dev/v1alpha1/namespaces/fleet/devicerollouts/chiller-fw";
+const STATUS: &str = "/apis/ringmaster.dev/v1alpha1/namespaces/fleet/devicerollouts/chiller-fw/status?&force=true&fieldManager=ringmaster";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fleet/events";
+
+/// An embedded hub with two canary and two broad-ring devices, and a driver on it.
+fn hub() -> (EmbeddedHub, Arc<Driver>) {
+    let clock = ManualClock::at_epoch();
+    let hub = EmbeddedHub::in_memory(Arc::new(clock.clone()));
+    for (id, ring) in [("c1", "canary"), ("c2", "canary"), ("b1", "broad"), ("b2", "broad")] {
+        hub.create_device_with_twin(Device::new(id), &json!({"tags": {"environment": "prod", "ring": ring}})).unwrap();
+    }
+    let driver = Arc::new(Driver::new(Arc::new(hub.clone()), Arc::new(clock)));
+    (hub, driver)
+}
+
+/// Runs one reconcile of `ro` against a mock API server that echoes every request;
+/// returns the result and the requests, in order.
+async fn play(ro: DeviceRollout, ctx_of: impl FnOnce(kube::Client) -> Arc<super::controller::Context>) -> (super::Result<Action>, Vec<Seen>) {
+    let (client, server) = mock_client();
+    let object = serde_json::to_value(&ro).unwrap();
+    let server = tokio::spawn(server.echo_all(object));
+    let ctx = ctx_of(client);
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(ro), ctx)).await.expect("reconcile hangs");
+    // The context (and its client) is gone: the server sees the end of the requests.
+    let seen = tokio::time::timeout(Duration::from_secs(5), server).await.expect("mock server hangs").unwrap();
+    (result, seen)
+}
+
+fn lines(seen: &[Seen]) -> Vec<String> {
+    seen.iter().map(Seen::line).collect()
+}
+
+fn has_null(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.iter().any(has_null),
+        Value::Object(o) => o.values().any(has_null),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn a_new_rollout_gets_the_finalizer_before_anything_else() {
+    let (hub, driver) = hub();
+    let (result, seen) = play(rollout(), |c| context_with(c, driver)).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(lines(&seen), vec![format!("PATCH {OBJECT}?")]);
+    assert_eq!(seen[0].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(seen[0].body, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}));
+    assert!(hub.list_configurations().is_empty(), "no hub write before the finalizer is in place");
+}
+
+#[tokio::test]
+async fn a_rollout_starts_its_canary_ring_and_records_status_and_events() {
+    let (hub, driver) = hub();
+    let (result, seen) = play(rollout().finalized(), |c| context_with(c, driver)).await;
+    let action = result.unwrap();
+    assert_ne!(action, Action::await_change(), "a progressing rollout is looked at again");
+
+    assert_eq!(lines(&seen), vec![format!("PATCH {STATUS}"), format!("POST {EVENTS}?"), format!("POST {EVENTS}?")]);
+    // Server-side apply of the status subresource, as `ringmaster`, with no nulls.
+    let apply = &seen[0];
+    assert_eq!(apply.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(apply.body["apiVersion"], "ringmaster.dev/v1alpha1");
+    assert_eq!(apply.body["kind"], "DeviceRollout");
+    assert_eq!(apply.body.as_object().unwrap().len(), 3, "apiVersion, kind and status only: {}", apply.body);
+    assert_eq!(apply.body["status"]["phase"], "Progressing");
+    assert_eq!(apply.body["status"]["ring"]["name"], "canary");
+    assert!(!has_null(&apply.body), "a null would delete a field under SSA: {}", apply.body);
+
+    // One event for the phase, one for the ring, about the rollout.
+    let reasons: Vec<&str> = seen[1..].iter().map(|s| s.body["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["Progressing", "RingStarted"]);
+    for e in &seen[1..] {
+        assert_eq!(e.body["type"], "Normal");
+        assert_eq!(e.body["reportingController"], "ringmaster");
+        assert_eq!(e.body["regarding"]["kind"], "DeviceRollout");
+        assert_eq!(e.body["regarding"]["name"], "chiller-fw");
+    }
+
+    // The hub has the canary configuration.
+    let configs = hub.list_configurations();
+    assert_eq!(configs.len(), 1);
+    assert!(configs[0].target_condition.contains("canary"), "{}", configs[0].target_condition);
+}
+
+/// `ro` with the status a reconcile applied, as the API server would then hold it.
+fn with_applied_status(mut ro: DeviceRollout, seen: &[Seen]) -> DeviceRollout {
+    if let Some(apply) = seen.iter().find(|s| s.uri.starts_with(STATUS)) {
+        ro.status = Some(serde_json::from_value(apply.body["status"].clone()).unwrap());
+    }
+    ro
+}
+
+/// Reconciles `ro` until a reconcile writes no status (at most `max` times); returns the
+/// rollout as the API server would hold it, and every pass's requests.
+async fn settle(mut ro: DeviceRollout, driver: &Arc<Driver>, max: usize) -> (DeviceRollout, Vec<Vec<Seen>>) {
+    let mut passes = Vec::new();
+    for _ in 0..max {
+        let (result, seen) = play(ro.clone(), |c| context_with(c, driver.clone())).await;
+        result.unwrap();
+        let wrote = seen.iter().any(|s| s.uri.starts_with(STATUS));
+        ro = with_applied_status(ro, &seen);
+        passes.push(seen);
+        if !wrote {
+            break;
+        }
+    }
+    (ro, passes)
+}
+
+#[tokio::test]
+async fn an_unchanged_status_is_not_written_again() {
+    let (_hub, driver) = hub();
+    let (ro, passes) = settle(rollout().finalized(), &driver, 5).await;
+    assert!(passes.len() < 5, "the status settles while nothing happens on the hub");
+    assert_eq!(lines(passes.last().unwrap()), Vec::<String>::new(), "nothing changed, nothing written");
+    let (result, seen) = play(ro, |c| context_with(c, driver)).await;
+    assert!(matches!(result, Ok(a) if a != Action::await_change()), "still polled while progressing");
+    assert!(seen.is_empty(), "{:#?}", lines(&seen));
+}
+
+#[tokio::test]
+async fn a_deleted_rollout_without_cover_keeps_its_finalizer_and_its_configuration() {
+    let (hub, driver) = hub();
+    let (ro, _) = settle(rollout().finalized(), &driver, 5).await;
+    assert_eq!(hub.list_configurations().len(), 1);
+
+    // The canary devices have no lower-priority configuration under them: deleting would
+    // strip their settings. The driver refuses; the finalizer stays; the status says why.
+    let (result, seen) = play(ro.deleted(), |c| context_with(c, driver)).await;
+    assert_eq!(hub.list_configurations().len(), 1, "the configuration stays");
+    assert!(matches!(result, Ok(a) if a != Action::await_change()), "looked at again later");
+    assert_eq!(lines(&seen)[0], format!("PATCH {STATUS}"));
+    assert!(seen[0].body["status"]["message"].as_str().unwrap().contains("force-delete"), "{}", seen[0].body);
+    assert!(!seen.iter().any(|s| s.uri.starts_with(&format!("{OBJECT}?"))), "finalizer kept: {:#?}", lines(&seen));
+}
+
+#[tokio::test]
+async fn a_force_deleted_rollout_loses_its_finalizer_once_its_configurations_are_gone() {
+    let (hub, driver) = hub();
+    let (mut ro, _) = settle(rollout().finalized(), &driver, 5).await;
+    ro.metadata.annotations = Some([(crate::resources::operation::FORCE_DELETE_ANNOTATION.to_string(), "true".to_string())].into());
+    let mut ro = ro.deleted();
+
+    // First the driver deletes the configuration; the finalizer goes only on the pass
+    // that finds nothing of the rollout left on the hub.
+    let mut removed_after = None;
+    for pass in 0..4 {
+        let configurations_before = hub.list_configurations().len();
+        let (result, seen) = play(ro.clone(), |c| context_with(c, driver.clone())).await;
+        let result = result.unwrap();
+        if let Some(last) = seen.last().filter(|s| s.uri == format!("{OBJECT}?")) {
+            assert_eq!(configurations_before, 0, "the finalizer went while a configuration was on the hub");
+            assert_eq!(last.method, "PATCH");
+            assert_eq!(last.content_type.as_deref(), Some("application/merge-patch+json"));
+            assert_eq!(last.body, json!({"metadata": {"finalizers": [], "resourceVersion": "100"}}));
+            assert_eq!(result, Action::await_change());
+            removed_after = Some(pass);
+            break;
+        }
+        ro = with_applied_status(ro, &seen);
+    }
+    assert!(hub.list_configurations().is_empty());
+    assert!(removed_after.is_some_and(|p| p >= 1), "deleted first, finalizer removed on a later pass: {removed_after:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_rollout_whose_hub_fails_keeps_its_finalizer() {
+    // A hub that cannot be reached: a client for a host that does not resolve.
+    let clock = ManualClock::at_epoch();
+    let unreachable = crate::client::azure::AzureHub::new(
+        "HostName=unreachable.invalid;SharedAccessKeyName=iothubowner;SharedAccessKey=AAAA",
+        crate::client::azure::AzureHubOptions {
+            base_url: Some("http://127.0.0.1:9".into()),
+            max_attempts: 1,
+            request_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let driver = Arc::new(Driver::new(Arc::new(unreachable), Arc::new(clock)));
+    let (_, seen) = play(rollout().finalized().deleted(), |c| context_with(c, driver)).await;
+    assert!(
+        seen.iter().all(|s| !(s.method == "PATCH" && s.uri.starts_with(&format!("{OBJECT}?")))),
+        "the finalizer stays while the hub cannot confirm the cleanup: {:#?}",
+        lines(&seen)
+    );
+}
+
+#[tokio::test]
+async fn a_standby_replica_touches_neither_the_api_nor_the_hub() {
+    let (hub, driver) = hub();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (result, seen) = play(rollout().finalized(), |c| {
+        context(c, Arc::new(super::hubs::FixedHub(driver.clone())), Leadership::from_channel(rx.clone()))
+    })
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert!(seen.is_empty());
+    assert!(hub.list_configurations().is_empty());
+
+    // Once it holds the lease, the same reconcile writes.
+    tx.send(true).unwrap();
+    let (_, seen) = play(rollout().finalized(), |c| context(c, Arc::new(super::hubs::FixedHub(driver)), Leadership::from_channel(rx))).await;
+    assert_eq!(seen[0].line(), format!("PATCH {STATUS}"));
+    assert_eq!(hub.list_configurations().len(), 1);
+}
+
+#[tokio::test]
+async fn the_hub_is_read_from_its_resource() {
+    // `type: embedded` without url: an in-process hub, built from the Hub the API serves.
+    let (client, mut server) = mock_client();
+    let ctx = context(
+        client.clone(),
+        Arc::new(super::hubs::KubeHubs::new(client, Arc::new(ManualClock::at_epoch()))),
+        Leadership::always(),
+    );
+    let ro = rollout().finalized();
+    let task = tokio::spawn(reconcile(Arc::new(ro), ctx));
+    let get = server
+        .answer(|_| {
+            (http::StatusCode::OK, json!({
+                "apiVersion": "ringmaster.dev/v1alpha1", "kind": "Hub",
+                "metadata": {"name": "default", "namespace": "fleet", "resourceVersion": "7"},
+                "spec": {"type": "embedded"}
+            }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(get.line(), "GET /apis/ringmaster.dev/v1alpha1/namespaces/fleet/hubs/default");
+    let rest = server.echo_all(serde_json::to_value(rollout().finalized()).unwrap());
+    let (result, seen) = tokio::join!(async { task.await.unwrap() }, rest);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(seen[0].line(), format!("PATCH {STATUS}"));
+}
+
+#[tokio::test]
+async fn a_missing_hub_fails_the_reconcile_and_backs_off() {
+    let (client, mut server) = mock_client();
+    let ctx = context(
+        client.clone(),
+        Arc::new(super::hubs::KubeHubs::new(client, Arc::new(ManualClock::at_epoch()))),
+        Leadership::always(),
+    );
+    let ro = Arc::new(rollout().finalized());
+    let task = tokio::spawn(reconcile(ro.clone(), ctx.clone()));
+    server
+        .answer(|_| (http::StatusCode::NOT_FOUND, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})))
+        .await
+        .unwrap();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("fleet/default") && err.to_string().contains("no such Hub"), "{err}");
+    assert_eq!(controller::error_policy(ro.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(controller::error_policy(ro, &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
+    assert!(ctx.metrics.encode().contains("ringmaster_kube_reconcile_errors_total{error=\"hub_config\"} 2"));
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    assert_eq!(backoff(1), Duration::from_secs(5));
+    assert_eq!(backoff(2), Duration::from_secs(10));
+    assert_eq!(backoff(7), Duration::from_secs(300));
+    assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+}
+
+#[test]
+fn transitions_name_phase_and_ring_changes_only() {
+    let before = DeviceRolloutStatus::default();
+    let mut after = before.clone();
+    assert!(transitions(&before, &after).is_empty());
+    after.phase = Some(Phase::RolledBack);
+    after.message = Some("canary failed its gate".into());
+    let ev = transitions(&before, &after);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].reason, "RolledBack");
+    assert_eq!(ev[0].type_, kube::runtime::events::EventType::Warning);
+    assert!(ev[0].note.as_deref().unwrap().contains("none → RolledBack: canary failed its gate"));
+    assert!(transitions(&after, &after).is_empty());
+}
+
+#[test]
+fn status_patch_is_an_apply_configuration() {
+    let p = status_patch(&DeviceRolloutStatus::default());
+    assert_eq!(p, json!({"apiVersion": "ringmaster.dev/v1alpha1", "kind": "DeviceRollout", "status": {}}));
+}
+
+#[test]
+fn settings_default_by_where_the_controller_runs() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kube: KubeArgs,
+    }
+    let args = Cli::parse_from(["x", "--lease-namespace", "ops", "--identity", "pod-0"]).kube;
+    let outside = args.settings(false, "default");
+    assert!(!outside.leader_election);
+    assert_eq!(outside.metrics_addr.to_string(), "127.0.0.1:8081");
+    let inside = args.settings(true, "default");
+    assert!(inside.leader_election);
+    assert_eq!(inside.metrics_addr.to_string(), "0.0.0.0:8081");
+    assert_eq!((inside.lease_namespace.as_str(), inside.identity.as_str()), ("ops", "pod-0"));
+    let off = Cli::parse_from(["x", "--leader-election=false"]).kube.settings(true, "default");
+    assert!(!off.leader_election);
+    let on = Cli::parse_from(["x", "--leader-election"]).kube.settings(false, "default");
+    assert!(on.leader_election);
+}
+
+#[tokio::test]
+async fn a_reconcile_is_counted_in_the_metrics() {
+    let (_hub, driver) = hub();
+    let metrics = Arc::new(super::metrics::Metrics::default());
+    let m = metrics.clone();
+    let (result, _) = play(rollout().finalized(), move |c| {
+        let recorder = kube::runtime::events::Recorder::new(c.clone(), "ringmaster".into());
+        Arc::new(super::controller::Context::new(c, Arc::new(super::hubs::FixedHub(driver)), recorder, m, Leadership::always()))
+    })
+    .await;
+    result.unwrap();
+    let text = metrics.encode();
+    for line in [
+        "ringmaster_kube_reconciles_total 1",
+        "ringmaster_rollouts{phase=\"Progressing\"} 1",
+        "ringmaster_hub_actions_total{action=\"create\"} 1",
+        "ringmaster_kube_reconcile_duration_seconds_count 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn health_endpoints_report_readiness_and_role() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ready = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let health = super::metrics::Health {
+        metrics: Arc::new(super::metrics::Metrics::default()),
+        leader: Leadership::from_channel(rx),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, super::metrics::router(health)).await.unwrap() });
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let req = http.get(format!("{base}{path}"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 503);
+    ready.store(true, Ordering::Relaxed);
+    assert_eq!(get("/readyz").await, (200, "ok (standby)\n".to_string()));
+    tx.send(true).unwrap();
+    assert_eq!(get("/readyz").await, (200, "ok (leader)\n".to_string()));
+    let (code, text) = get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(text.contains("ringmaster_leader 1"), "{text}");
+}

@@ -866,10 +866,10 @@ impl HubState {
             return false;
         }
 
-        let mut twin = slot.twin.clone();
         let mut desired_changed = false;
+        let mut desired = Map::new();
         if owners_changed {
-            let mut desired = twin.section(Section::Desired);
+            desired = slot.twin.section(Section::Desired);
             for (p, old) in &slot.owners {
                 if !winners.contains_key(p.as_str()) {
                     remove_path(&mut desired, p);
@@ -885,21 +885,27 @@ impl HubState {
                     desired_changed = true;
                 }
             }
-            if desired_changed && twin.set_section(Section::Desired, &desired).is_err() {
-                // Content that would push the twin over its limits is not applied.
-                return false;
-            }
+        }
+        let section: Map<String, Value>;
+        let mut updates: Vec<(Section, &Map<String, Value>)> = Vec::with_capacity(2);
+        if desired_changed {
+            updates.push((Section::Desired, &desired));
         }
         if status_changed {
-            let section: Map<String, Value> = statuses
+            section = statuses
                 .iter()
                 .map(|(id, applied)| {
                     let st = if *applied { STATUS_APPLIED } else { STATUS_TARGETED };
                     (id.to_string(), serde_json::json!({ "status": st }))
                 })
                 .collect();
-            let _ = twin.set_section(Section::Configurations, &section);
+            updates.push((Section::Configurations, &section));
         }
+        let mut twin = match slot.twin.with_sections(&updates) {
+            Ok(t) => t,
+            // Content that would push the twin over its limits is not applied.
+            Err(_) => return false,
+        };
         let new_statuses: Vec<(String, bool)> =
             statuses.iter().map(|(id, a)| (id.to_string(), *a)).collect();
         if desired_changed {

@@ -246,17 +246,30 @@ impl Twin {
 
     /// Replaces a whole section after validating it. On error the twin is unchanged.
     pub fn set_section(&mut self, s: Section, value: &Map<String, Value>) -> Result<()> {
-        if s != Section::Configurations {
-            validate_section(s, value)?;
+        *self = self.with_sections(&[(s, value)])?;
+        Ok(())
+    }
+
+    /// A copy of this twin with whole sections replaced, built in one pass (the engine
+    /// replaces desired and `configurations` together). Sections are validated first; on
+    /// error nothing is built.
+    pub fn with_sections(&self, updates: &[(Section, &Map<String, Value>)]) -> Result<Twin> {
+        for (s, value) in updates {
+            if *s != Section::Configurations {
+                validate_section(*s, value)?;
+            }
         }
+        let replaced = |sec: Section| updates.iter().any(|(s, _)| *s == sec);
         let mut entries: Vec<Entry> = self
             .lcs
             .iter()
             .zip(self.nodes.iter())
-            .filter(|(_, n)| n.section() != s)
+            .filter(|(_, n)| !replaced(n.section()))
             .map(|(lc, n)| Entry { lc: *lc, node: n.clone() })
             .collect();
-        flatten(s, s.root(), value, &mut entries);
+        for (s, value) in updates {
+            flatten(*s, s.root(), value, &mut entries);
+        }
         entries.sort_by_key(|e| e.lc);
         if let Some(w) = entries.windows(2).find(|w| w[0].lc == w[1].lc) {
             let (a, b) = (path::name(w[0].node.path()), path::name(w[1].node.path()));
@@ -264,9 +277,11 @@ impl Twin {
                 "'{a}' and '{b}' differ only in letter case; queries match names case-insensitively, so the embedded hub keeps one of them per twin"
             )));
         }
-        self.lcs = entries.iter().map(|e| e.lc).collect();
-        self.nodes = entries.into_iter().map(|e| e.node).collect();
-        Ok(())
+        Ok(Twin {
+            lcs: entries.iter().map(|e| e.lc).collect(),
+            nodes: entries.into_iter().map(|e| e.node).collect(),
+            ..*self
+        })
     }
 
     /// The `configurations` status of one configuration, if any.

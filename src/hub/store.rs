@@ -206,11 +206,12 @@ impl Store {
 }
 
 fn twin_to_stored(t: &Twin) -> Value {
+    let [tags, desired, reported, configurations] = t.sections();
     json!({
-        "tags": t.section(Section::Tags),
-        "desired": t.section(Section::Desired),
-        "reported": t.section(Section::Reported),
-        "configurations": t.section(Section::Configurations),
+        "tags": tags,
+        "desired": desired,
+        "reported": reported,
+        "configurations": configurations,
         "version": t.version,
         "desiredVersion": t.desired_version,
         "reportedVersion": t.reported_version,

@@ -244,6 +244,20 @@ impl Twin {
         out
     }
 
+    /// Every section rebuilt in one pass over the nodes: tags, desired, reported,
+    /// configurations (the store writes all four).
+    pub fn sections(&self) -> [Map<String, Value>; 4] {
+        let mut out: [Map<String, Value>; 4] = Default::default();
+        for e in self.nodes.iter() {
+            let s = e.section();
+            let root_len = s.root().len() + 1;
+            path::with_name(e.path(), |full| {
+                insert_at(&mut out[s as usize], &full[root_len..], e.val.to_json());
+            });
+        }
+        out
+    }
+
     /// Replaces a whole section after validating it. On error the twin is unchanged.
     pub fn set_section(&mut self, s: Section, value: &Map<String, Value>) -> Result<()> {
         *self = self.with_sections(&[(s, value)])?;

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod core;
+pub mod demo;
 pub mod driver;
 pub mod hub;
 pub mod resources;

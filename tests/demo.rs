@@ -67,3 +67,51 @@ fn a_fleet_too_small_for_the_gates_is_warned_about_and_ends_with_exit_1() {
     assert_eq!(code, 1, "{log}");
     assert!(log.contains("unexpected outcome"), "{log}");
 }
+
+/// Stops the child on every path out of the test.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rollouts_configurations() {
+    use ringmaster::client::Hub;
+    use ringmaster::client::azure::{AzureHub, AzureHubOptions};
+    use std::io::BufRead;
+
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ringmaster"))
+        .args(["demo", "--devices", "300", "--speed", "1000000", "--timeout", "5m", "--keep-running", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (url, cs) = tokio::task::spawn_blocking(move || {
+        let mut url = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("the hub keeps running in real time at ") {
+                url = rest.split_whitespace().next().map(str::to_string);
+            }
+            if let Some(cs) = line.strip_prefix("connection string: ") {
+                return (url.expect("the URL is printed before the connection string"), cs.to_string());
+            }
+        }
+        panic!("the demo ended without serving its hub");
+    })
+    .await
+    .unwrap();
+
+    let hub = AzureHub::new(&cs, AzureHubOptions { base_url: Some(url), ..Default::default() }).unwrap();
+    let ids: Vec<String> = hub.list_configurations().await.unwrap().into_iter().map(|c| c.id).collect();
+    for rollout in ["fleet-baseline", "chiller-fw", "chiller-fw-rc", "jumbo-mtu"] {
+        assert!(ids.iter().any(|id| id.starts_with(&format!("fleet_{rollout}_"))), "{rollout} has no configuration on the served hub: {ids:?}");
+    }
+    assert_eq!(hub.count("tags.environment = 'prod'").await.unwrap(), 300);
+}

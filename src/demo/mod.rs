@@ -142,7 +142,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
 /// Reads the fleet and the rollouts (files or the built-in examples) and checks the flags.
 fn prepare(args: &DemoArgs) -> Result<Setup> {
-    if !(args.speed > 0.0) {
+    if args.speed.is_nan() || args.speed <= 0.0 {
         bail!("--speed {}: give the virtual seconds per wall second, a number above 0", args.speed);
     }
     let (fleet_name, fleet_text) = match &args.fleet {

@@ -9,7 +9,7 @@
 //! Ring counts are cumulative, as the hub computes them: the configuration of ring *i*
 //! targets rings 0..=i. The ring being worked on shows the hub's live figures (the
 //! configuration's `systemMetrics` and `metrics`); finished rings show what the controller
-//! recorded when it judged them.
+//! recorded when it judged them, and a rolled-back ring the numbers its gate failed on.
 
 use super::Tracked;
 use crate::core::gate::wilson_lower;
@@ -180,7 +180,15 @@ impl View {
             let record = st.rings.iter().find(|r| r.name == ring.name);
             let current = st.ring.as_ref().filter(|r| r.index as usize == i);
             let working = current.is_some_and(|r| matches!(r.state, RingState::Applying | RingState::Baking | RingState::Analyzing));
+            // A rolled-back ring reaches no device any more: show the numbers it failed on.
+            let failed_on = current
+                .filter(|r| matches!(r.state, RingState::RollingBack | RingState::RolledBack))
+                .and_then(|_| st.history.iter().rev().find(|h| h.ring.as_deref() == Some(&ring.name) && matches!(h.decision.as_str(), "Fail" | "Deadline")));
             let (targeted, applied, metrics) = match (working, live, record) {
+                _ if failed_on.is_some() => {
+                    let h = failed_on.expect("checked");
+                    (h.targeted, h.applied, h.metrics.clone())
+                }
                 (true, Some(c), _) => (
                     c.system_metrics.results.get("targetedCount").map(|n| *n as u64),
                     c.system_metrics.results.get("appliedCount").map(|n| *n as u64),
@@ -278,7 +286,7 @@ fn bar(done: u64, total: u64, known: bool) -> String {
     if !known {
         return " ".repeat(BAR);
     }
-    let filled = if total == 0 { 0 } else { ((done.min(total) * BAR as u64) / total) as usize };
+    let filled = (done.min(total) * BAR as u64).checked_div(total).unwrap_or(0) as usize;
     format!("{}{}", "#".repeat(filled), "-".repeat(BAR - filled))
 }
 

@@ -53,7 +53,16 @@ fn the_faulty_release_candidate_fails_its_canary_gate_and_is_rolled_back_while_t
     let phase = |name: &str| summary.lines().find(|l| l.split_whitespace().next() == Some(name)).and_then(|l| l.split_whitespace().nth(1)).map(str::to_string);
     assert_eq!(phase("chiller-fw").as_deref(), Some("Healthy"), "{summary}");
     assert_eq!(phase("chiller-fw-rc").as_deref(), Some("RolledBack"), "{summary}");
-    assert!(summary.contains("2.4.0"), "{summary}");
+    // Devices per reported firmware version add up to the fleet; 2.4.0 reached the 4000x units.
+    let rows: Vec<(&str, u64)> = summary
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() == 3 && cols[0].starts_with("2.")).then(|| (cols[0], cols[2].parse().unwrap()))
+        })
+        .collect();
+    assert_eq!(rows.iter().map(|r| r.1).sum::<u64>(), 5000, "{summary}");
+    assert!(rows.iter().any(|(v, n)| *v == "2.4.0" && *n > 3000), "{summary}");
     assert!(!summary.contains("2.5.0-rc1        Current"), "{summary}");
     assert!(summary.contains("expected outcome"), "{summary}");
     // Piped output is a plain log: no ANSI escapes.

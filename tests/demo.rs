@@ -124,3 +124,20 @@ async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rol
     }
     assert_eq!(hub.count("tags.environment = 'prod'").await.unwrap(), 300);
 }
+
+#[test]
+fn a_ring_that_needs_approval_is_promoted_by_the_demo_and_the_rollout_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::copy(format!("{root}/examples/rollouts/10-baseline.yaml"), dir.path().join("10-baseline.yaml")).unwrap();
+    let fw = std::fs::read_to_string(format!("{root}/examples/rollouts/20-chiller-firmware.yaml")).unwrap();
+    let gated = fw.replace("{name: early, target: \"tags.ring='early'\"}", "{name: early, target: \"tags.ring='early'\", approval: true}");
+    assert_ne!(fw, gated, "the example's early ring changed shape; update this test");
+    std::fs::write(dir.path().join("20-chiller-firmware.yaml"), gated).unwrap();
+
+    let (code, log) = demo(&["--devices", "5000", "--rollouts", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{log}");
+    assert!(log.lines().any(|l| l.contains("chiller-fw") && l.contains("ring early needs approval: the demo promotes it")), "{log}");
+    assert!(event(&log, "chiller-fw", "early", "Approve").is_some(), "{log}");
+    assert!(event(&log, "chiller-fw", "broad", "Pass").is_some(), "{log}");
+}

@@ -3,7 +3,8 @@
 //! Parts (one folder each, as in DESIGN.md): [`hub`] the embedded IoT hub, [`client`] the
 //! `Hub` trait and its implementations, [`resources`] the `DeviceRollout` and `Hub`
 //! resources and the manifest loader, [`core`] the pure decision core, [`driver`] which
-//! runs the core against a hub, sources and the HTTP surface, and the CLI in `main.rs`.
+//! runs the core against a hub, sources and the HTTP surface, [`demo`] which plays all of
+//! it in one process in virtual time, and the CLI in `main.rs`.
 
 pub mod bench;
 pub mod cli;

@@ -4,13 +4,15 @@
 //! `Hub` trait and its implementations, [`resources`] the `DeviceRollout` and `Hub`
 //! resources and the manifest loader, [`core`] the pure decision core, [`driver`] which
 //! runs the core against a hub, [`kube`] the Kubernetes controller (`run --kube`), sources
-//! and the HTTP surface, and the CLI in `main.rs`.
+//! and the HTTP surface, [`demo`] which plays all of it in one process in virtual time, and
+//! the CLI in `main.rs`.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod core;
+pub mod demo;
 pub mod driver;
 pub mod hub;
 pub mod kube;

@@ -19,6 +19,9 @@ enum Command {
     Crd,
     /// Check DeviceRollout and Hub manifests offline: exit 0 when valid, 1 when not.
     Validate(ringmaster::cli::ValidateArgs),
+    /// Everything in one process: the embedded hub, a simulated fleet and the example
+    /// rollouts, live in virtual time (a faulty one is rolled back).
+    Demo(ringmaster::demo::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Hub(HubCommand::Serve(args)) => serve(*args),
         Command::Crd => ringmaster::cli::crd(),
         Command::Validate(args) => ringmaster::cli::validate(args),
+        Command::Demo(args) => ringmaster::demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@
 //! resources and the manifest loader, [`core`] the pure decision core, [`driver`] which
 //! runs the core against a hub, sources and the HTTP surface, and the CLI in `main.rs`.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -12,5 +13,9 @@ pub mod clock;
 pub mod core;
 pub mod driver;
 pub mod hub;
+pub mod ops;
 pub mod resources;
+pub mod run;
 pub mod server;
+pub mod sources;
+pub mod state;

@@ -74,7 +74,7 @@ async fn list(client: &reqwest::Client, api: &str) -> Result<Vec<StoredRollout>>
         bail!("{url}: {}", resp.status());
     }
     let body: serde_json::Value = resp.json().await.with_context(|| format!("{url}: not JSON"))?;
-    Ok(serde_json::from_value(body["items"].clone()).with_context(|| format!("{url}: unexpected answer"))?)
+    serde_json::from_value(body["items"].clone()).with_context(|| format!("{url}: unexpected answer"))
 }
 
 /// Picks the rollouts NAME means.

@@ -127,18 +127,18 @@ fn kind_of(action: &str) -> Option<OperationKind> {
 }
 
 /// Checks the bearer token of a write; `Err` is the answer to send.
-fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(want) = &st.api_token else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "the API is read-only: start `ringmaster run` with --api-token-env or --api-token-file to allow operations",
-        ));
+        )));
     };
     let got = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match got {
         Some(t) if constant_time_eq(t.trim().as_bytes(), want.as_bytes()) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "the bearer token is not the one `ringmaster run` was given")),
-        None => Err(error(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer <token>` (the token given to `ringmaster run`)")),
+        Some(_) => Err(Box::new(error(StatusCode::UNAUTHORIZED, "the bearer token is not the one `ringmaster run` was given"))),
+        None => Err(Box::new(error(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer <token>` (the token given to `ringmaster run`)"))),
     }
 }
 
@@ -156,7 +156,7 @@ async fn operation(
         return error(StatusCode::NOT_FOUND, format!("unknown operation {action:?}: use promote, pause, resume, abort or retry"));
     };
     if let Err(resp) = authorize(&st, &headers) {
-        return resp;
+        return *resp;
     }
     let body: OperationBody = if body.is_empty() {
         OperationBody::default()

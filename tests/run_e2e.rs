@@ -166,3 +166,62 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
     wait_until("the configurations gone", Duration::from_secs(20), async || ours().await.is_none().then_some(())).await;
     drop(run);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_killed_and_restarted_continues_where_it_was() {
+    let hub = Proc::spawn(Command::new(BIN).args(["hub", "serve", "--in-memory", "--listen", "127.0.0.1:0", "--cycle-interval", "1s"]).env("RUST_LOG", "warn"));
+    let url = hub.wait_for(|l| l.strip_prefix("ringmaster hub listening on ").map(str::to_string));
+    let cs = hub.wait_for(|l| l.starts_with("HostName=").then(|| l.to_string()));
+    let client = AzureHub::new(&cs, AzureHubOptions { base_url: Some(url.clone()), ..Default::default() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(
+        src.join("hub.yaml"),
+        format!("apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {{name: default, namespace: fleet}}\nspec: {{type: embedded, url: \"{url}\"}}\n"),
+    )
+    .unwrap();
+    std::fs::write(src.join("fw.yaml"), rollout(1)).unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(secrets.join("fleet")).unwrap();
+    std::fs::write(secrets.join("fleet").join("default"), &cs).unwrap();
+    let start_run = || {
+        Proc::spawn(
+            Command::new(BIN)
+                .args(["run", "--listen", "127.0.0.1:0", "--dir"])
+                .arg(&src)
+                .arg("--state")
+                .arg(dir.path().join("state.db"))
+                .arg("--hub-secrets-dir")
+                .arg(&secrets)
+                .env("RUST_LOG", "warn"),
+        )
+    };
+    let http = reqwest::Client::new();
+    let get = async |api: &str| -> Option<serde_json::Value> {
+        let v: serde_json::Value = http.get(format!("{api}/api/v1/rollouts/fleet/fw")).send().await.ok()?.json().await.ok()?;
+        v["status"]["revision"].is_string().then_some(v)
+    };
+
+    let run = start_run();
+    let api = run.wait_for(|l| l.strip_prefix("ringmaster api listening on ").map(str::to_string));
+    let before = wait_until("the first status", Duration::from_secs(20), async || get(&api).await).await;
+    let config = client.list_configurations().await.unwrap().into_iter().find(|c| c.id.starts_with("fleet_fw_")).expect("on the hub");
+    drop(run); // SIGKILL
+
+    // While it is down the file breaks: the restarted controller keeps the last good version.
+    std::fs::write(src.join("fw.yaml"), "kind: DeviceRollout\nspec: [").unwrap();
+    let run = start_run();
+    let api = run.wait_for(|l| l.strip_prefix("ringmaster api listening on ").map(str::to_string));
+    let after = wait_until("the status after the restart", Duration::from_secs(20), async || {
+        get(&api).await.filter(|v| v["error"].is_string())
+    })
+    .await;
+    assert_eq!(after["status"]["revision"], before["status"]["revision"]);
+    assert_eq!(after["created"], before["created"], "the same rollout, not a new one");
+    assert!(!after["deleting"].as_bool().unwrap());
+    assert!(after["error"].as_str().unwrap().contains("fw.yaml"), "{after}");
+    let now = client.list_configurations().await.unwrap().into_iter().filter(|c| c.id.starts_with("fleet_fw_")).collect::<Vec<_>>();
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].id, config.id, "nothing was recreated or deleted");
+}

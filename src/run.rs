@@ -121,6 +121,11 @@ fn same(a: &crate::resources::DeviceRollout, b: &crate::resources::DeviceRollout
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
+/// Errors about reaching a hub (set and cleared by the reconcile, not by the source).
+fn is_hub_error(e: &str) -> bool {
+    e.starts_with("Hub ") || e.starts_with("no Hub")
+}
+
 fn env_name(part: &str) -> String {
     part.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
 }
@@ -206,7 +211,10 @@ impl Controller {
         let now = Instant::now();
         let mut writes = Vec::new();
         for (key, (file, ro)) in &desired {
-            let error = errors_by_file.get(file).map(|e| format!("source file fails, its last good version is in effect: {e}"));
+            let source_error = errors_by_file.get(file).map(|e| format!("source file fails, its last good version is in effect: {e}"));
+            // A hub problem found by the reconcile stays until the reconcile clears it.
+            let hub_error = stored.get(key).and_then(|o| o.error.clone()).filter(|e| is_hub_error(e));
+            let error = source_error.or(hub_error);
             match stored.get(key) {
                 Some(old) if same(&old.rollout, ro) && !old.deleting && old.source == *file && old.error == error => {}
                 Some(old) => {
@@ -350,7 +358,7 @@ impl Controller {
                             self.api.store.run(move |s| s.remove_rollout(&ns, &n)).await?;
                             continue;
                         }
-                        if r.error.as_deref().is_some_and(|e| e.starts_with("Hub ") || e.starts_with("no Hub")) {
+                        if r.error.as_deref().is_some_and(is_hub_error) {
                             r.error = None;
                         }
                         r.status = outcome.status;

@@ -22,6 +22,8 @@ enum Command {
     Validate(ringmaster::cli::ValidateArgs),
     /// The controller: reconcile the DeviceRollouts of a directory or a git repository.
     Run(Box<ringmaster::run::RunArgs>),
+    /// What each ring of each rollout would reach on a hub: exit 0 no change, 1 changes, 2 error.
+    Plan(ringmaster::ops::plan::PlanArgs),
     /// Show rollouts from a running controller's API (`-w` to keep watching).
     Status(ringmaster::ops::StatusArgs),
     /// Approve an approval ring, or pass the current ring now.
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Crd => ringmaster::cli::crd(),
         Command::Validate(args) => ringmaster::cli::validate(args),
         Command::Run(args) => run(*args),
+        Command::Plan(args) => ringmaster::ops::plan::plan(args),
         Command::Status(args) => ringmaster::ops::status(args),
         Command::Promote(args) => ringmaster::ops::operation(OperationKind::Promote, args),
         Command::Pause(args) => ringmaster::ops::operation(OperationKind::Pause, args),

@@ -1,8 +1,11 @@
 //! CLI clients of a running controller's HTTP API: `ringmaster status [-w]` and
-//! `ringmaster promote|pause|resume|abort|retry NAME`.
+//! `ringmaster promote|pause|resume|abort|retry NAME`; and [`plan`], which asks a hub
+//! what each ring would reach.
 //!
 //! Exit codes a CI pipeline can use: 0 done, 1 refused (no such rollout, the API said
 //! no), 2 the command itself failed (the API unreachable, a bad answer).
+
+pub mod plan;
 
 use crate::resources::OperationKind;
 use crate::state::StoredRollout;

@@ -165,6 +165,9 @@ pub struct Controller {
     embedded_driver: Arc<Driver>,
     /// When each rollout is due.
     due: HashMap<Key, Instant>,
+    /// Whether a snapshot was taken in, and the source revision it had.
+    ingested_once: bool,
+    source_revision: Option<String>,
 }
 
 impl Controller {
@@ -172,13 +175,18 @@ impl Controller {
     pub fn new(api: Arc<ApiState>, catalog: Catalog, embedded: EmbeddedHub, hub_secrets_dir: Option<PathBuf>) -> Controller {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let embedded_driver = Arc::new(Driver::new(Arc::new(embedded.clone()), clock.clone()));
-        Controller { api, catalog, hub_secrets_dir, embedded, clock, drivers: HashMap::new(), embedded_driver, due: HashMap::new() }
+        Controller { api, catalog, hub_secrets_dir, embedded, clock, drivers: HashMap::new(), embedded_driver, due: HashMap::new(), ingested_once: false, source_revision: None }
     }
 
     /// Takes a snapshot in: diffs, records files and source errors, updates rollouts'
     /// specs in the store and marks what changed as due.
     pub async fn ingest(&mut self, snap: &Snapshot) -> Result<()> {
         let changes = self.catalog.apply(snap);
+        if changes.is_empty() && self.ingested_once && snap.revision == self.source_revision {
+            return Ok(()); // nothing new: the rescan found what the last one did
+        }
+        self.ingested_once = true;
+        self.source_revision = snap.revision.clone();
         for (file, errors) in &changes.failed {
             for e in errors {
                 tracing::warn!(file, "{e}; its last good version stays in effect");
@@ -218,10 +226,14 @@ impl Controller {
             match stored.get(key) {
                 Some(old) if same(&old.rollout, ro) && !old.deleting && old.source == *file && old.error == error => {}
                 Some(old) => {
-                    if !same(&old.rollout, ro) || old.deleting {
+                    let changed = !same(&old.rollout, ro) || old.deleting;
+                    if changed {
                         self.due.insert(key.clone(), now);
                     }
-                    writes.push(StoredRollout { source: file.clone(), rollout: ro.clone(), deleting: false, error, ..old.clone() });
+                    // The revision the spec was read at moves only when the spec does (or a
+                    // deletion is undone); a broken file keeps the revision of its good version.
+                    let source_revision = if changed { snap.revision.clone() } else { old.source_revision.clone() };
+                    writes.push(StoredRollout { source: file.clone(), rollout: ro.clone(), deleting: false, error, source_revision, ..old.clone() });
                 }
                 None => {
                     self.due.insert(key.clone(), now);
@@ -234,6 +246,7 @@ impl Controller {
                         deleting: false,
                         error,
                         created: jiff::Timestamp::now().to_string(),
+                        source_revision: snap.revision.clone(),
                     });
                 }
             }

@@ -56,6 +56,9 @@ pub struct StoredRollout {
     pub error: Option<String>,
     /// When the controller first saw it (RFC 3339).
     pub created: String,
+    /// The source revision (git commit) its spec was last read at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<String>,
 }
 
 /// The store. Cheap to clone; every clone shares one connection.
@@ -67,7 +70,7 @@ pub struct StateStore {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollouts (
   namespace TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL, rollout TEXT NOT NULL,
-  status TEXT NOT NULL, deleting INTEGER NOT NULL DEFAULT 0, error TEXT, created TEXT NOT NULL,
+  status TEXT NOT NULL, deleting INTEGER NOT NULL DEFAULT 0, error TEXT, created TEXT NOT NULL, source_revision TEXT,
   PRIMARY KEY (namespace, name));
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, good TEXT, error TEXT);
 CREATE TABLE IF NOT EXISTS operations (
@@ -105,7 +108,7 @@ impl StateStore {
     /// Every rollout, by namespace and name.
     pub fn rollouts(&self) -> Result<Vec<StoredRollout>> {
         let c = self.conn.lock();
-        let mut st = c.prepare("SELECT namespace, name, source, rollout, status, deleting, error, created FROM rollouts ORDER BY namespace, name")?;
+        let mut st = c.prepare("SELECT namespace, name, source, rollout, status, deleting, error, created, source_revision FROM rollouts ORDER BY namespace, name")?;
         let rows = st.query_map([], row_to_raw)?.collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter().map(decode).collect()
     }
@@ -115,7 +118,7 @@ impl StateStore {
         let c = self.conn.lock();
         let raw = c
             .query_row(
-                "SELECT namespace, name, source, rollout, status, deleting, error, created FROM rollouts WHERE namespace = ?1 AND name = ?2",
+                "SELECT namespace, name, source, rollout, status, deleting, error, created, source_revision FROM rollouts WHERE namespace = ?1 AND name = ?2",
                 params![namespace, name],
                 row_to_raw,
             )
@@ -127,10 +130,11 @@ impl StateStore {
     pub fn put_rollout(&self, r: &StoredRollout) -> Result<()> {
         let c = self.conn.lock();
         c.execute(
-            "INSERT INTO rollouts (namespace, name, source, rollout, status, deleting, error, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO rollouts (namespace, name, source, rollout, status, deleting, error, created, source_revision)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (namespace, name) DO UPDATE SET source = excluded.source, rollout = excluded.rollout,
-               status = excluded.status, deleting = excluded.deleting, error = excluded.error",
+               status = excluded.status, deleting = excluded.deleting, error = excluded.error,
+               source_revision = excluded.source_revision",
             params![
                 r.namespace,
                 r.name,
@@ -139,7 +143,8 @@ impl StateStore {
                 serde_json::to_string(&r.status)?,
                 r.deleting,
                 r.error,
-                r.created
+                r.created,
+                r.source_revision
             ],
         )?;
         Ok(())
@@ -227,13 +232,13 @@ impl StateStore {
     }
 }
 
-type Raw = (String, String, String, String, String, bool, Option<String>, String);
+type Raw = (String, String, String, String, String, bool, Option<String>, String, Option<String>);
 
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
 }
 
-fn decode((namespace, name, source, rollout, status, deleting, error, created): Raw) -> Result<StoredRollout> {
+fn decode((namespace, name, source, rollout, status, deleting, error, created, source_revision): Raw) -> Result<StoredRollout> {
     Ok(StoredRollout {
         namespace,
         name,
@@ -243,6 +248,7 @@ fn decode((namespace, name, source, rollout, status, deleting, error, created): 
         deleting,
         error,
         created,
+        source_revision,
     })
 }
 
@@ -277,6 +283,7 @@ mod tests {
                 deleting: false,
                 error: None,
                 created: "2026-01-01T00:00:00Z".into(),
+                source_revision: None,
             };
             s.put_rollout(&r).unwrap();
             s.push_operation("fleet", "a", &Operation::new("op-1", OperationKind::Pause)).unwrap();

@@ -26,6 +26,7 @@ async fn serve(token: Option<&str>) -> (String, Arc<ApiState>) {
             deleting: false,
             error: None,
             created: "2026-01-01T00:00:00Z".into(),
+            source_revision: None,
         })
         .unwrap();
     let mut state = ApiState::new(store);

@@ -135,7 +135,7 @@ fn fetches_follow_commits_force_pushes_broken_and_deleted_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_webhook_makes_run_fetch_at_once() {
     let repo = Repo::new();
-    repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
+    let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--interval", "1h", "--git", &repo.url, "--branch", "main"])
@@ -184,6 +184,10 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
         assert!(start.elapsed() < Duration::from_secs(10), "the webhook's fetch (the poll interval is an hour)");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each rollout carries the commit its spec was read at.
+    let body: serde_json::Value = http.get(format!("{api}/api/v1/rollouts")).send().await.unwrap().json().await.unwrap();
+    let at = |name: &str| body["items"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["sourceRevision"].as_str().unwrap().to_string();
+    assert_eq!((at("a"), at("b")), (c1, c2.clone()));
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -68,13 +68,21 @@ async fn wait_until<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_operates_it() {
+/// A served hub, a client of it, and a source directory with a `Hub` pointing at it and
+/// the rollout `fleet/fw`.
+struct Setup {
+    _hub: Proc,
+    cs: String,
+    client: AzureHub,
+    dir: tempfile::TempDir,
+    src: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
     let hub = Proc::spawn(Command::new(BIN).args(["hub", "serve", "--in-memory", "--listen", "127.0.0.1:0", "--cycle-interval", "1s"]).env("RUST_LOG", "warn"));
     let url = hub.wait_for(|l| l.strip_prefix("ringmaster hub listening on ").map(str::to_string));
     let cs = hub.wait_for(|l| l.starts_with("HostName=").then(|| l.to_string()));
     let client = AzureHub::new(&cs, AzureHubOptions { base_url: Some(url.clone()), ..Default::default() }).unwrap();
-
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -84,6 +92,12 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
     )
     .unwrap();
     std::fs::write(src.join("fw.yaml"), rollout(1)).unwrap();
+    Setup { _hub: hub, cs, client, dir, src }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_operates_it() {
+    let Setup { _hub, cs, client, dir, src } = setup();
     let run = Proc::spawn(
         Command::new(BIN)
             .args(["run", "--listen", "127.0.0.1:0", "--dir"])
@@ -128,6 +142,10 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
         assert!(table.contains(col), "{table}");
     }
 
+    // `status -w` prints the table, and again when a row changes (the pause below).
+    let watch = Proc::spawn(Command::new(BIN).args(["status", "-w", "fw", "--interval", "200ms", "--api", &api]));
+    watch.wait_for(|l| l.starts_with("fleet").then_some(()));
+
     let api2 = api.clone();
     tokio::task::spawn_blocking(move || {
         AssertCommand::new(BIN).args(["status", "nope", "--api", &api2]).assert().code(1);
@@ -158,6 +176,8 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
         body["status"]["paused"].is_object().then_some(())
     })
     .await;
+    watch.wait_for(|l| (l.starts_with("fleet") && l.contains("Paused")).then_some(()));
+    drop(watch);
     let metrics = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("ringmaster_reconciles_total"), "{metrics}");
 
@@ -169,19 +189,7 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_killed_and_restarted_continues_where_it_was() {
-    let hub = Proc::spawn(Command::new(BIN).args(["hub", "serve", "--in-memory", "--listen", "127.0.0.1:0", "--cycle-interval", "1s"]).env("RUST_LOG", "warn"));
-    let url = hub.wait_for(|l| l.strip_prefix("ringmaster hub listening on ").map(str::to_string));
-    let cs = hub.wait_for(|l| l.starts_with("HostName=").then(|| l.to_string()));
-    let client = AzureHub::new(&cs, AzureHubOptions { base_url: Some(url.clone()), ..Default::default() }).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(
-        src.join("hub.yaml"),
-        format!("apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {{name: default, namespace: fleet}}\nspec: {{type: embedded, url: \"{url}\"}}\n"),
-    )
-    .unwrap();
-    std::fs::write(src.join("fw.yaml"), rollout(1)).unwrap();
+    let Setup { _hub, cs, client, dir, src } = setup();
     let secrets = dir.path().join("secrets");
     std::fs::create_dir_all(secrets.join("fleet")).unwrap();
     std::fs::write(secrets.join("fleet").join("default"), &cs).unwrap();

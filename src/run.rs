@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Folder of hub connection strings: `<ns>/<name>` or `<name>` files.
     #[arg(long)]
     pub hub_secrets_dir: Option<PathBuf>,
+    /// PEM CA bundle trusted for hubs at `https` URLs (e.g. the CA that
+    /// `ringmaster hub serve --tls-self-signed` prints); the system roots otherwise.
+    #[arg(long)]
+    pub hub_ca: Option<PathBuf>,
     /// SQLite file of the in-process embedded hub; in memory when omitted.
     #[arg(long)]
     pub embedded_store: Option<PathBuf>,
@@ -152,11 +156,20 @@ impl Source {
     }
 }
 
+/// How to reach hubs outside the process: where connection strings are, which CA to trust.
+#[derive(Clone, Debug, Default)]
+pub struct HubAccess {
+    /// `--hub-secrets-dir`.
+    pub secrets_dir: Option<PathBuf>,
+    /// `--hub-ca`, read.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 /// The controller: source, catalog, hubs, store.
 pub struct Controller {
     api: Arc<ApiState>,
     catalog: Catalog,
-    hub_secrets_dir: Option<PathBuf>,
+    access: HubAccess,
     embedded: EmbeddedHub,
     clock: Arc<dyn Clock>,
     /// Drivers by hub key, with the hub spec they were built from.
@@ -172,10 +185,10 @@ pub struct Controller {
 
 impl Controller {
     /// A controller over a store and an in-process embedded hub.
-    pub fn new(api: Arc<ApiState>, catalog: Catalog, embedded: EmbeddedHub, hub_secrets_dir: Option<PathBuf>) -> Controller {
+    pub fn new(api: Arc<ApiState>, catalog: Catalog, embedded: EmbeddedHub, access: HubAccess) -> Controller {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let embedded_driver = Arc::new(Driver::new(Arc::new(embedded.clone()), clock.clone()));
-        Controller { api, catalog, hub_secrets_dir, embedded, clock, drivers: HashMap::new(), embedded_driver, due: HashMap::new(), ingested_once: false, source_revision: None }
+        Controller { api, catalog, access, embedded, clock, drivers: HashMap::new(), embedded_driver, due: HashMap::new(), ingested_once: false, source_revision: None }
     }
 
     /// Takes a snapshot in: diffs, records files and source errors, updates rollouts'
@@ -307,7 +320,7 @@ impl Controller {
                 key.1
             )
         })?;
-        let opts = AzureHubOptions { base_url: hub.spec.url.clone(), ..Default::default() };
+        let opts = AzureHubOptions { base_url: hub.spec.url.clone(), ca_pem: self.access.ca_pem.clone(), ..Default::default() };
         AzureHub::new(&conn, opts).map(|h| Arc::new(h) as Arc<dyn HubClient>).map_err(|e| format!("Hub {}/{}: {e}", key.0, key.1))
     }
 
@@ -317,78 +330,91 @@ impl Controller {
                 return Some(v.trim().to_string());
             }
         }
-        let dir = self.hub_secrets_dir.as_ref()?;
+        let dir = self.access.secrets_dir.as_ref()?;
         [dir.join(ns).join(name), dir.join(name)].iter().find_map(|p| std::fs::read_to_string(p).ok()).map(|s| s.trim().to_string())
     }
 
-    /// Reconciles every rollout that is due (or has a queued request); returns when the
-    /// next one is due.
+    /// Reconciles every rollout that is due (or has a queued request), concurrently (the
+    /// rollouts of one hub share its driver and budget); returns when the next one is due.
     pub async fn reconcile_due(&mut self) -> Result<Option<Instant>> {
         let all = self.api.store.run(|s| s.rollouts()).await?;
         let now = Instant::now();
         let mut phases: BTreeMap<String, i64> = BTreeMap::new();
+        let mut count_phase = |r: &StoredRollout| {
+            let phase = r.status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
+            *phases.entry(phase).or_default() += 1;
+        };
+        let mut work = Vec::new();
         for mut r in all {
             let key = (r.namespace.clone(), r.name.clone());
             let (ns, n) = key.clone();
             let ops = self.api.store.run(move |s| s.operations(&ns, &n)).await?;
-            let due = self.due.get(&key).is_none_or(|t| *t <= now) || !ops.is_empty();
-            if due {
-                match self.driver_for(&r) {
-                    Err(msg) => {
-                        tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), "{msg}");
-                        r.error = Some(msg);
-                        self.due.insert(key.clone(), now + Duration::from_secs(30));
-                        let w = r.clone();
-                        self.api.store.run(move |s| s.put_rollout(&w)).await?;
-                    }
-                    Ok(driver) => {
-                        let input = ReconcileInput { operations: ops, deletion: r.deleting.then_some(Deletion { force: false }) };
-                        let outcome = driver.reconcile_with(&r.rollout, &r.status, &input).await;
-                        self.api.metrics.reconciles.inc();
-                        if let Some(e) = &outcome.error {
-                            self.api.metrics.errors.inc();
-                            tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), "hub error: {e}");
-                        }
-                        for h in outcome.status.history.iter().filter(|h| !r.status.history.contains(h)) {
-                            if matches!(h.decision.as_str(), "Pass" | "Fail" | "Deadline") {
-                                self.api.metrics.verdict(&h.decision);
-                            }
-                            tracing::info!(rollout = %format!("{}/{}", key.0, key.1), decision = %h.decision, "{}", h.message);
-                        }
-                        // A deletion that removed configurations is finalized by the next
-                        // look; it need not wait the usual requeue after a write.
-                        let requeue = if r.deleting && !outcome.finalized && !outcome.performed.is_empty() && outcome.error.is_none() {
-                            Duration::from_secs(1)
-                        } else {
-                            outcome.requeue_after
-                        };
-                        self.due.insert(key.clone(), Instant::now() + requeue);
-                        let handled = outcome.status.handled_operations.clone();
-                        if r.deleting && outcome.finalized {
-                            tracing::info!(rollout = %format!("{}/{}", key.0, key.1), "deleted: every configuration is gone");
-                            self.due.remove(&key);
-                            let (ns, n) = key.clone();
-                            self.api.store.run(move |s| s.remove_rollout(&ns, &n)).await?;
-                            continue;
-                        }
-                        if r.error.as_deref().is_some_and(is_hub_error) {
-                            r.error = None;
-                        }
-                        r.status = outcome.status;
-                        let w = r.clone();
-                        let (ns, n) = key.clone();
-                        self.api
-                            .store
-                            .run(move |s| {
-                                s.put_rollout(&w)?;
-                                s.remove_operations(&ns, &n, &handled)
-                            })
-                            .await?;
-                    }
+            if !(self.due.get(&key).is_none_or(|t| *t <= now) || !ops.is_empty()) {
+                count_phase(&r);
+                continue;
+            }
+            match self.driver_for(&r) {
+                Ok(driver) => {
+                    let input = ReconcileInput { operations: ops, deletion: r.deleting.then_some(Deletion { force: false }) };
+                    work.push((r, driver, input));
+                }
+                Err(msg) => {
+                    tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), "{msg}");
+                    r.error = Some(msg);
+                    self.due.insert(key, now + Duration::from_secs(30));
+                    count_phase(&r);
+                    self.api.store.run(move |s| s.put_rollout(&r)).await?;
                 }
             }
-            let phase = r.status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
-            *phases.entry(phase).or_default() += 1;
+        }
+        let results = futures::future::join_all(work.into_iter().map(|(r, driver, input)| async move {
+            let outcome = driver.reconcile_with(&r.rollout, &r.status, &input).await;
+            (r, outcome)
+        }))
+        .await;
+        for (mut r, outcome) in results {
+            let key = (r.namespace.clone(), r.name.clone());
+            let who = format!("{}/{}", key.0, key.1);
+            self.api.metrics.reconciles.inc();
+            if let Some(e) = &outcome.error {
+                self.api.metrics.errors.inc();
+                tracing::warn!(rollout = %who, "hub error: {e}");
+            }
+            for h in outcome.status.history.iter().filter(|h| !r.status.history.contains(h)) {
+                if matches!(h.decision.as_str(), "Pass" | "Fail" | "Deadline") {
+                    self.api.metrics.verdict(&h.decision);
+                }
+                tracing::info!(rollout = %who, decision = %h.decision, "{}", h.message);
+            }
+            if r.deleting && outcome.finalized {
+                tracing::info!(rollout = %who, "deleted: every configuration is gone");
+                self.due.remove(&key);
+                let (ns, n) = key;
+                self.api.store.run(move |s| s.remove_rollout(&ns, &n)).await?;
+                continue;
+            }
+            // A deletion that removed configurations is finalized by the next look; it
+            // need not wait the usual requeue after a write.
+            let requeue = if r.deleting && !outcome.performed.is_empty() && outcome.error.is_none() {
+                Duration::from_secs(1)
+            } else {
+                outcome.requeue_after
+            };
+            self.due.insert(key.clone(), Instant::now() + requeue);
+            if r.error.as_deref().is_some_and(is_hub_error) {
+                r.error = None;
+            }
+            let handled = outcome.status.handled_operations.clone();
+            r.status = outcome.status;
+            count_phase(&r);
+            let (ns, n) = key;
+            self.api
+                .store
+                .run(move |s| {
+                    s.put_rollout(&r)?;
+                    s.remove_operations(&ns, &n, &handled)
+                })
+                .await?;
         }
         self.api.metrics.set_phases(&phases);
         Ok(self.due.values().min().copied())
@@ -446,7 +472,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     });
 
     let good = store.run(|s| s.good_files()).await?;
-    let mut ctl = Controller::new(api.clone(), Catalog::restore(good), embedded, args.hub_secrets_dir.clone());
+    let ca_pem = match &args.hub_ca {
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("--hub-ca {}: cannot read", f.display()))?),
+        None => None,
+    };
+    let access = HubAccess { secrets_dir: args.hub_secrets_dir.clone(), ca_pem };
+    let mut ctl = Controller::new(api.clone(), Catalog::restore(good), embedded, access);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut next_read = Instant::now();

@@ -4,7 +4,7 @@
 use ringmaster::api::ApiState;
 use ringmaster::clock::SystemClock;
 use ringmaster::hub::EmbeddedHub;
-use ringmaster::run::Controller;
+use ringmaster::run::{Controller, HubAccess};
 use ringmaster::sources::Catalog;
 use ringmaster::sources::dir::{DirWatcher, scan};
 use ringmaster::state::StateStore;
@@ -37,7 +37,7 @@ fn setup(store: StateStore) -> Setup {
     let hub = EmbeddedHub::in_memory(Arc::new(SystemClock));
     let api = Arc::new(ApiState::new(store.clone()));
     let good = store.good_files().unwrap();
-    let ctl = Controller::new(api, Catalog::restore(good), hub.clone(), None);
+    let ctl = Controller::new(api, Catalog::restore(good), hub.clone(), HubAccess::default());
     Setup { ctl, hub, store }
 }
 
@@ -113,7 +113,7 @@ async fn a_file_broken_while_the_controller_was_down_keeps_its_last_good_version
         std::fs::write(root.join("a.yaml"), "{").unwrap();
         let store = StateStore::open(&db).unwrap();
         let api = Arc::new(ApiState::new(store.clone()));
-        let ctl = Controller::new(api, Catalog::restore(store.good_files().unwrap()), s.hub.clone(), None);
+        let ctl = Controller::new(api, Catalog::restore(store.good_files().unwrap()), s.hub.clone(), HubAccess::default());
         let mut s2 = Setup { ctl, hub: s.hub.clone(), store };
         pass(&mut s2, &root).await;
         assert_eq!(configs(&s2.hub, "a"), hub_configs, "the last good version survived the restart");

@@ -102,25 +102,24 @@ async fn a_file_broken_while_the_controller_was_down_keeps_its_last_good_version
     let root = dir.path().join("src");
     std::fs::create_dir(&root).unwrap();
     let db = dir.path().join("state.db");
-    let hub_configs;
-    {
-        let mut s = setup(StateStore::open(&db).unwrap());
-        std::fs::write(root.join("a.yaml"), rollout("a", 1)).unwrap();
-        pass(&mut s, &root).await;
-        hub_configs = configs(&s.hub, "a");
-        assert_eq!(hub_configs.len(), 1);
-        // The restarted controller gets the same hub back (as a served hub would be).
-        std::fs::write(root.join("a.yaml"), "{").unwrap();
-        let store = StateStore::open(&db).unwrap();
-        let api = Arc::new(ApiState::new(store.clone()));
-        let ctl = Controller::new(api, Catalog::restore(store.good_files().unwrap()), s.hub.clone(), HubAccess::default());
-        let mut s2 = Setup { ctl, hub: s.hub.clone(), store };
-        pass(&mut s2, &root).await;
-        assert_eq!(configs(&s2.hub, "a"), hub_configs, "the last good version survived the restart");
-        let stored = s2.store.rollout("fleet", "a").unwrap().unwrap();
-        assert!(!stored.deleting);
-        assert!(stored.error.is_some());
-    }
+    let mut s = setup(StateStore::open(&db).unwrap());
+    std::fs::write(root.join("a.yaml"), rollout("a", 1)).unwrap();
+    pass(&mut s, &root).await;
+    let before = configs(&s.hub, "a");
+    assert_eq!(before.len(), 1);
+
+    // Down: the file breaks. A new controller on the same store (and the same hub, as a
+    // served hub would be) starts from the last good version.
+    std::fs::write(root.join("a.yaml"), "{").unwrap();
+    let store = StateStore::open(&db).unwrap();
+    let api = Arc::new(ApiState::new(store.clone()));
+    let ctl = Controller::new(api, Catalog::restore(store.good_files().unwrap()), s.hub.clone(), HubAccess::default());
+    let mut s2 = Setup { ctl, hub: s.hub.clone(), store };
+    pass(&mut s2, &root).await;
+    assert_eq!(configs(&s2.hub, "a"), before, "the last good version survived the restart");
+    let stored = s2.store.rollout("fleet", "a").unwrap().unwrap();
+    assert!(!stored.deleting);
+    assert!(stored.error.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,4 +232,11 @@ async fn run_killed_and_restarted_continues_where_it_was() {
     let now = client.list_configurations().await.unwrap().into_iter().filter(|c| c.id.starts_with("fleet_fw_")).collect::<Vec<_>>();
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].id, config.id, "nothing was recreated or deleted");
+
+    // `status` flags the rollout and names the failing file.
+    let out = tokio::task::spawn_blocking(move || AssertCommand::new(BIN).args(["status", "--api", &api]).assert().success().get_output().stdout.clone())
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("(!)") && out.contains("source file fw.yaml"), "{out}");
 }

@@ -70,14 +70,28 @@ fn http() -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?)
 }
 
-async fn list(client: &reqwest::Client, api: &str) -> Result<Vec<StoredRollout>> {
+/// What `GET /api/v1/rollouts` answers: the rollouts, and the source files that fail.
+struct Listing {
+    items: Vec<StoredRollout>,
+    /// `path: problems` of each failing source file.
+    failing_files: Vec<String>,
+}
+
+async fn list(client: &reqwest::Client, api: &str) -> Result<Listing> {
     let url = format!("{}/api/v1/rollouts", api.trim_end_matches('/'));
     let resp = client.get(&url).send().await.with_context(|| format!("cannot reach {url}"))?;
     if !resp.status().is_success() {
         bail!("{url}: {}", resp.status());
     }
     let body: serde_json::Value = resp.json().await.with_context(|| format!("{url}: not JSON"))?;
-    serde_json::from_value(body["items"].clone()).with_context(|| format!("{url}: unexpected answer"))
+    let items = serde_json::from_value(body["items"].clone()).with_context(|| format!("{url}: unexpected answer"))?;
+    let failing_files = body["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| Some(format!("{}: {}", f["path"].as_str()?, f["error"].as_str()?)))
+        .collect();
+    Ok(Listing { items, failing_files })
 }
 
 /// Picks the rollouts NAME means.
@@ -150,8 +164,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         let client = http()?;
         let mut last = String::new();
         loop {
-            let items = list(&client, &args.api.api).await?;
-            let chosen = select(&items, args.name.as_deref(), args.api.namespace.as_deref());
+            let listing = list(&client, &args.api.api).await?;
+            let chosen = select(&listing.items, args.name.as_deref(), args.api.namespace.as_deref());
             if let Some(n) = &args.name
                 && chosen.is_empty()
                 && !args.watch
@@ -163,6 +177,11 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
             for r in &chosen {
                 if let Some(e) = &r.error {
                     text.push_str(&format!("{}/{}: {e}\n", r.namespace, r.name));
+                }
+            }
+            if args.name.is_none() {
+                for f in &listing.failing_files {
+                    text.push_str(&format!("source file {f}\n"));
                 }
             }
             if !args.watch {
@@ -201,8 +220,8 @@ pub fn operation(kind: OperationKind, args: OperationArgs) -> Result<ExitCode> {
             None => match &args.api.namespace {
                 Some(ns) => (ns.clone(), args.name.clone()),
                 None => {
-                    let items = list(&client, &args.api.api).await?;
-                    let found = select(&items, Some(&args.name), None);
+                    let listing = list(&client, &args.api.api).await?;
+                    let found = select(&listing.items, Some(&args.name), None);
                     match found.as_slice() {
                         [one] => (one.namespace.clone(), one.name.clone()),
                         [] => {

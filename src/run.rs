@@ -349,7 +349,8 @@ impl Controller {
             let key = (r.namespace.clone(), r.name.clone());
             let (ns, n) = key.clone();
             let ops = self.api.store.run(move |s| s.operations(&ns, &n)).await?;
-            if !(self.due.get(&key).is_none_or(|t| *t <= now) || !ops.is_empty()) {
+            // Not due yet, and no request waiting.
+            if self.due.get(&key).is_some_and(|t| *t > now) && ops.is_empty() {
                 count_phase(&r);
                 continue;
             }

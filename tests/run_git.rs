@@ -191,3 +191,16 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_file_url_is_fetched_too() {
+    let repo = Repo::new();
+    let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
+    let origin = repo.url.rsplit_once('/').map(|(_, name)| name).unwrap();
+    let served = repo.work.parent().unwrap().join("served").join(origin);
+    let cache = tempfile::tempdir().unwrap();
+    let source = GitSource { url: format!("file://{}", served.display()), branch: "main".into(), path: None, cache: cache.path().join("c.git"), token: None };
+    let snap = source.fetch().unwrap();
+    assert_eq!(snap.revision, Some(c1));
+    assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml"]);
+}

@@ -3,10 +3,12 @@
 //! Parts (one folder each, as in DESIGN.md): [`hub`] the embedded IoT hub, [`client`] the
 //! `Hub` trait and its implementations, [`resources`] the `DeviceRollout` and `Hub`
 //! resources and the manifest loader, [`core`] the pure decision core, [`driver`] which
-//! runs the core against a hub, [`kube`] the Kubernetes controller (`run --kube`), sources
-//! and the HTTP surface, [`demo`] which plays all of it in one process in virtual time, and
+//! runs the core against a hub, [`kube`] the Kubernetes controller (`run --kube`), [`run`]
+//! with [`sources`] and [`state`] the git and directory modes, [`api`] their HTTP API, [`ops`]
+//! the operator commands, [`server`] the hub's REST API, [`demo`] which plays all of it in one process in virtual time, and
 //! the CLI in `main.rs`.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -16,5 +18,9 @@ pub mod demo;
 pub mod driver;
 pub mod hub;
 pub mod kube;
+pub mod ops;
 pub mod resources;
+pub mod run;
 pub mod server;
+pub mod sources;
+pub mod state;

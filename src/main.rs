@@ -1,6 +1,7 @@
 //! The `ringmaster` command line.
 
 use clap::{Parser, Subcommand};
+use ringmaster::resources::OperationKind;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -22,6 +23,22 @@ enum Command {
     /// Everything in one process: the embedded hub, a simulated fleet and the example
     /// rollouts, live in virtual time (a faulty one is rolled back).
     Demo(ringmaster::demo::DemoArgs),
+    /// The controller: reconcile the DeviceRollouts of a directory, a git repository or Kubernetes (`--kube`).
+    Run(Box<ringmaster::run::RunArgs>),
+    /// What each ring of each rollout would reach on a hub: exit 0 no change, 1 changes, 2 error.
+    Plan(ringmaster::ops::plan::PlanArgs),
+    /// Show rollouts from a running controller's API (`-w` to keep watching).
+    Status(ringmaster::ops::StatusArgs),
+    /// Approve an approval ring, or pass the current ring now.
+    Promote(ringmaster::ops::OperationArgs),
+    /// Hold a rollout where it is (no widening; rollbacks still happen).
+    Pause(ringmaster::ops::OperationArgs),
+    /// Lift a pause.
+    Resume(ringmaster::ops::OperationArgs),
+    /// Roll the current revision back now.
+    Abort(ringmaster::ops::OperationArgs),
+    /// Start a rolled-back revision again at ring 0, or judge a failed ring again.
+    Retry(ringmaster::ops::OperationArgs),
 }
 
 #[derive(Subcommand)]
@@ -40,6 +57,14 @@ fn main() -> ExitCode {
         Command::Crd => ringmaster::cli::crd(),
         Command::Validate(args) => ringmaster::cli::validate(args),
         Command::Demo(args) => ringmaster::demo::run(args),
+        Command::Run(args) => run(*args),
+        Command::Plan(args) => ringmaster::ops::plan::plan(args),
+        Command::Status(args) => ringmaster::ops::status(args),
+        Command::Promote(args) => ringmaster::ops::operation(OperationKind::Promote, args),
+        Command::Pause(args) => ringmaster::ops::operation(OperationKind::Pause, args),
+        Command::Resume(args) => ringmaster::ops::operation(OperationKind::Resume, args),
+        Command::Abort(args) => ringmaster::ops::operation(OperationKind::Abort, args),
+        Command::Retry(args) => ringmaster::ops::operation(OperationKind::Retry, args),
     };
     match result {
         Ok(code) => code,
@@ -52,6 +77,25 @@ fn main() -> ExitCode {
 
 /// `hub serve`: logs to stderr (`RUST_LOG`, default info), the server on a tokio runtime.
 fn serve(args: ringmaster::server::ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logs();
+    tokio::runtime::Runtime::new()?.block_on(ringmaster::server::run(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run`: logs to stderr, the controller on a tokio runtime.
+fn run(args: ringmaster::run::RunArgs) -> anyhow::Result<ExitCode> {
+    init_logs();
+    let rt = tokio::runtime::Runtime::new()?;
+    if args.kube {
+        rt.block_on(ringmaster::kube::run(args.kube_args))?;
+    } else {
+        rt.block_on(ringmaster::run::run(args))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr (`RUST_LOG`, default info).
+fn init_logs() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -60,6 +104,4 @@ fn serve(args: ringmaster::server::ServeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    tokio::runtime::Runtime::new()?.block_on(ringmaster::server::run(args))?;
-    Ok(ExitCode::SUCCESS)
 }

@@ -45,3 +45,16 @@ fn crd_prints_both_definitions_as_checked_in() {
     assert!(stdout.contains(rollouts.trim()), "crds/ is out of date: run UPDATE_CRDS=1 cargo test --lib crds");
     assert!(stdout.contains(hubs.trim()));
 }
+
+#[test]
+fn run_kube_without_a_cluster_says_so_and_exits_2() {
+    let out = ringmaster()
+        .args(["run", "--kube", "--leader-election=false"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("HOME", "/nonexistent")
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("cannot reach Kubernetes"), "{stderr}");
+}

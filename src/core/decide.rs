@@ -1474,7 +1474,7 @@ fn shielded_condition(id: &str, shielding: &[String]) -> Option<Cond> {
 }
 
 /// True when two content paths touch the same twin property (equal, or one inside the other).
-fn paths_overlap(a: &str, b: &str) -> bool {
+pub fn paths_overlap(a: &str, b: &str) -> bool {
     a == b || a.starts_with(&format!("{b}.")) || b.starts_with(&format!("{a}."))
 }
 

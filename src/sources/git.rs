@@ -1,0 +1,101 @@
+//! The git source: a branch of a repository, fetched into a bare cache repository.
+//!
+//! Files are read from the fetched commit's tree, never from a worktree, so there is no
+//! checkout state to corrupt, and the commit id goes into the snapshot (and the status).
+//! The refspec forces the update, so a force-push is followed like any other commit.
+//! git2 blocks: [`GitSource::fetch`] runs on the blocking pool (rust-stack trap 7).
+//!
+//! Auth: a token (from an environment variable or a file, never from the repository) is
+//! sent as HTTP basic auth with user `x-access-token` (GitHub's convention; GitLab and
+//! Azure DevOps accept any user with a token); SSH URLs use the ssh agent.
+
+use super::Snapshot;
+use git2::{Cred, FetchOptions, ObjectType, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
+use std::path::PathBuf;
+
+/// Where and what to fetch.
+#[derive(Clone, Debug)]
+pub struct GitSource {
+    pub url: String,
+    pub branch: String,
+    /// A folder inside the repository; the whole tree when `None`.
+    pub path: Option<String>,
+    /// The bare cache repository (created on first fetch).
+    pub cache: PathBuf,
+    /// A token for HTTPS.
+    pub token: Option<String>,
+}
+
+/// Errors of the git source.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git {url} (branch {branch}): {source}")]
+    Git { url: String, branch: String, source: git2::Error },
+    #[error("git: --path {0} is not a folder at commit {1}")]
+    NoPath(String, String),
+}
+
+impl GitSource {
+    /// Fetches the branch and reads the YAML files of its commit (blocking).
+    pub fn fetch(&self) -> Result<Snapshot, GitError> {
+        let wrap = |source| GitError::Git { url: self.url.clone(), branch: self.branch.clone(), source };
+        let repo = match Repository::open_bare(&self.cache) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(&self.cache).map_err(|e| wrap(git2::Error::from_str(&e.to_string())))?;
+                Repository::init_bare(&self.cache).map_err(wrap)?
+            }
+        };
+        let mut callbacks = RemoteCallbacks::new();
+        let token = self.token.clone();
+        callbacks.credentials(move |_url, user, allowed| {
+            if let Some(t) = &token
+                && allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+            {
+                return Cred::userpass_plaintext("x-access-token", t);
+            }
+            if allowed.contains(git2::CredentialType::SSH_KEY) {
+                return Cred::ssh_key_from_agent(user.unwrap_or("git"));
+            }
+            Cred::default()
+        });
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks);
+        let local_ref = format!("refs/remotes/origin/{}", self.branch);
+        let refspec = format!("+refs/heads/{}:{local_ref}", self.branch);
+        let mut remote = repo.remote_anonymous(&self.url).map_err(wrap)?;
+        remote.fetch(&[&refspec], Some(&mut opts), None).map_err(wrap)?;
+        let commit = repo.find_reference(&local_ref).and_then(|r| r.peel_to_commit()).map_err(wrap)?;
+        let id = commit.id().to_string();
+        let mut tree = commit.tree().map_err(wrap)?;
+        if let Some(p) = self.path.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty()) {
+            let entry = tree.get_path(std::path::Path::new(p)).map_err(|_| GitError::NoPath(p.into(), id.clone()))?;
+            tree = entry.to_object(&repo).and_then(|o| o.peel_to_tree()).map_err(|_| GitError::NoPath(p.into(), id.clone()))?;
+        }
+        let mut snap = Snapshot { revision: Some(id), ..Default::default() };
+        let mut failed = None;
+        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+            let name = entry.name().unwrap_or("");
+            if name.starts_with('.') {
+                return TreeWalkResult::Skip;
+            }
+            if entry.kind() == Some(ObjectType::Blob) && (name.ends_with(".yaml") || name.ends_with(".yml")) {
+                match entry.to_object(&repo).and_then(|o| o.peel_to_blob()) {
+                    Ok(blob) => {
+                        snap.files.insert(format!("{dir}{name}"), blob.content().to_vec());
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        return TreeWalkResult::Abort;
+                    }
+                }
+            }
+            TreeWalkResult::Ok
+        })
+        .map_err(wrap)?;
+        if let Some(e) = failed {
+            return Err(wrap(e));
+        }
+        Ok(snap)
+    }
+}

@@ -1,0 +1,139 @@
+//! The directory source and the controller loop, in process: real files written,
+//! renamed, broken and deleted, reconciled against an in-process embedded hub.
+
+use ringmaster::api::ApiState;
+use ringmaster::clock::SystemClock;
+use ringmaster::hub::EmbeddedHub;
+use ringmaster::run::{Controller, HubAccess};
+use ringmaster::sources::Catalog;
+use ringmaster::sources::dir::{DirWatcher, scan};
+use ringmaster::state::StateStore;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn rollout(name: &str, value: u32) -> String {
+    format!(
+        "apiVersion: ringmaster.dev/v1alpha1\nkind: DeviceRollout\nmetadata: {{name: {name}, namespace: fleet}}\nspec:\n  target: \"*\"\n  priority: 5\n  content:\n    device:\n      properties.desired.x: {{value: {value}}}\n  rings:\n    - {{name: all, target: \"*\"}}\n  baseline: \"off\"\n"
+    )
+}
+
+/// The configurations of the hub that belong to `fleet/<name>`.
+fn configs(hub: &EmbeddedHub, name: &str) -> Vec<String> {
+    hub.list_configurations()
+        .into_iter()
+        .filter(|c| c.id.starts_with(&format!("fleet_{name}_")))
+        .map(|c| c.id)
+        .collect()
+}
+
+struct Setup {
+    ctl: Controller,
+    hub: EmbeddedHub,
+    store: StateStore,
+}
+
+fn setup(store: StateStore) -> Setup {
+    let hub = EmbeddedHub::in_memory(Arc::new(SystemClock));
+    let api = Arc::new(ApiState::new(store.clone()));
+    let good = store.good_files().unwrap();
+    let ctl = Controller::new(api, Catalog::restore(good), hub.clone(), HubAccess::default());
+    Setup { ctl, hub, store }
+}
+
+async fn pass(s: &mut Setup, root: &Path) {
+    let snap = scan(root).unwrap();
+    s.ctl.ingest(&snap).await.unwrap();
+    s.ctl.reconcile_due().await.unwrap();
+    // A second look, as the requeue would bring (deletions finalize on it).
+    s.ctl.reconcile_all_now();
+    s.ctl.reconcile_due().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_edited_broken_renamed_and_deleted_drives_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut s = setup(StateStore::in_memory().unwrap());
+
+    std::fs::write(root.join("a.yaml"), rollout("a", 1)).unwrap();
+    pass(&mut s, root).await;
+    let first = configs(&s.hub, "a");
+    assert_eq!(first.len(), 1, "the rollout's first revision is on the hub");
+    let stored = s.store.rollout("fleet", "a").unwrap().unwrap();
+    assert_eq!(stored.source, "a.yaml");
+    assert!(stored.status.revision.is_some());
+
+    // An edit of the content: a new revision supersedes the unfinished one.
+    std::fs::write(root.join("a.yaml"), rollout("a", 2)).unwrap();
+    pass(&mut s, root).await;
+    let second = configs(&s.hub, "a");
+    assert_eq!(second.len(), 1);
+    assert_ne!(first, second, "a new revision, a new configuration");
+
+    // A broken file: the last good version stays, the problem is recorded.
+    std::fs::write(root.join("a.yaml"), "kind: DeviceRollout\nspec: [oops").unwrap();
+    pass(&mut s, root).await;
+    assert_eq!(configs(&s.hub, "a"), second, "nothing deleted because a file broke");
+    let stored = s.store.rollout("fleet", "a").unwrap().unwrap();
+    assert!(stored.error.as_deref().unwrap_or("").contains("a.yaml"), "{:?}", stored.error);
+    assert!(s.store.file_errors().unwrap()[0].1.is_some());
+
+    // Fixed again, then renamed: the same rollout, from another file.
+    std::fs::write(root.join("a.yaml"), rollout("a", 2)).unwrap();
+    pass(&mut s, root).await;
+    std::fs::rename(root.join("a.yaml"), root.join("renamed.yaml")).unwrap();
+    pass(&mut s, root).await;
+    assert_eq!(configs(&s.hub, "a"), second, "a rename changes nothing on the hub");
+    let stored = s.store.rollout("fleet", "a").unwrap().unwrap();
+    assert_eq!(stored.source, "renamed.yaml");
+    assert!(!stored.deleting && stored.error.is_none());
+
+    // Deleted: the rollout is deleted (no device loses anything: the hub has none).
+    std::fs::remove_file(root.join("renamed.yaml")).unwrap();
+    pass(&mut s, root).await;
+    assert!(configs(&s.hub, "a").is_empty(), "the deleted rollout's configuration is gone");
+    assert!(s.store.rollout("fleet", "a").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_broken_while_the_controller_was_down_keeps_its_last_good_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir(&root).unwrap();
+    let db = dir.path().join("state.db");
+    let mut s = setup(StateStore::open(&db).unwrap());
+    std::fs::write(root.join("a.yaml"), rollout("a", 1)).unwrap();
+    pass(&mut s, &root).await;
+    let before = configs(&s.hub, "a");
+    assert_eq!(before.len(), 1);
+
+    // Down: the file breaks. A new controller on the same store (and the same hub, as a
+    // served hub would be) starts from the last good version.
+    std::fs::write(root.join("a.yaml"), "{").unwrap();
+    let store = StateStore::open(&db).unwrap();
+    let api = Arc::new(ApiState::new(store.clone()));
+    let ctl = Controller::new(api, Catalog::restore(store.good_files().unwrap()), s.hub.clone(), HubAccess::default());
+    let mut s2 = Setup { ctl, hub: s.hub.clone(), store };
+    pass(&mut s2, &root).await;
+    assert_eq!(configs(&s2.hub, "a"), before, "the last good version survived the restart");
+    let stored = s2.store.rollout("fleet", "a").unwrap().unwrap();
+    assert!(!stored.deleting);
+    assert!(stored.error.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_events_hint_a_rescan_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let _w = DirWatcher::start(dir.path(), tx).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    std::fs::write(dir.path().join("x.yaml"), rollout("x", 1)).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.expect("an event within a second").unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(scan(dir.path()).unwrap().files.len(), 1);
+    std::fs::rename(dir.path().join("x.yaml"), dir.path().join("y.yaml")).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.expect("an event for the rename").unwrap();
+    assert_eq!(scan(dir.path()).unwrap().files.keys().collect::<Vec<_>>(), ["y.yaml"]);
+}

@@ -251,9 +251,10 @@ pub struct Select {
 // ---------------------------------------------------------------------------------------
 // Printing
 
-/// Binding strength, loosest first; an operand printed where a tighter level is needed
-/// gets parentheses.
-mod prec {
+/// Binding strength, loosest first (as in SQL). The parser builds trees with it and the
+/// printer puts parentheses where an operand binds looser than its place needs: one table,
+/// so that printing and parsing agree.
+pub(crate) mod prec {
     pub const OR: u8 = 1;
     pub const AND: u8 = 2;
     pub const NOT: u8 = 3;

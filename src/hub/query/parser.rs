@@ -25,6 +25,7 @@
 use super::ast::{
     AddOp, AggFunc, CmpOp, Const, Expr, Func, MulOp, Path, Projection, Select, SelectItem, is_keyword,
 };
+use super::ast::prec;
 use super::lexer::{Tok, Token, lex};
 use super::{MAX_DEPTH, MAX_QUERY_CHARS, QueryError};
 
@@ -685,16 +686,6 @@ impl<'t> Parser<'t> {
     }
 }
 
-/// Binding strength, loosest first (as in SQL).
-mod prec {
-    pub const OR: u8 = 1;
-    pub const AND: u8 = 2;
-    pub const NOT: u8 = 3;
-    pub const CMP: u8 = 4;
-    pub const SUM: u8 = 5;
-    pub const PRODUCT: u8 = 6;
-    pub const NEG: u8 = 7;
-}
 
 /// A pending operator on the parser's stack. n-ary operators collect their operators
 /// as they come, so a chain becomes one node.

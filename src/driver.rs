@@ -50,6 +50,9 @@ pub struct ReconcileOutcome {
 pub struct ReconcileInput {
     pub operations: Vec<Operation>,
     pub deletion: Option<Deletion>,
+    /// The hub's configurations, listed for a round of rollouts reconciled together
+    /// ([`Driver::list`]); `None`: this reconcile lists them itself.
+    pub listing: Option<Arc<Vec<crate::hub::configuration::Configuration>>>,
 }
 
 impl ReconcileInput {
@@ -61,6 +64,7 @@ impl ReconcileInput {
         ReconcileInput {
             operations: Operation::from_annotations(ann),
             deletion: ro.metadata.deletion_timestamp.as_ref().map(|_| Deletion { force: force_delete(ann) }),
+            listing: None,
         }
     }
 }
@@ -168,20 +172,18 @@ impl Driver {
             return outcome;
         }
 
-        // Observe. Listing configurations is a configuration operation (it counts
-        // against the same per-minute throttle as writes).
-        let listed = {
-            let mut b = self.budgets.lock();
-            if b.writes.take(now) { Ok(()) } else { Err(b.writes.refill_in()) }
-        };
-        if let Err(wait) = listed {
-            outcome.status.message = Some("waiting for the hub's configuration-operation budget".into());
-            outcome.requeue_after = to_std(wait.max(decide::MIN_REQUEUE));
-            return outcome;
-        }
-        let configurations = match self.hub.list_configurations().await {
-            Ok(c) => c,
-            Err(e) => return self.failed(outcome, rollout, e, now),
+        // Observe: the round's listing, or one of our own.
+        let configurations = match &input.listing {
+            Some(shared) => shared.clone(),
+            None => match self.list().await {
+                Ok(Ok(c)) => Arc::new(c),
+                Ok(Err(wait)) => {
+                    outcome.status.message = Some("waiting for the hub's configuration-operation budget".into());
+                    outcome.requeue_after = wait;
+                    return outcome;
+                }
+                Err(e) => return self.failed(outcome, rollout, e, now),
+            },
         };
         let mut obs = Observation {
             configurations,
@@ -244,6 +246,22 @@ impl Driver {
         outcome.requeue_after = to_std(decision.requeue_after);
         outcome.finalized = decision.finalized;
         outcome
+    }
+
+    /// Lists the hub's configurations within the budget: listing is a configuration
+    /// operation (it counts against the same per-minute throttle as writes). `Ok(Err(wait))`
+    /// when the budget is spent. A controller that reconciles several rollouts of this hub
+    /// at once lists once and hands the listing to each ([`ReconcileInput::listing`]).
+    pub async fn list(&self) -> Result<Result<Vec<crate::hub::configuration::Configuration>, std::time::Duration>, HubError> {
+        let now = self.clock.now();
+        let listed = {
+            let mut b = self.budgets.lock();
+            if b.writes.take(now) { Ok(()) } else { Err(b.writes.refill_in()) }
+        };
+        if let Err(wait) = listed {
+            return Ok(Err(to_std(wait.max(decide::MIN_REQUEUE))));
+        }
+        self.hub.list_configurations().await.map(Ok)
     }
 
     fn budget(&self, now: Timestamp) -> Budget {

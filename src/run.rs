@@ -21,7 +21,7 @@
 
 use crate::api::{self, ApiState};
 use crate::client::Hub as HubClient;
-use crate::client::azure::{AzureHub, AzureHubOptions};
+use crate::client::azure::{AzureHub, AzureHubOptions, RequestBudget};
 use crate::clock::{Clock, SystemClock};
 use crate::core::decide::Deletion;
 use crate::driver::{Driver, ReconcileInput};
@@ -32,6 +32,7 @@ use crate::sources::git::GitSource;
 use crate::sources::{Catalog, Key, Snapshot};
 use crate::state::{StateStore, StoredRollout};
 use anyhow::{Context, Result, bail};
+use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,8 +184,11 @@ pub struct Controller {
     drivers: HashMap<Key, (serde_json::Value, Arc<Driver>)>,
     /// The in-process hub's driver (hub `default` without a `Hub` document).
     embedded_driver: Arc<Driver>,
+    /// Every rollout as the store holds it, loaded once: only the controller writes
+    /// rollouts, and it writes through to the store.
+    rollouts: Option<BTreeMap<Key, StoredRollout>>,
     /// When each rollout is due.
-    due: HashMap<Key, Instant>,
+    due: HashMap<Key, Due>,
     /// Whether a snapshot was taken in, and the source revision it had.
     ingested_once: bool,
     source_revision: Option<String>,
@@ -195,7 +199,28 @@ impl Controller {
     pub fn new(api: Arc<ApiState>, catalog: Catalog, embedded: EmbeddedHub, access: HubAccess) -> Controller {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let embedded_driver = Arc::new(Driver::new(Arc::new(embedded.clone()), clock.clone()));
-        Controller { api, catalog, access, embedded, clock, drivers: HashMap::new(), embedded_driver, due: HashMap::new(), ingested_once: false, source_revision: None }
+        Controller {
+            api,
+            catalog,
+            access,
+            embedded,
+            clock,
+            drivers: HashMap::new(),
+            embedded_driver,
+            rollouts: None,
+            due: HashMap::new(),
+            ingested_once: false,
+            source_revision: None,
+        }
+    }
+
+    /// The rollouts, read from the store the first time.
+    async fn load(&mut self) -> Result<&mut BTreeMap<Key, StoredRollout>> {
+        if self.rollouts.is_none() {
+            let all = self.api.store.run(|s| s.rollouts()).await?;
+            self.rollouts = Some(all.into_iter().map(|r| ((r.namespace.clone(), r.name.clone()), r)).collect());
+        }
+        Ok(self.rollouts.get_or_insert_default())
     }
 
     /// Takes a snapshot in: diffs, records files and source errors, updates rollouts'
@@ -224,18 +249,17 @@ impl Controller {
             tracing::warn!("{d}");
         }
         let revision = snap.revision.clone();
-        let stored = self
-            .api
+        self.api
             .store
             .run(move |s| {
                 s.put_files(&files)?;
                 if let Some(r) = &revision {
                     s.set_meta("sourceRevision", r)?;
                 }
-                s.rollouts()
+                Ok(())
             })
             .await?;
-        let stored: BTreeMap<Key, StoredRollout> = stored.into_iter().map(|r| ((r.namespace.clone(), r.name.clone()), r)).collect();
+        let stored = self.load().await?.clone();
         let now = Instant::now();
         let mut writes = Vec::new();
         for (key, (file, ro)) in &desired {
@@ -248,7 +272,7 @@ impl Controller {
                 Some(old) => {
                     let changed = !same(&old.rollout, ro) || old.deleting;
                     if changed {
-                        self.due.insert(key.clone(), now);
+                        self.due.insert(key.clone(), Due::now(now));
                     }
                     // The revision the spec was read at moves only when the spec does (or a
                     // deletion is undone); a broken file keeps the revision of its good version.
@@ -256,7 +280,7 @@ impl Controller {
                     writes.push(StoredRollout { source: file.clone(), rollout: ro.clone(), deleting: false, error, source_revision, ..old.clone() });
                 }
                 None => {
-                    self.due.insert(key.clone(), now);
+                    self.due.insert(key.clone(), Due::now(now));
                     writes.push(StoredRollout {
                         namespace: key.0.clone(),
                         name: key.1.clone(),
@@ -274,11 +298,16 @@ impl Controller {
         for (key, old) in &stored {
             if !desired.contains_key(key) && !old.deleting {
                 tracing::info!(rollout = %format!("{}/{}", key.0, key.1), file = %old.source, "its file is gone: deleting the rollout");
-                self.due.insert(key.clone(), now);
+                self.due.insert(key.clone(), Due::now(now));
                 writes.push(StoredRollout { deleting: true, error: None, ..old.clone() });
             }
         }
+        let cache: Vec<StoredRollout> = writes.clone();
         self.api.store.run(move |s| writes.iter().try_for_each(|w| s.put_rollout(w))).await?;
+        let rollouts = self.load().await?;
+        for w in cache {
+            rollouts.insert((w.namespace.clone(), w.name.clone()), w);
+        }
         self.api.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -327,7 +356,12 @@ impl Controller {
                 key.1
             )
         })?;
-        let opts = AzureHubOptions { base_url: hub.spec.url.clone(), ca_pem: self.access.ca_pem.clone(), ..Default::default() };
+        let opts = AzureHubOptions {
+            base_url: hub.spec.url.clone(),
+            ca_pem: self.access.ca_pem.clone(),
+            budget: RequestBudget::for_limits(&hub.spec.limits),
+            ..Default::default()
+        };
         AzureHub::new(&conn, opts).map(|h| Arc::new(h) as Arc<dyn HubClient>).map_err(|e| format!("Hub {}/{}: {e}", key.0, key.1))
     }
 
@@ -341,46 +375,70 @@ impl Controller {
         [dir.join(ns).join(name), dir.join(name)].iter().find_map(|p| std::fs::read_to_string(p).ok()).map(|s| s.trim().to_string())
     }
 
-    /// Reconciles every rollout that is due (or has a queued request), concurrently (the
-    /// rollouts of one hub share its driver and budget); returns when the next one is due.
+    /// Reconciles every rollout that is due (or has a queued request) as one round,
+    /// concurrently: the rollouts of one hub share its driver and budget, and one listing
+    /// of its configurations. Returns when the next round is due.
     pub async fn reconcile_due(&mut self) -> Result<Option<Instant>> {
-        let all = self.api.store.run(|s| s.rollouts()).await?;
+        let mut ops = self.api.store.run(|s| s.all_operations()).await?;
         let now = Instant::now();
-        let mut phases: BTreeMap<String, i64> = BTreeMap::new();
-        let mut count_phase = |r: &StoredRollout| {
-            let phase = r.status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
-            *phases.entry(phase).or_default() += 1;
-        };
+        self.load().await?;
+        let cache = self.rollouts.as_ref().expect("loaded");
+        let due: Vec<StoredRollout> = cache
+            .iter()
+            .filter(|(k, _)| ops.contains_key(*k) || self.due.get(*k).is_none_or(|d| d.at <= now))
+            .map(|(_, r)| r.clone())
+            .collect();
         let mut work = Vec::new();
-        for mut r in all {
+        let mut writes = Vec::new();
+        for mut r in due {
             let key = (r.namespace.clone(), r.name.clone());
-            let (ns, n) = key.clone();
-            let ops = self.api.store.run(move |s| s.operations(&ns, &n)).await?;
-            // Not due yet, and no request waiting.
-            if self.due.get(&key).is_some_and(|t| *t > now) && ops.is_empty() {
-                count_phase(&r);
-                continue;
-            }
             match self.driver_for(&r) {
                 Ok(driver) => {
-                    let input = ReconcileInput { operations: ops, deletion: r.deleting.then_some(Deletion { force: false }) };
+                    let input = ReconcileInput {
+                        operations: ops.remove(&key).unwrap_or_default(),
+                        deletion: r.deleting.then_some(Deletion { force: false }),
+                        listing: None,
+                    };
                     work.push((r, driver, input));
                 }
                 Err(msg) => {
                     tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), "{msg}");
-                    r.error = Some(msg);
-                    self.due.insert(key, now + Duration::from_secs(30));
-                    count_phase(&r);
-                    self.api.store.run(move |s| s.put_rollout(&r)).await?;
+                    self.due.insert(key, Due::after(now, Duration::from_secs(30)));
+                    if r.error.as_deref() != Some(msg.as_str()) {
+                        r.error = Some(msg);
+                        writes.push(r);
+                    }
                 }
             }
         }
-        let results = futures::future::join_all(work.into_iter().map(|(r, driver, input)| async move {
+        // One listing per hub for the round, when more than one of its rollouts is in it.
+        let mut per_driver: HashMap<*const Driver, (Arc<Driver>, usize)> = HashMap::new();
+        for (_, d, _) in &work {
+            per_driver.entry(Arc::as_ptr(d)).or_insert_with(|| (d.clone(), 0)).1 += 1;
+        }
+        let mut listings = HashMap::new();
+        for (ptr, (driver, n)) in per_driver {
+            if n > 1
+                && let Ok(Ok(list)) = driver.list().await
+            {
+                listings.insert(ptr, Arc::new(list));
+            }
+        }
+        for (_, d, input) in &mut work {
+            input.listing = listings.get(&Arc::as_ptr(d)).cloned();
+        }
+        // At most ROUND_CONCURRENCY at once: a round of a thousand rollouts holds a
+        // thousand decisions' worth of memory otherwise.
+        let results: Vec<_> = futures::stream::iter(work.into_iter().map(|(r, driver, input)| async move {
             let outcome = driver.reconcile_with(&r.rollout, &r.status, &input).await;
-            (r, outcome)
+            (r, outcome, !input.operations.is_empty())
         }))
+        .buffer_unordered(ROUND_CONCURRENCY)
+        .collect()
         .await;
-        for (mut r, outcome) in results {
+        let mut removed = Vec::new();
+        let mut handled_ops = Vec::new();
+        for (mut r, outcome, had_ops) in results {
             let key = (r.namespace.clone(), r.name.clone());
             let who = format!("{}/{}", key.0, key.1);
             self.api.metrics.reconciles.inc();
@@ -397,8 +455,7 @@ impl Controller {
             if r.deleting && outcome.finalized {
                 tracing::info!(rollout = %who, "deleted: every configuration is gone");
                 self.due.remove(&key);
-                let (ns, n) = key;
-                self.api.store.run(move |s| s.remove_rollout(&ns, &n)).await?;
+                removed.push(key);
                 continue;
             }
             // A deletion that removed configurations is finalized by the next look; it
@@ -408,24 +465,74 @@ impl Controller {
             } else {
                 outcome.requeue_after
             };
-            self.due.insert(key.clone(), Instant::now() + requeue);
-            if r.error.as_deref().is_some_and(is_hub_error) {
-                r.error = None;
+            self.due.insert(key.clone(), Due::after(Instant::now(), requeue));
+            if had_ops {
+                handled_ops.push((key, outcome.status.handled_operations.clone()));
             }
-            let handled = outcome.status.handled_operations.clone();
+            let error = r.error.clone().filter(|e| !is_hub_error(e));
+            if outcome.status == r.status && error == r.error {
+                continue; // nothing to record: an idle poll writes nothing
+            }
+            r.error = error;
             r.status = outcome.status;
-            count_phase(&r);
-            let (ns, n) = key;
+            writes.push(r);
+        }
+        if !writes.is_empty() || !removed.is_empty() || !handled_ops.is_empty() {
+            let (w, rm) = (writes.clone(), removed.clone());
             self.api
                 .store
                 .run(move |s| {
-                    s.put_rollout(&r)?;
-                    s.remove_operations(&ns, &n, &handled)
+                    for r in &w {
+                        s.put_rollout(r)?;
+                    }
+                    for (ns, n) in &rm {
+                        s.remove_rollout(ns, n)?;
+                    }
+                    for ((ns, n), handled) in &handled_ops {
+                        s.remove_operations(ns, n, handled)?;
+                    }
+                    Ok(())
                 })
                 .await?;
         }
+        let cache = self.rollouts.get_or_insert_default();
+        for r in writes {
+            cache.insert((r.namespace.clone(), r.name.clone()), r);
+        }
+        for k in &removed {
+            cache.remove(k);
+        }
+        let mut phases: BTreeMap<String, i64> = BTreeMap::new();
+        for r in cache.values() {
+            let phase = r.status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
+            *phases.entry(phase).or_default() += 1;
+        }
         self.api.metrics.set_phases(&phases);
-        Ok(self.due.values().min().copied())
+        Ok(self.due.values().map(|d| d.latest).min())
+    }
+}
+
+/// How many rollouts one round reconciles at once.
+const ROUND_CONCURRENCY: usize = 16;
+
+/// When a rollout is due: at `at`, and at the latest by `latest`. The loop wakes for the
+/// earliest `latest` and reconciles every rollout whose `at` has come, so polls that fall
+/// close together share a round (and one listing of their hub's configurations).
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    at: Instant,
+    latest: Instant,
+}
+
+impl Due {
+    fn now(now: Instant) -> Due {
+        Due { at: now, latest: now }
+    }
+
+    /// A poll `wait` from now may run a tenth of `wait` late, at most 5 s.
+    fn after(now: Instant, wait: Duration) -> Due {
+        let at = now + wait;
+        Due { at, latest: at + (wait / 10).min(Duration::from_secs(5)) }
     }
 }
 

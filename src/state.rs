@@ -19,6 +19,7 @@ use crate::resources::{DeviceRollout, DeviceRolloutStatus, Operation};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -202,6 +203,20 @@ impl StateStore {
         let mut st = c.prepare("SELECT operation FROM operations WHERE namespace = ?1 AND name = ?2 ORDER BY seq")?;
         let rows = st.query_map(params![namespace, name], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
         rows.iter().map(|s| Ok(serde_json::from_str(s)?)).collect()
+    }
+
+    /// Every queued request, by rollout, oldest first.
+    pub fn all_operations(&self) -> Result<BTreeMap<(String, String), Vec<Operation>>> {
+        let c = self.conn.lock();
+        let mut st = c.prepare("SELECT namespace, name, operation FROM operations ORDER BY seq")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out: BTreeMap<(String, String), Vec<Operation>> = BTreeMap::new();
+        for (ns, name, op) in rows {
+            out.entry((ns, name)).or_default().push(serde_json::from_str(&op)?);
+        }
+        Ok(out)
     }
 
     /// Drops the requests of a rollout whose ids are in `handled`.

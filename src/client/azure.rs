@@ -65,6 +65,16 @@ impl RequestBudget {
         }
     }
 
+    /// What a `Hub` resource's `limits` declare (its units and tier): configuration
+    /// operations and queries at those rates, the rest as one S1 unit.
+    pub fn for_limits(limits: &crate::resources::HubLimits) -> RequestBudget {
+        RequestBudget {
+            configurations_per_min: f64::from(limits.configuration_writes_per_minute.max(1)),
+            queries_per_min: f64::from(limits.queries_per_minute.max(1)),
+            ..RequestBudget::s1(1)
+        }
+    }
+
     /// No pacing at all (tests against a local server).
     pub fn unlimited() -> RequestBudget {
         RequestBudget {

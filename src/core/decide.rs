@@ -81,8 +81,9 @@ pub const ROLLBACK_GRACE: SignedDuration = SignedDuration::from_secs(600);
 #[derive(Clone, Debug, Default)]
 pub struct Observation {
     /// Every configuration on the hub. The core finds this rollout's by their labels and
-    /// uses the others to find what covers the devices (baseline guard, cleanup).
-    pub configurations: Vec<Configuration>,
+    /// uses the others to find what covers the devices (baseline guard, cleanup). Shared:
+    /// the rollouts of one hub reconciled together decide on one listing.
+    pub configurations: std::sync::Arc<Vec<Configuration>>,
     /// Results of the count queries asked for in [`Decision::counts_needed`], by key.
     pub counts: BTreeMap<String, u64>,
     /// What the hub's traffic limits still allow right now.

@@ -183,7 +183,7 @@ impl Sim {
 
     fn observation(&self) -> Observation {
         Observation {
-            configurations: self.configs.clone(),
+            configurations: std::sync::Arc::new(self.configs.clone()),
             counts: BTreeMap::new(),
             budget: self.budget,
             operations: self.ops.clone(),

@@ -248,7 +248,7 @@ async fn play(args: DemoArgs, setup: Setup) -> Result<ExitCode> {
 /// Reconciles every rollout whose requeue is due, reporting what changed.
 async fn reconcile_due(driver: &Driver, tracked: &mut [Tracked], now: Timestamp, step: SignedDuration, view: &mut View) {
     for t in tracked.iter_mut().filter(|t| t.due <= now) {
-        let input = ReconcileInput { operations: auto_approval(&t.status).into_iter().collect(), deletion: None };
+        let input = ReconcileInput { operations: auto_approval(&t.status).into_iter().collect(), ..Default::default() };
         if let Some(op) = input.operations.first() {
             view.note(now, t.name(), &format!("ring {} needs approval: the demo promotes it ({})", op.ring.as_deref().unwrap_or("?"), op.id));
         }

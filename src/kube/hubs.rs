@@ -18,7 +18,7 @@
 //! [`HubClients`] is the seam the tests use to inject an in-process hub.
 
 use super::{Error, Result};
-use crate::client::azure::{AzureHub, AzureHubOptions};
+use crate::client::azure::{AzureHub, AzureHubOptions, RequestBudget};
 use crate::clock::Clock;
 use crate::driver::Driver;
 use crate::hub::EmbeddedHub;
@@ -135,6 +135,7 @@ impl KubeHubs {
                 let opts = AzureHubOptions {
                     base_url: if *type_ == HubType::Embedded { url.clone() } else { None },
                     ca_pem: secret.ca_pem,
+                    budget: RequestBudget::for_limits(&hub.spec.limits),
                     ..Default::default()
                 };
                 let client = AzureHub::new(&secret.connection_string, opts).map_err(|e| config_error(e.to_string()))?;

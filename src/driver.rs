@@ -42,6 +42,23 @@ pub struct ReconcileOutcome {
     /// A hub error that stopped the reconcile (the status is the previous one, with the
     /// error in its message and conditions).
     pub error: Option<HubError>,
+    /// Every request sent to the hub, for the metrics.
+    pub requests: Vec<HubRequest>,
+}
+
+/// One request to the hub: what, the HTTP status it got (or would get, for an in-process
+/// hub), and how long it took (the client's wait for its request budget included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HubRequest {
+    pub operation: &'static str,
+    pub status: u16,
+    pub seconds: f64,
+}
+
+impl HubRequest {
+    fn of<T>(operation: &'static str, start: std::time::Instant, result: &Result<T, HubError>, ok: u16) -> HubRequest {
+        HubRequest { operation, status: result.as_ref().map_or_else(|e| e.http_status(), |_| ok), seconds: start.elapsed().as_secs_f64() }
+    }
 }
 
 /// Inputs besides the rollout and its status, for sources that do not carry them in
@@ -160,6 +177,7 @@ impl Driver {
             counts: BTreeMap::new(),
             finalized: false,
             error: None,
+            requests: Vec::new(),
         };
 
         // Validate: bad input never costs data, and needs no hub traffic. (A rollout being
@@ -175,7 +193,7 @@ impl Driver {
         // Observe: the round's listing, or one of our own.
         let configurations = match &input.listing {
             Some(shared) => shared.clone(),
-            None => match self.list().await {
+            None => match self.list(&mut outcome.requests).await {
                 Ok(Ok(c)) => Arc::new(c),
                 Ok(Err(wait)) => {
                     outcome.status.message = Some("waiting for the hub's configuration-operation budget".into());
@@ -204,7 +222,10 @@ impl Driver {
                 if !self.budgets.lock().queries.take(now) {
                     break;
                 }
-                match self.hub.count(&req.condition).await {
+                let start = std::time::Instant::now();
+                let counted = self.hub.count(&req.condition).await;
+                outcome.requests.push(HubRequest::of("query", start, &counted, 200));
+                match counted {
                     Ok(n) => {
                         obs.counts.insert(req.key.clone(), n);
                         outcome.counts.insert(req.key.clone(), n);
@@ -223,19 +244,21 @@ impl Driver {
                 outcome.requeue_after = to_std(self.budgets.lock().writes.refill_in().max(decide::MIN_REQUEUE));
                 return outcome;
             }
-            let result = match action {
-                Action::Create(c) => match self.hub.create_configuration(c).await {
-                    Err(e) if e.code == ErrorCode::ConfigurationAlreadyExists => Ok(()),
-                    other => other.map(|_| ()),
-                },
+            let start = std::time::Instant::now();
+            let (operation, ok, sent) = match action {
+                Action::Create(c) => ("create", 200, self.hub.create_configuration(c).await.map(|_| ())),
                 Action::Update { config, etag } => {
                     let etag = etag.as_deref().map(quote_etag);
-                    self.hub.update_configuration(config, etag.as_deref()).await.map(|_| ())
+                    ("update", 200, self.hub.update_configuration(config, etag.as_deref()).await.map(|_| ()))
                 }
-                Action::Delete { id } => match self.hub.delete_configuration(id, None).await {
-                    Err(e) if e.code == ErrorCode::ConfigurationNotFound => Ok(()),
-                    other => other,
-                },
+                Action::Delete { id } => ("delete", 204, self.hub.delete_configuration(id, None).await),
+            };
+            outcome.requests.push(HubRequest::of(operation, start, &sent, ok));
+            // A create that finds it there, or a delete that finds it gone, did its job.
+            let result = match sent {
+                Err(e) if e.code == ErrorCode::ConfigurationAlreadyExists && operation == "create" => Ok(()),
+                Err(e) if e.code == ErrorCode::ConfigurationNotFound && operation == "delete" => Ok(()),
+                other => other,
             };
             if let Err(e) = result {
                 return self.failed(outcome, rollout, e, now);
@@ -252,7 +275,7 @@ impl Driver {
     /// operation (it counts against the same per-minute throttle as writes). `Ok(Err(wait))`
     /// when the budget is spent. A controller that reconciles several rollouts of this hub
     /// at once lists once and hands the listing to each ([`ReconcileInput::listing`]).
-    pub async fn list(&self) -> Result<Result<Vec<crate::hub::configuration::Configuration>, std::time::Duration>, HubError> {
+    pub async fn list(&self, requests: &mut Vec<HubRequest>) -> Result<Result<Vec<crate::hub::configuration::Configuration>, std::time::Duration>, HubError> {
         let now = self.clock.now();
         let listed = {
             let mut b = self.budgets.lock();
@@ -261,7 +284,10 @@ impl Driver {
         if let Err(wait) = listed {
             return Ok(Err(to_std(wait.max(decide::MIN_REQUEUE))));
         }
-        self.hub.list_configurations().await.map(Ok)
+        let start = std::time::Instant::now();
+        let listed = self.hub.list_configurations().await;
+        requests.push(HubRequest::of("list", start, &listed, 200));
+        listed.map(Ok)
     }
 
     fn budget(&self, now: Timestamp) -> Budget {

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod driver;
 pub mod hub;
 pub mod kube;
+pub mod metrics;
 pub mod ops;
 pub mod resources;
 pub mod run;

@@ -218,6 +218,9 @@ impl Controller {
     async fn load(&mut self) -> Result<&mut BTreeMap<Key, StoredRollout>> {
         if self.rollouts.is_none() {
             let all = self.api.store.run(|s| s.rollouts()).await?;
+            for r in &all {
+                self.api.metrics.set_phase(&format!("{}/{}", r.namespace, r.name), Some(r.status.phase));
+            }
             self.rollouts = Some(all.into_iter().map(|r| ((r.namespace.clone(), r.name.clone()), r)).collect());
         }
         Ok(self.rollouts.get_or_insert_default())
@@ -304,8 +307,10 @@ impl Controller {
         }
         let cache: Vec<StoredRollout> = writes.clone();
         self.api.store.run(move |s| writes.iter().try_for_each(|w| s.put_rollout(w))).await?;
+        let api = self.api.clone();
         let rollouts = self.load().await?;
         for w in cache {
+            api.metrics.set_phase(&format!("{}/{}", w.namespace, w.name), Some(w.status.phase));
             rollouts.insert((w.namespace.clone(), w.name.clone()), w);
         }
         self.api.ready.store(true, Ordering::Relaxed);
@@ -402,6 +407,7 @@ impl Controller {
                     work.push((r, driver, input));
                 }
                 Err(msg) => {
+                    self.api.metrics.reconcile_failed("hub_config");
                     tracing::warn!(rollout = %format!("{}/{}", key.0, key.1), "{msg}");
                     self.due.insert(key, Due::after(now, Duration::from_secs(30)));
                     if r.error.as_deref() != Some(msg.as_str()) {
@@ -418,10 +424,13 @@ impl Controller {
         }
         let mut listings = HashMap::new();
         for (ptr, (driver, n)) in per_driver {
-            if n > 1
-                && let Ok(Ok(list)) = driver.list().await
-            {
-                listings.insert(ptr, Arc::new(list));
+            if n > 1 {
+                let mut requests = Vec::new();
+                let listed = driver.list(&mut requests).await;
+                self.api.metrics.hub_requests(&requests);
+                if let Ok(Ok(list)) = listed {
+                    listings.insert(ptr, Arc::new(list));
+                }
             }
         }
         for (_, d, input) in &mut work {
@@ -429,9 +438,14 @@ impl Controller {
         }
         // At most ROUND_CONCURRENCY at once: a round of a thousand rollouts holds a
         // thousand decisions' worth of memory otherwise.
-        let results: Vec<_> = futures::stream::iter(work.into_iter().map(|(r, driver, input)| async move {
-            let outcome = driver.reconcile_with(&r.rollout, &r.status, &input).await;
-            (r, outcome, !input.operations.is_empty())
+        let api = self.api.clone();
+        let results: Vec<_> = futures::stream::iter(work.into_iter().map(|(r, driver, input)| {
+            let api = api.clone();
+            async move {
+                let _timer = api.metrics.reconcile_started();
+                let outcome = driver.reconcile_with(&r.rollout, &r.status, &input).await;
+                (r, outcome, !input.operations.is_empty())
+            }
         }))
         .buffer_unordered(ROUND_CONCURRENCY)
         .collect()
@@ -441,19 +455,16 @@ impl Controller {
         for (mut r, outcome, had_ops) in results {
             let key = (r.namespace.clone(), r.name.clone());
             let who = format!("{}/{}", key.0, key.1);
-            self.api.metrics.reconciles.inc();
+            self.api.metrics.observe(&who, &r.status, &outcome);
             if let Some(e) = &outcome.error {
-                self.api.metrics.errors.inc();
                 tracing::warn!(rollout = %who, "hub error: {e}");
             }
             for h in outcome.status.history.iter().filter(|h| !r.status.history.contains(h)) {
-                if matches!(h.decision.as_str(), "Pass" | "Fail" | "Deadline") {
-                    self.api.metrics.verdict(&h.decision);
-                }
                 tracing::info!(rollout = %who, decision = %h.decision, "{}", h.message);
             }
             if r.deleting && outcome.finalized {
                 tracing::info!(rollout = %who, "deleted: every configuration is gone");
+                self.api.metrics.set_phase(&who, None);
                 self.due.remove(&key);
                 removed.push(key);
                 continue;
@@ -502,12 +513,6 @@ impl Controller {
         for k in &removed {
             cache.remove(k);
         }
-        let mut phases: BTreeMap<String, i64> = BTreeMap::new();
-        for r in cache.values() {
-            let phase = r.status.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
-            *phases.entry(phase).or_default() += 1;
-        }
-        self.api.metrics.set_phases(&phases);
         Ok(self.due.values().map(|d| d.latest).min())
     }
 }
@@ -609,7 +614,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     }
                 }
                 Err(e) => {
-                    api.metrics.source_errors.inc();
+                    api.metrics.source_error();
                     tracing::warn!("{e:#}; what was applied stays as it is");
                 }
             }

@@ -179,7 +179,17 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
     watch.wait_for(|l| (l.starts_with("fleet") && l.contains("Paused")).then_some(()));
     drop(watch);
     let metrics = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ringmaster_reconciles_total"), "{metrics}");
+    for line in [
+        "ringmaster_reconciles_total",
+        "ringmaster_reconcile_duration_seconds_count",
+        "ringmaster_rollouts{phase=\"Paused\"} 1",
+        "ringmaster_hub_requests_total{operation=\"list\",code=\"200\"}",
+        "ringmaster_hub_requests_total{operation=\"create\",code=\"200\"} 2",
+        "ringmaster_hub_request_duration_seconds_count{operation=\"list\"}",
+        "ringmaster_hub_actions_total{action=\"create\"} 2",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
 
     // Deleting the file deletes the rollout's configurations (no device needs them).
     std::fs::remove_file(src.join("fw.yaml")).unwrap();

@@ -12,7 +12,6 @@
 //! `--api-token-env` or `--api-token-file`. Without a configured token the API is
 //! read-only: every write answers 403 and says how to enable writes.
 
-pub mod metrics;
 
 use crate::resources::{Operation, OperationKind};
 use crate::state::StateStore;
@@ -29,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
-pub use metrics::Metrics;
+pub use crate::metrics::Metrics;
 
 /// What the API shares with the controller loop.
 pub struct ApiState {
@@ -208,7 +207,7 @@ async fn webhook(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Byte
     if mac.verify_slice(&sig).is_err() {
         return error(StatusCode::UNAUTHORIZED, "X-Hub-Signature-256 does not match the body and the webhook secret");
     }
-    st.metrics.webhooks.inc();
+    st.metrics.webhook();
     st.fetch.notify_one();
     (StatusCode::ACCEPTED, Json(json!({"fetch": "queued"}))).into_response()
 }
@@ -229,8 +228,5 @@ async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
 }
 
 async fn metrics_text(State(st): State<Arc<ApiState>>) -> Response {
-    match st.metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
-        Err(e) => internal(e),
-    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], st.metrics.encode()).into_response()
 }

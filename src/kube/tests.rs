@@ -270,7 +270,7 @@ async fn a_missing_hub_fails_the_reconcile_and_backs_off() {
     assert!(err.to_string().contains("fleet/default") && err.to_string().contains("no such Hub"), "{err}");
     assert_eq!(controller::error_policy(ro.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
     assert_eq!(controller::error_policy(ro, &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
-    assert!(ctx.metrics.encode().contains("ringmaster_kube_reconcile_errors_total{error=\"hub_config\"} 2"));
+    assert!(ctx.metrics.encode().contains("ringmaster_reconcile_errors_total{error=\"hub_config\"} 2"));
 }
 
 #[test]
@@ -337,10 +337,12 @@ async fn a_reconcile_is_counted_in_the_metrics() {
     result.unwrap();
     let text = metrics.encode();
     for line in [
-        "ringmaster_kube_reconciles_total 1",
+        "ringmaster_reconciles_total 1",
         "ringmaster_rollouts{phase=\"Progressing\"} 1",
         "ringmaster_hub_actions_total{action=\"create\"} 1",
-        "ringmaster_kube_reconcile_duration_seconds_count 1",
+        "ringmaster_reconcile_duration_seconds_count 1",
+        "ringmaster_hub_requests_total{operation=\"create\",code=\"200\"} 1",
+        "ringmaster_hub_requests_total{operation=\"list\",code=\"200\"} 1",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }

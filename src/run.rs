@@ -26,6 +26,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::core::decide::Deletion;
 use crate::driver::{Driver, ReconcileInput};
 use crate::hub::EmbeddedHub;
+use crate::resources::operation::force_delete;
 use crate::resources::{DeviceRolloutStatus, Hub, HubType};
 use crate::sources::dir::{DirWatcher, scan};
 use crate::sources::git::GitSource;
@@ -401,7 +402,8 @@ impl Controller {
                 Ok(driver) => {
                     let input = ReconcileInput {
                         operations: ops.remove(&key).unwrap_or_default(),
-                        deletion: r.deleting.then_some(Deletion { force: false }),
+                        // The file is gone: its last good version's annotation decides.
+                        deletion: r.deleting.then(|| Deletion { force: force_delete(r.rollout.metadata.annotations.as_ref()) }),
                         listing: None,
                     };
                     work.push((r, driver, input));

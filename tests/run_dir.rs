@@ -97,6 +97,39 @@ async fn a_file_written_edited_broken_renamed_and_deleted_drives_the_hub() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_file_keeps_what_devices_need_unless_its_last_good_version_says_force_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut s = setup(StateStore::in_memory().unwrap());
+    s.hub.create_device(ringmaster::hub::device::Device::new("d1")).unwrap();
+    std::fs::write(root.join("kept.yaml"), rollout("kept", 1)).unwrap();
+    std::fs::write(root.join("forced.yaml"), rollout("forced", 1)).unwrap();
+    pass(&mut s, root).await;
+    s.hub.run_cycle().unwrap();
+    assert_eq!(configs(&s.hub, "kept").len(), 1);
+    assert_eq!(configs(&s.hub, "forced").len(), 1);
+
+    // The annotation lands first (a commit, a save), then the file goes.
+    let annotated = rollout("forced", 1).replace("namespace: fleet}", "namespace: fleet, annotations: {ringmaster.dev/force-delete: \"true\"}}");
+    std::fs::write(root.join("forced.yaml"), annotated).unwrap();
+    pass(&mut s, root).await;
+    assert_eq!(configs(&s.hub, "forced").len(), 1, "an annotation alone deletes nothing");
+    std::fs::remove_file(root.join("kept.yaml")).unwrap();
+    std::fs::remove_file(root.join("forced.yaml")).unwrap();
+    pass(&mut s, root).await;
+
+    // d1 has no other configuration to fall back to: without the annotation the rollout
+    // stays, blocked and saying why; with it the configuration goes and the rollout too.
+    assert_eq!(configs(&s.hub, "kept").len(), 1, "no device is stripped silently");
+    let kept = s.store.rollout("fleet", "kept").unwrap().unwrap();
+    assert!(kept.deleting);
+    let stalled = kept.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(stalled.reason, "CleanupBlocked", "{stalled:?}");
+    assert!(configs(&s.hub, "forced").is_empty(), "force-delete removes the configuration");
+    assert!(s.store.rollout("fleet", "forced").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_broken_while_the_controller_was_down_keeps_its_last_good_version() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("src");

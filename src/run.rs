@@ -29,7 +29,7 @@ use crate::hub::EmbeddedHub;
 use crate::resources::operation::force_delete;
 use crate::resources::{DeviceRolloutStatus, Hub, HubType};
 use crate::sources::dir::{DirWatcher, scan};
-use crate::sources::git::GitSource;
+use crate::sources::git::{GitSource, SshKey};
 use crate::sources::{Catalog, Key, Snapshot};
 use crate::state::{StateStore, StoredRollout};
 use anyhow::{Context, Result, bail};
@@ -80,6 +80,20 @@ pub struct RunArgs {
     /// File holding a token for HTTPS git.
     #[arg(long)]
     pub git_token_file: Option<PathBuf>,
+    /// File holding an SSH private key for ssh:// and `user@host:path` URLs (the ssh agent
+    /// otherwise).
+    #[arg(long)]
+    pub git_ssh_key_file: Option<PathBuf>,
+    /// Environment variable holding an SSH private key.
+    #[arg(long)]
+    pub git_ssh_key_env: Option<String>,
+    /// Environment variable holding the SSH key's passphrase.
+    #[arg(long)]
+    pub git_ssh_passphrase_env: Option<String>,
+    /// known_hosts file the SSH server's host key must be in (libgit2 checks
+    /// ~/.ssh/known_hosts otherwise).
+    #[arg(long)]
+    pub git_known_hosts: Option<PathBuf>,
     /// Environment variable holding the secret of `POST /webhook/git`.
     #[arg(long)]
     pub webhook_secret_env: Option<String>,
@@ -578,7 +592,23 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         (None, Some(url)) => {
             let token = read_secret(args.git_token_env.as_deref(), args.git_token_file.as_deref(), "git token")?;
-            let g = GitSource { url: url.clone(), branch: args.branch.clone(), path: args.path.clone(), cache: args.git_cache.clone(), token };
+            let ssh_key = read_secret(args.git_ssh_key_env.as_deref(), args.git_ssh_key_file.as_deref(), "git SSH key")?.map(|private_key| SshKey {
+                private_key: format!("{private_key}\n"),
+                passphrase: args.git_ssh_passphrase_env.as_deref().and_then(|v| std::env::var(v).ok()),
+            });
+            let known_hosts = match &args.git_known_hosts {
+                Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("--git-known-hosts {}: cannot read", f.display()))?),
+                None => None,
+            };
+            let g = GitSource {
+                url: url.clone(),
+                branch: args.branch.clone(),
+                path: args.path.clone(),
+                cache: args.git_cache.clone(),
+                token,
+                ssh_key,
+                known_hosts,
+            };
             (Source::Git(g), args.interval)
         }
         _ => bail!("give exactly one source: --dir PATH or --git URL"),

@@ -96,7 +96,7 @@ impl Repo {
 fn fetches_follow_commits_force_pushes_broken_and_deleted_files() {
     let repo = Repo::new();
     let cache = tempfile::tempdir().unwrap();
-    let source = GitSource { url: repo.url.clone(), branch: "main".into(), path: Some("rollouts".into()), cache: cache.path().join("cache.git"), token: None };
+    let source = GitSource { url: repo.url.clone(), branch: "main".into(), path: Some("rollouts".into()), cache: cache.path().join("cache.git"), ..Default::default() };
     let mut catalog = Catalog::default();
 
     let c1 = repo.commit(&[("rollouts/a.yaml", Some(&rollout("a", 1))), ("rollouts/b.yaml", Some(&rollout("b", 1))), ("README.yaml", Some("not: read"))], false);
@@ -199,7 +199,7 @@ fn a_file_url_is_fetched_too() {
     let origin = repo.url.rsplit_once('/').map(|(_, name)| name).unwrap();
     let served = repo.work.parent().unwrap().join("served").join(origin);
     let cache = tempfile::tempdir().unwrap();
-    let source = GitSource { url: format!("file://{}", served.display()), branch: "main".into(), path: None, cache: cache.path().join("c.git"), token: None };
+    let source = GitSource { url: format!("file://{}", served.display()), branch: "main".into(), path: None, cache: cache.path().join("c.git"), ..Default::default() };
     let snap = source.fetch().unwrap();
     assert_eq!(snap.revision, Some(c1));
     assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml"]);

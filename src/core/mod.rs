@@ -8,6 +8,8 @@
 //! [`crate::driver`] performs what the core decides.
 
 pub mod decide;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod gate;
 pub mod plan;
 pub mod revision;

@@ -6,7 +6,7 @@ use crate::client::{QueryPage, TestQueriesResult};
 use crate::clock::ManualClock;
 use crate::core::revision::{ConfigLabels, ConfigState};
 use crate::hub::configuration::Configuration;
-use crate::resources::{BaselinePolicy, DeviceRolloutSpec, GateSpec, OperationKind, Phase, Ring, RolloutContent};
+use crate::resources::{BaselinePolicy, GateSpec, OperationKind, Phase};
 use async_trait::async_trait;
 
 #[derive(Default)]
@@ -124,38 +124,20 @@ impl Hub for FakeHub {
     }
 }
 
+/// The core's fixture with a gate that fails on any error, no deadline, two rings and
+/// no baseline.
 fn rollout() -> DeviceRollout {
-    let mut ro = DeviceRollout::new(
-        "chiller-fw",
-        DeviceRolloutSpec {
-            hub: None,
-            target: "tags.environment='prod'".into(),
-            priority: 20,
-            content: RolloutContent {
-                device: BTreeMap::from([("properties.desired.firmware".to_string(), serde_json::json!({"version": "2.4.0"}))]),
-            },
-            metrics: BTreeMap::from([
-                ("current".to_string(), "properties.reported.firmware.version='2.4.0'".to_string()),
-                ("failed".to_string(), "properties.reported.firmware.status='Error'".to_string()),
-            ]),
-            gate: GateSpec {
-                min_applied: Some(1),
-                bake: Some("10m".parse().unwrap()),
-                success: None,
-                failure: Some("metrics.failed > 0.0".into()),
-                deadline: None,
-            },
-            rings: vec![
-                Ring { name: "canary".into(), target: "tags.ring='canary'".into(), ..Default::default() },
-                Ring { name: "broad".into(), target: "*".into(), ..Default::default() },
-            ],
-            on_failure: Default::default(),
-            baseline: BaselinePolicy::Off,
-            suspend: false,
-        },
-    );
-    ro.metadata.namespace = Some("fleet".into());
-    ro.metadata.generation = Some(1);
+    let mut ro = crate::core::fixtures::rollout();
+    ro.spec.gate = GateSpec {
+        min_applied: Some(1),
+        bake: Some("10m".parse().unwrap()),
+        success: None,
+        failure: Some("metrics.failed > 0.0".into()),
+        deadline: None,
+    };
+    ro.spec.rings.retain(|r| r.name != "early");
+    ro.spec.on_failure = Default::default();
+    ro.spec.baseline = BaselinePolicy::Off;
     ro
 }
 

@@ -6,119 +6,68 @@
 
 use std::fmt;
 
-/// IoT Hub's error code names (the `iothub-errorcode` header / `ErrorCode:` prefix).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    ArgumentInvalid,
-    ArgumentNull,
-    InvalidProtocolVersion,
-    IotHubUnauthorizedAccess,
-    DeviceNotFound,
-    DeviceAlreadyExists,
-    ConfigurationNotFound,
-    ConfigurationAlreadyExists,
-    ConfigurationCountLimitExceeded,
-    InvalidConfigurationTargetCondition,
-    InvalidConfigurationContent,
-    InvalidConfigurationCustomMetricsQuery,
-    CannotModifyImmutableConfigurationContent,
-    PreconditionFailed,
-    DeviceModelMaxPropertiesExceeded,
-    MessageTooLarge,
-    TooManyDevices,
-    ThrottlingException,
-    IotHubQuotaExceeded,
-    BadRequest,
-    ServerError,
-    ServiceUnavailable,
+/// Declares [`ErrorCode`] from one table: each code's wire name is its variant's name, with
+/// the HTTP status a real hub answers it with.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $code:ident => $status:literal,)+) => {
+        /// IoT Hub's error code names (the `iothub-errorcode` header / `ErrorCode:` prefix).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $code,)+
+        }
+
+        impl ErrorCode {
+            /// Every code.
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$code,)+];
+
+            /// The HTTP status a real hub answers with for this code.
+            pub fn http_status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$code => $status,)+
+                }
+            }
+
+            /// The name as it appears on the wire.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => stringify!($code),)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    ArgumentInvalid => 400,
+    ArgumentNull => 400,
+    InvalidProtocolVersion => 400,
+    IotHubUnauthorizedAccess => 401,
+    DeviceNotFound => 404,
+    DeviceAlreadyExists => 409,
+    ConfigurationNotFound => 404,
+    ConfigurationAlreadyExists => 409,
+    /// The configuration quota answers 413 (reference §1.11), not 400 or 409.
+    ConfigurationCountLimitExceeded => 413,
+    InvalidConfigurationTargetCondition => 400,
+    InvalidConfigurationContent => 400,
+    InvalidConfigurationCustomMetricsQuery => 400,
+    CannotModifyImmutableConfigurationContent => 400,
+    PreconditionFailed => 412,
+    /// The 32 KB section limit came back as 403 when it was 8 KB (reference §5.3).
+    DeviceModelMaxPropertiesExceeded => 403,
+    MessageTooLarge => 413,
+    TooManyDevices => 413,
+    ThrottlingException => 429,
+    IotHubQuotaExceeded => 403,
+    BadRequest => 400,
+    ServerError => 500,
+    ServiceUnavailable => 503,
 }
 
 impl ErrorCode {
-    /// The HTTP status a real hub answers with for this code.
-    pub fn http_status(self) -> u16 {
-        use ErrorCode::*;
-        match self {
-            ArgumentInvalid
-            | ArgumentNull
-            | InvalidProtocolVersion
-            | InvalidConfigurationTargetCondition
-            | InvalidConfigurationContent
-            | InvalidConfigurationCustomMetricsQuery
-            | CannotModifyImmutableConfigurationContent
-            | BadRequest => 400,
-            IotHubUnauthorizedAccess => 401,
-            // The 32 KB section limit came back as 403 when it was 8 KB (reference §5.3).
-            DeviceModelMaxPropertiesExceeded | IotHubQuotaExceeded => 403,
-            DeviceNotFound | ConfigurationNotFound => 404,
-            DeviceAlreadyExists | ConfigurationAlreadyExists => 409,
-            PreconditionFailed => 412,
-            // The configuration quota answers 413 (reference §1.11), not 400 or 409.
-            ConfigurationCountLimitExceeded | MessageTooLarge | TooManyDevices => 413,
-            ThrottlingException => 429,
-            ServerError => 500,
-            ServiceUnavailable => 503,
-        }
-    }
-
-    /// The name as it appears on the wire.
-    pub fn name(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            ArgumentInvalid => "ArgumentInvalid",
-            ArgumentNull => "ArgumentNull",
-            InvalidProtocolVersion => "InvalidProtocolVersion",
-            IotHubUnauthorizedAccess => "IotHubUnauthorizedAccess",
-            DeviceNotFound => "DeviceNotFound",
-            DeviceAlreadyExists => "DeviceAlreadyExists",
-            ConfigurationNotFound => "ConfigurationNotFound",
-            ConfigurationAlreadyExists => "ConfigurationAlreadyExists",
-            ConfigurationCountLimitExceeded => "ConfigurationCountLimitExceeded",
-            InvalidConfigurationTargetCondition => "InvalidConfigurationTargetCondition",
-            InvalidConfigurationContent => "InvalidConfigurationContent",
-            InvalidConfigurationCustomMetricsQuery => "InvalidConfigurationCustomMetricsQuery",
-            CannotModifyImmutableConfigurationContent => {
-                "CannotModifyImmutableConfigurationContent"
-            }
-            PreconditionFailed => "PreconditionFailed",
-            DeviceModelMaxPropertiesExceeded => "DeviceModelMaxPropertiesExceeded",
-            MessageTooLarge => "MessageTooLarge",
-            TooManyDevices => "TooManyDevices",
-            ThrottlingException => "ThrottlingException",
-            IotHubQuotaExceeded => "IotHubQuotaExceeded",
-            BadRequest => "BadRequest",
-            ServerError => "ServerError",
-            ServiceUnavailable => "ServiceUnavailable",
-        }
-    }
-
     /// Parses a wire name back into a code (the Azure client reads `iothub-errorcode`).
     pub fn from_name(name: &str) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        const ALL: [ErrorCode; 22] = [
-            ArgumentInvalid,
-            ArgumentNull,
-            InvalidProtocolVersion,
-            IotHubUnauthorizedAccess,
-            DeviceNotFound,
-            DeviceAlreadyExists,
-            ConfigurationNotFound,
-            ConfigurationAlreadyExists,
-            ConfigurationCountLimitExceeded,
-            InvalidConfigurationTargetCondition,
-            InvalidConfigurationContent,
-            InvalidConfigurationCustomMetricsQuery,
-            CannotModifyImmutableConfigurationContent,
-            PreconditionFailed,
-            DeviceModelMaxPropertiesExceeded,
-            MessageTooLarge,
-            TooManyDevices,
-            ThrottlingException,
-            IotHubQuotaExceeded,
-            BadRequest,
-            ServerError,
-            ServiceUnavailable,
-        ];
-        ALL.into_iter().find(|c| c.name().eq_ignore_ascii_case(name))
+        ErrorCode::ALL.iter().copied().find(|c| c.name().eq_ignore_ascii_case(name))
     }
 }
 

@@ -15,17 +15,23 @@
 //!   one per Hub resource, kept for the life of the process (its state is lost on restart:
 //!   for trying the CRDs out, not for a fleet).
 //!
+//! A Hub, Secret or key that is missing, or a spec or connection string that cannot make
+//! a client, is an [`Error::HubConfig`] with a [`HubProblem`]: the controller records it
+//! in the rollout's status. Its message names the Hub, Secret and key, never what the
+//! Secret holds.
+//!
 //! [`HubClients`] is the seam the tests use to inject an in-process hub.
 
-use super::{Error, Result};
+use super::{Error, HubProblem, Result};
 use crate::client::azure::{AzureHub, AzureHubOptions, RequestBudget};
+use crate::client::sas::ConnectionString;
 use crate::clock::Clock;
 use crate::driver::Driver;
 use crate::hub::EmbeddedHub;
 use crate::resources::{Hub, HubType};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,6 +71,9 @@ struct Cached {
 
 /// What a Hub's Secret holds for the client.
 struct HubSecret {
+    /// The Secret's name and the key read, for messages.
+    name: String,
+    key: String,
     connection_string: String,
     ca_pem: Option<Vec<u8>>,
     resource_version: String,
@@ -79,33 +88,54 @@ pub struct KubeHubs {
     embedded: Mutex<HashMap<HubKey, EmbeddedHub>>,
 }
 
+fn problem(namespace: &str, hub: &str, problem: HubProblem, message: String) -> Error {
+    Error::HubConfig { hub: format!("{namespace}/{hub}"), problem, message }
+}
+
 impl KubeHubs {
     pub fn new(client: Client, clock: Arc<dyn Clock>) -> KubeHubs {
         KubeHubs { client, clock, drivers: Mutex::default(), embedded: Mutex::default() }
     }
 
     /// The connection string and optional CA a Hub's Secret holds, with the Secret's
-    /// resourceVersion (so a rotated key rebuilds the client).
+    /// resourceVersion (so a rotated key rebuilds the client). `None` when the Hub names
+    /// no Secret, or needs none (an in-process hub).
     async fn secret(&self, namespace: &str, hub: &Hub) -> Result<Option<HubSecret>> {
         let Some(r) = &hub.spec.connection_string_secret else { return Ok(None) };
-        let hub_name = hub.metadata.name.clone().unwrap_or_default();
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let secret = secrets.get_opt(&r.name).await?.ok_or_else(|| Error::HubConfig {
-            hub: format!("{namespace}/{hub_name}"),
-            message: format!("Secret '{}' not found", r.name),
-        })?;
+        if hub.spec.type_ == HubType::Embedded && hub.spec.url.is_none() {
+            return Ok(None);
+        }
+        let hub_name = hub.name_any();
         let key = r.key.as_deref().unwrap_or(DEFAULT_SECRET_KEY);
-        let data = secret.data.unwrap_or_default();
-        let conn = data.get(key).ok_or_else(|| Error::HubConfig {
-            hub: format!("{namespace}/{hub_name}"),
-            message: format!("Secret '{}' has no key '{key}'", r.name),
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = secrets.get_opt(&r.name).await?.ok_or_else(|| {
+            problem(namespace, &hub_name, HubProblem::SecretNotFound, format!(
+                "Secret '{}' (the Hub's connectionStringSecret) not found in namespace '{namespace}'; \
+                 create it with the hub's service connection string under key '{key}'",
+                r.name
+            ))
         })?;
-        let conn = String::from_utf8(conn.0.clone()).map_err(|_| Error::HubConfig {
-            hub: format!("{namespace}/{hub_name}"),
-            message: format!("Secret '{}' key '{key}' is not UTF-8", r.name),
+        let data = secret.data.unwrap_or_default();
+        let Some(conn) = data.get(key) else {
+            // Key names only: the values are secret.
+            let keys = data.keys().map(|k| format!("'{k}'")).collect::<Vec<_>>();
+            let has = if keys.is_empty() { "it has no keys".to_string() } else { format!("it has {}", keys.join(", ")) };
+            return Err(problem(namespace, &hub_name, HubProblem::SecretKeyNotFound, format!(
+                "Secret '{}' has no key '{key}' ({has}); put the hub's service connection string \
+                 under '{key}', or name the key in the Hub's connectionStringSecret.key",
+                r.name
+            )));
+        };
+        let conn = String::from_utf8(conn.0.clone()).map_err(|_| {
+            problem(namespace, &hub_name, HubProblem::HubConfigInvalid, format!(
+                "Secret '{}' key '{key}' is not UTF-8 text; it must hold the hub's service connection string",
+                r.name
+            ))
         })?;
         let ca = data.get(CA_KEY).map(|b| b.0.clone());
         Ok(Some(HubSecret {
+            name: r.name.clone(),
+            key: key.to_string(),
             connection_string: conn.trim().to_string(),
             ca_pem: ca,
             resource_version: secret.metadata.resource_version.unwrap_or_default(),
@@ -113,8 +143,8 @@ impl KubeHubs {
     }
 
     fn build(&self, namespace: &str, hub: &Hub, secret: Option<HubSecret>) -> Result<Arc<dyn crate::client::Hub>> {
-        let name = hub.metadata.name.clone().unwrap_or_default();
-        let config_error = |message: String| Error::HubConfig { hub: format!("{namespace}/{name}"), message };
+        let name = hub.name_any();
+        let invalid = |message: String| problem(namespace, &name, HubProblem::HubConfigInvalid, message);
         match (&hub.spec.type_, &hub.spec.url) {
             (HubType::Embedded, None) => {
                 let key = (namespace.to_string(), name.clone());
@@ -131,14 +161,28 @@ impl KubeHubs {
                 Ok(Arc::new(hub))
             }
             (type_, url) => {
-                let secret = secret.ok_or_else(|| config_error("connectionStringSecret is required".into()))?;
+                let what = if *type_ == HubType::Embedded { "type: embedded with url" } else { "type: azure" };
+                let secret = secret.ok_or_else(|| {
+                    invalid(format!(
+                        "{what} needs connectionStringSecret, naming a Secret that holds the hub's service connection string"
+                    ))
+                })?;
+                // Parsed here for a message that names the Secret; the error names the part
+                // that is wrong, never its value.
+                if let Err(e) = ConnectionString::parse(&secret.connection_string) {
+                    return Err(invalid(format!(
+                        "Secret '{}' key '{}' does not hold a valid service connection string: {e}",
+                        secret.name, secret.key
+                    )));
+                }
                 let opts = AzureHubOptions {
                     base_url: if *type_ == HubType::Embedded { url.clone() } else { None },
                     ca_pem: secret.ca_pem,
                     budget: RequestBudget::for_limits(&hub.spec.limits),
                     ..Default::default()
                 };
-                let client = AzureHub::new(&secret.connection_string, opts).map_err(|e| config_error(e.to_string()))?;
+                let client = AzureHub::new(&secret.connection_string, opts)
+                    .map_err(|e| invalid(format!("cannot make a client for the hub: {}", e.message)))?;
                 Ok(Arc::new(client))
             }
         }
@@ -149,10 +193,12 @@ impl KubeHubs {
 impl HubClients for KubeHubs {
     async fn driver(&self, namespace: &str, name: &str) -> Result<Arc<Driver>> {
         let hubs: Api<Hub> = Api::namespaced(self.client.clone(), namespace);
-        let hub = hubs.get_opt(name).await?.ok_or_else(|| Error::HubConfig {
-            hub: format!("{namespace}/{name}"),
-            message: "no such Hub".into(),
-        })?;
+        let Some(hub) = hubs.get_opt(name).await? else {
+            return Err(problem(namespace, name, HubProblem::HubNotFound, format!(
+                "Hub '{name}' not found in namespace '{namespace}'; create it, or set the rollout's \
+                 spec.hub to an existing Hub (spec.hub defaults to 'default')"
+            )));
+        };
         let secret = self.secret(namespace, &hub).await?;
         let fingerprint = format!(
             "{}|{}",

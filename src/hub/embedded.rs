@@ -100,6 +100,12 @@ impl EmbeddedHub {
         }
     }
 
+    /// How many handles share this hub (tests: proves a dropped hub is really gone).
+    #[cfg(test)]
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// The hub's clock.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()

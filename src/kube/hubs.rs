@@ -12,8 +12,9 @@
 //!   connection string from `connectionStringSecret` (required), and the server's CA
 //!   from the same Secret's `ca.crt` key when present.
 //! - `type: embedded` without `url`: an in-memory [`EmbeddedHub`] inside the controller,
-//!   one per Hub resource, kept for the life of the process (its state is lost on restart:
-//!   for trying the CRDs out, not for a fleet).
+//!   one per Hub resource (its state is lost on restart: for trying the CRDs out, not for
+//!   a fleet). It lives as long as its Hub: a reconcile that finds the Hub gone (or
+//!   recreated, with a new uid) drops it and stops its configuration cycles.
 //!
 //! A Hub, Secret or key that is missing, or a spec or connection string that cannot make
 //! a client, is an [`Error::HubConfig`] with a [`HubProblem`]: the controller records it
@@ -63,10 +64,26 @@ impl HubClients for FixedHub {
 /// A Hub resource: (namespace, name).
 type HubKey = (String, String);
 
-/// A driver and what it was built from (the Hub's spec and the Secret's version).
+/// A driver and what it was built from (the Hub's uid and spec, the Secret's version).
 struct Cached {
     fingerprint: String,
     driver: Arc<Driver>,
+}
+
+/// An in-process hub and the task running its configuration cycles. The task holds a
+/// clone of the hub, so it is aborted when this is dropped: the hub's memory goes with it.
+struct InProcess {
+    /// The uid of the Hub resource it was made for: a Hub deleted and created again under
+    /// the same name gets a new, empty hub.
+    uid: Option<String>,
+    hub: EmbeddedHub,
+    cycles: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.cycles.abort();
+    }
 }
 
 /// What a Hub's Secret holds for the client.
@@ -84,8 +101,9 @@ pub struct KubeHubs {
     client: Client,
     clock: Arc<dyn Clock>,
     drivers: Mutex<HashMap<HubKey, Cached>>,
-    /// In-process hubs, kept when their Hub's limits change so their state survives.
-    embedded: Mutex<HashMap<HubKey, EmbeddedHub>>,
+    /// In-process hubs, kept when their Hub's limits change so their state survives, and
+    /// dropped when their Hub is found gone.
+    embedded: Mutex<HashMap<HubKey, InProcess>>,
 }
 
 fn problem(namespace: &str, hub: &str, problem: HubProblem, message: String) -> Error {
@@ -144,23 +162,29 @@ impl KubeHubs {
 
     fn build(&self, namespace: &str, hub: &Hub, secret: Option<HubSecret>) -> Result<Arc<dyn crate::client::Hub>> {
         let name = hub.name_any();
+        let key = (namespace.to_string(), name.clone());
         let invalid = |message: String| problem(namespace, &name, HubProblem::HubConfigInvalid, message);
         match (&hub.spec.type_, &hub.spec.url) {
             (HubType::Embedded, None) => {
-                let key = (namespace.to_string(), name.clone());
-                let hub = self
-                    .embedded
-                    .lock()
+                let uid = hub.uid();
+                let mut embedded = self.embedded.lock();
+                if embedded.get(&key).is_some_and(|e| e.uid != uid) {
+                    embedded.remove(&key);
+                }
+                let hub = embedded
                     .entry(key)
                     .or_insert_with(|| {
-                        let h = EmbeddedHub::in_memory(self.clock.clone());
-                        h.spawn_cycles(EMBEDDED_CYCLE);
-                        h
+                        let hub = EmbeddedHub::in_memory(self.clock.clone());
+                        let cycles = hub.spawn_cycles(EMBEDDED_CYCLE);
+                        InProcess { uid, hub, cycles }
                     })
+                    .hub
                     .clone();
                 Ok(Arc::new(hub))
             }
             (type_, url) => {
+                // No longer (or never) in process.
+                self.embedded.lock().remove(&key);
                 let what = if *type_ == HubType::Embedded { "type: embedded with url" } else { "type: azure" };
                 let secret = secret.ok_or_else(|| {
                     invalid(format!(
@@ -187,13 +211,37 @@ impl KubeHubs {
             }
         }
     }
+
+    /// Forgets a Hub that is gone: its cached driver and, for an in-process hub, the hub
+    /// itself and its cycle task.
+    fn forget(&self, key: &HubKey) {
+        let driver = self.drivers.lock().remove(key);
+        let in_process = self.embedded.lock().remove(key);
+        if driver.is_some() || in_process.is_some() {
+            tracing::info!(hub = %format!("{}/{}", key.0, key.1), in_process = in_process.is_some(), "the Hub is gone; its client is dropped");
+        }
+    }
+
+    /// The driver cached for a Hub resource (tests).
+    #[cfg(test)]
+    pub(crate) fn cached_driver(&self, namespace: &str, name: &str) -> Option<Arc<Driver>> {
+        self.drivers.lock().get(&(namespace.to_string(), name.to_string())).map(|c| c.driver.clone())
+    }
+
+    /// The in-process hub kept for a Hub resource (tests).
+    #[cfg(test)]
+    pub(crate) fn in_process(&self, namespace: &str, name: &str) -> Option<EmbeddedHub> {
+        self.embedded.lock().get(&(namespace.to_string(), name.to_string())).map(|e| e.hub.clone())
+    }
 }
 
 #[async_trait]
 impl HubClients for KubeHubs {
     async fn driver(&self, namespace: &str, name: &str) -> Result<Arc<Driver>> {
+        let key = (namespace.to_string(), name.to_string());
         let hubs: Api<Hub> = Api::namespaced(self.client.clone(), namespace);
         let Some(hub) = hubs.get_opt(name).await? else {
+            self.forget(&key);
             return Err(problem(namespace, name, HubProblem::HubNotFound, format!(
                 "Hub '{name}' not found in namespace '{namespace}'; create it, or set the rollout's \
                  spec.hub to an existing Hub (spec.hub defaults to 'default')"
@@ -201,11 +249,11 @@ impl HubClients for KubeHubs {
         };
         let secret = self.secret(namespace, &hub).await?;
         let fingerprint = format!(
-            "{}|{}",
+            "{}|{}|{}",
+            hub.uid().unwrap_or_default(),
             serde_json::to_string(&hub.spec).unwrap_or_default(),
             secret.as_ref().map(|s| s.resource_version.as_str()).unwrap_or("")
         );
-        let key = (namespace.to_string(), name.to_string());
         if let Some(cached) = self.drivers.lock().get(&key)
             && cached.fingerprint == fingerprint
         {

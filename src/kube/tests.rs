@@ -469,6 +469,86 @@ async fn a_hub_without_the_secret_it_needs_is_invalid() {
     assert!(message.contains("type: embedded with url needs connectionStringSecret"), "{message}");
 }
 
+#[tokio::test]
+async fn an_in_process_hub_goes_with_its_hub_resource() {
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    let (ctx, hubs, world) = world(w);
+    let (result, _) = pass(&ctx, &world).await;
+    result.unwrap();
+    let first = hubs.in_process("fleet", "default").expect("an in-process hub");
+    assert_eq!(first.list_configurations().len(), 1, "the rollout wrote to it");
+    assert!(first.handles() > 1, "the map, the driver and the cycle task hold it");
+
+    // The Hub is deleted: the next reconcile drops the hub, its driver and its cycle task.
+    world.lock().hubs.clear();
+    let (result, _) = pass(&ctx, &world).await;
+    assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound));
+    assert!(hubs.in_process("fleet", "default").is_none());
+    assert!(hubs.cached_driver("fleet", "default").is_none());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while first.handles() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the cycle task lets go of the dropped hub");
+
+    // Created again: a new, empty hub, whose driver writes the rollout's configuration anew.
+    world.lock().hubs.insert("default".into(), hub_object("default", "u2", json!({"type": "embedded"})));
+    let (result, _) = pass(&ctx, &world).await;
+    result.unwrap();
+    let second = hubs.in_process("fleet", "default").unwrap();
+    assert_eq!(second.list_configurations().len(), 1);
+    assert_eq!(first.handles(), 1, "the old hub stays gone");
+}
+
+#[tokio::test]
+async fn a_hub_recreated_between_reconciles_gets_a_new_in_process_hub() {
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    let (ctx, hubs, world) = world(w);
+    pass(&ctx, &world).await.0.unwrap();
+    let first = hubs.in_process("fleet", "default").unwrap();
+
+    // Deleted and created again under the same name without a reconcile seeing the gap.
+    world.lock().hubs.insert("default".into(), hub_object("default", "u2", json!({"type": "embedded"})));
+    pass(&ctx, &world).await.0.unwrap();
+    let second = hubs.in_process("fleet", "default").unwrap();
+    assert_eq!(second.list_configurations().len(), 1, "the rollout's configuration is written to the new hub");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while first.handles() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the old hub and its cycle task are gone");
+}
+
+#[tokio::test]
+async fn a_hub_spec_change_rebuilds_the_driver_and_keeps_the_in_process_hub() {
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    let (ctx, hubs, world) = world(w);
+    pass(&ctx, &world).await.0.unwrap();
+    let (hub, driver) = (hubs.in_process("fleet", "default").unwrap(), hubs.cached_driver("fleet", "default").unwrap());
+
+    // Unchanged: the same driver (it holds the hub's traffic budgets).
+    pass(&ctx, &world).await.0.unwrap();
+    assert!(Arc::ptr_eq(&driver, &hubs.cached_driver("fleet", "default").unwrap()));
+
+    // New limits: a new driver on the same in-process hub (its state survives).
+    world.lock().hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "embedded", "limits": {"queriesPerMinute": 7}})),
+    );
+    pass(&ctx, &world).await.0.unwrap();
+    assert!(!Arc::ptr_eq(&driver, &hubs.cached_driver("fleet", "default").unwrap()), "the driver is rebuilt");
+    let still = hubs.in_process("fleet", "default").unwrap();
+    assert_eq!(still.list_configurations().len(), 1);
+    assert!(still.handles() > 1 && hub.handles() == still.handles(), "the same hub");
+}
+
 #[test]
 fn a_stall_is_announced_on_its_transition_only() {
     let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();

@@ -41,6 +41,9 @@ pub enum SasError {
     Malformed(usize),
     #[error("the connection string has an unknown part '{0}'; known parts are HostName, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, DeviceId, ModuleId, GatewayHostName")]
     UnknownPart(String),
+    /// An unknown part whose name does not look like one (a pasted key, say): not echoed.
+    #[error("the connection string's part number {0} is not a known Name=value part; known parts are HostName, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, DeviceId, ModuleId, GatewayHostName")]
+    UnknownPartAt(usize),
     #[error("the connection string is for a device (it has DeviceId); ringmaster needs a service connection string with SharedAccessKeyName")]
     DeviceConnectionString,
     #[error("the shared access key is not valid base64")]
@@ -213,7 +216,12 @@ impl ConnectionString {
                 "SharedAccessKey" => key = Some(v),
                 "DeviceId" | "ModuleId" => return Err(SasError::DeviceConnectionString),
                 "SharedAccessSignature" | "GatewayHostName" => {}
-                other => return Err(SasError::UnknownPart(other.chars().take(40).collect())),
+                // Echo a name only if it looks like one: a bare key pasted in front of a
+                // `=` (base64 ends in `=`) would otherwise show up in the message.
+                other if (1..=32).contains(&other.len()) && other.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    return Err(SasError::UnknownPart(other.to_string()));
+                }
+                _ => return Err(SasError::UnknownPartAt(i + 1)),
             }
         }
         let host_name = host.filter(|h| !h.is_empty()).ok_or(SasError::Missing("HostName"))?;
@@ -262,6 +270,12 @@ mod tests {
         assert_eq!(e, SasError::Missing("SharedAccessKeyName"));
         let e = ConnectionString::parse(&format!("HostName=h;Junk{KEY}")).unwrap_err();
         assert!(!e.to_string().contains(KEY), "{e}");
+        // A bare key (ending in `=`) pasted where a part belongs: named by position only.
+        let e = ConnectionString::parse(&format!("{KEY};HostName=h")).unwrap_err();
+        assert_eq!(e, SasError::UnknownPartAt(1));
+        assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
+        let e = ConnectionString::parse(&format!("HostName=h;Endpoint=sb://x;SharedAccessKey={KEY}")).unwrap_err();
+        assert_eq!(e, SasError::UnknownPart("Endpoint".into()));
         assert!(matches!(
             ConnectionString::parse(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}")),
             Err(SasError::DeviceConnectionString)

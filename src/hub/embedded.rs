@@ -100,6 +100,12 @@ impl EmbeddedHub {
         }
     }
 
+    /// How many handles share this hub (tests: proves a dropped hub is really gone).
+    #[cfg(test)]
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// The hub's clock.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()
@@ -291,10 +297,10 @@ impl EmbeddedHub {
     /// Validates a target condition and metric queries (`POST /configurations/testQueries`).
     pub fn test_queries(&self, target: &str, metrics: &BTreeMap<String, String>) -> TestQueriesResult {
         let mut r = TestQueriesResult::default();
-        if !target.trim().is_empty() {
-            if let Err(e) = Condition::parse(target) {
-                r.target_condition_error = e.to_string();
-            }
+        if !target.trim().is_empty()
+            && let Err(e) = Condition::parse(target)
+        {
+            r.target_condition_error = e.to_string();
         }
         for (name, q) in metrics {
             if let Err(e) = Query::parse(q) {

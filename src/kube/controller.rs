@@ -4,7 +4,10 @@
 //! 1. **gate**: a replica that is not the leader touches nothing;
 //! 2. **finalizer**: a live rollout without `ringmaster.dev/cleanup` gets it first (and
 //!    is reconciled again on the change that patch makes);
-//! 3. **dereference**: the Hub it names → a cached driver ([`HubClients`]);
+//! 3. **dereference**: the Hub it names → a cached driver ([`HubClients`]). A Hub, Secret
+//!    or key that is missing, or a config that cannot make a client, is written to the
+//!    status as `Stalled` ([`hub_stalled`]), announced by one Warning event, and the
+//!    reconcile fails so that it is retried with the backoff;
 //! 4. **drive**: [`Driver::reconcile`], which reads operator requests and deletion from
 //!    the object's annotations and `deletionTimestamp`;
 //! 5. **update status**: server-side apply to the status subresource, only when it changed;
@@ -19,7 +22,9 @@
 use super::hubs::HubClients;
 use super::leader::Leadership;
 use super::metrics::Metrics;
-use super::{Error, FIELD_MANAGER, FINALIZER, Result};
+use super::{Error, FIELD_MANAGER, FINALIZER, HubProblem, Result};
+use crate::clock::{Clock, SystemClock};
+use crate::core::status::{self, READY, RECONCILING, STALLED};
 use crate::driver::Driver;
 use crate::resources::{API_VERSION, DeviceRollout, DeviceRolloutStatus, Phase};
 use kube::api::{Patch, PatchParams};
@@ -44,13 +49,21 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub leader: Leadership,
+    /// The time of the conditions the controller sets itself (a stalled Hub).
+    pub clock: Arc<dyn Clock>,
     /// namespace/name → consecutive failures, for [`error_policy`].
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: Client, hubs: Arc<dyn HubClients>, recorder: Recorder, metrics: Arc<Metrics>, leader: Leadership) -> Context {
-        Context { client, hubs, recorder, metrics, leader, failures: Mutex::default() }
+        Context { client, hubs, recorder, metrics, leader, clock: Arc::new(SystemClock), failures: Mutex::default() }
+    }
+
+    /// The same context on another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Context {
+        self.clock = clock;
+        self
     }
 }
 
@@ -86,9 +99,33 @@ pub async fn reconcile(ro: Arc<DeviceRollout>, ctx: Arc<Context>) -> Result<Acti
     }
 
     // Dereference and drive.
-    let driver: Arc<Driver> = ctx.hubs.driver(&ns, ro.spec.hub.as_deref().unwrap_or("default")).await?;
     let last = ro.status.clone().unwrap_or_default();
-    let outcome = driver.reconcile(&ro, &last).await;
+    let driver: Arc<Driver> = match ctx.hubs.driver(&ns, ro.spec.hub.as_deref().unwrap_or("default")).await {
+        Ok(driver) => driver,
+        Err(Error::HubConfig { hub, problem, message }) => {
+            let message = if deleting {
+                format!("{message}; the finalizer {FINALIZER} stays until the Hub can be reached")
+            } else {
+                message
+            };
+            let (next, event) = hub_stalled(&last, problem, &message, ro.metadata.generation, ctx.clock.now());
+            if next != last {
+                patch_status(&api, &ro.name_any(), &next).await?;
+            }
+            if let Some(event) = event
+                && let Err(e) = ctx.recorder.publish(&event, &ro.object_ref(&())).await
+            {
+                tracing::warn!(rollout = %key, reason = %event.reason, error = %e, "cannot publish an event");
+            }
+            // Failed: retried with the backoff of `error_policy`, and whenever the Hub changes.
+            return Err(Error::HubConfig { hub, problem, message });
+        }
+        Err(e) => return Err(e),
+    };
+    // A stall for want of a usable Hub is over: the driver's own conditions replace it.
+    // (Cleared here too, so that a hub error on this pass, which keeps the previous
+    // conditions, does not leave a stale `HubNotFound` behind.)
+    let outcome = driver.reconcile(&ro, &hub_resolved(&last, ro.metadata.generation, ctx.clock.now())).await;
     if let Some(e) = &outcome.error {
         tracing::warn!(rollout = %key, error = %e, "hub error; the status records it");
     }
@@ -169,6 +206,49 @@ async fn patch_status(api: &Api<DeviceRollout>, name: &str, status: &DeviceRollo
 /// The apply configuration for the status subresource.
 pub fn status_patch(status: &DeviceRolloutStatus) -> serde_json::Value {
     json!({"apiVersion": API_VERSION, "kind": "DeviceRollout", "status": status})
+}
+
+/// The status of a rollout whose Hub cannot be used, and the Warning event to publish if
+/// this is news (the stall starts, or its reason changes): `Stalled=True` (reason
+/// [`HubProblem::reason`]), `Ready=False`, `Reconciling=False`, `observedGeneration` set,
+/// the rest of `last` as it was. A retry that finds the same problem changes nothing and
+/// publishes nothing. `message` must hold no secret material (it goes to the status and
+/// the event).
+pub fn hub_stalled(
+    last: &DeviceRolloutStatus,
+    problem: HubProblem,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> (DeviceRolloutStatus, Option<Event>) {
+    let reason = problem.reason();
+    let mut next = last.clone();
+    next.observed_generation = generation;
+    status::set_condition(&mut next, STALLED, true, reason, message, generation, now);
+    status::set_condition(&mut next, READY, false, reason, message, generation, now);
+    status::set_condition(&mut next, RECONCILING, false, reason, message, generation, now);
+    // News when the stall starts or its reason changes. A new message under the same
+    // reason (another key missing, say) updates the status only: the Recorder would fold a
+    // second event of the same reason into the first's series, keeping the old note.
+    let stall = |s: &DeviceRolloutStatus| status::condition(s, STALLED).filter(|c| c.status == "True").map(|c| c.reason.clone());
+    let event = (stall(last) != stall(&next)).then(|| Event {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(truncate(message.to_string(), 1024)),
+        action: "ResolveHub".into(),
+        secondary: None,
+    });
+    (next, event)
+}
+
+/// `last` with a `Stalled` condition set by [`hub_stalled`] turned False.
+fn hub_resolved(last: &DeviceRolloutStatus, generation: Option<i64>, now: jiff::Timestamp) -> DeviceRolloutStatus {
+    let reasons = HubProblem::ALL.map(HubProblem::reason);
+    let mut st = last.clone();
+    if status::condition(last, STALLED).is_some_and(|c| c.status == "True" && reasons.contains(&c.reason.as_str())) {
+        status::set_condition(&mut st, STALLED, false, "HubResolved", "", generation, now);
+    }
+    st
 }
 
 /// The events a status change deserves: the phase changed, or the current ring did.

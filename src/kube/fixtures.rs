@@ -11,6 +11,7 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -68,6 +69,87 @@ impl ApiServer {
     }
 }
 
+/// What the mock API server of [`ApiServer::serve`] holds: the rollout, Hubs and Secrets
+/// by name (a GET of a missing one is a 404), and every request, recorded before it is
+/// answered.
+#[derive(Default)]
+pub struct World {
+    pub rollout: Value,
+    pub hubs: HashMap<String, Value>,
+    pub secrets: HashMap<String, Value>,
+    pub seen: Vec<Seen>,
+}
+
+pub type SharedWorld = Arc<parking_lot::Mutex<World>>;
+
+impl World {
+    /// The rollout as the API server holds it (with the last status applied).
+    pub fn rollout(&self) -> DeviceRollout {
+        serde_json::from_value(self.rollout.clone()).unwrap()
+    }
+
+    fn respond(&mut self, s: &Seen) -> (StatusCode, Value) {
+        self.seen.push(s.clone());
+        let path = s.uri.split('?').next().unwrap_or_default();
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let found = |v: Option<&Value>| match v {
+            Some(v) => (StatusCode::OK, v.clone()),
+            None => (StatusCode::NOT_FOUND, serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                "message": format!("\"{name}\" not found")
+            })),
+        };
+        match s.method.as_str() {
+            "GET" if path.contains("/hubs/") => found(self.hubs.get(name)),
+            "GET" if path.contains("/secrets/") => found(self.secrets.get(name)),
+            "PATCH" if path.contains("/devicerollouts/") && path.ends_with("/status") => {
+                self.rollout["status"] = s.body["status"].clone();
+                (StatusCode::OK, self.rollout.clone())
+            }
+            "PATCH" if path.contains("/devicerollouts/") => {
+                merge(&mut self.rollout, &s.body);
+                (StatusCode::OK, self.rollout.clone())
+            }
+            _ => (StatusCode::OK, echo(&self.rollout, s)),
+        }
+    }
+}
+
+/// A Hub object as the API server would serve it.
+pub fn hub_object(name: &str, uid: &str, spec: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "ringmaster.dev/v1alpha1", "kind": "Hub",
+        "metadata": {"name": name, "namespace": "fleet", "uid": uid, "resourceVersion": "7"},
+        "spec": spec
+    })
+}
+
+/// A Secret object with `data` (values given as text, served base64-encoded).
+pub fn secret_object(name: &str, data: &[(&str, &str)]) -> Value {
+    use base64::Engine as _;
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(base64::engine::general_purpose::STANDARD.encode(v))))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": "fleet", "resourceVersion": "3"},
+        "data": data
+    })
+}
+
+impl ApiServer {
+    /// Answers every request from `world` until the client goes away.
+    pub async fn serve(mut self, world: SharedWorld) {
+        loop {
+            let w = world.clone();
+            if self.answer(move |s| w.lock().respond(s)).await.is_none() {
+                break;
+            }
+        }
+    }
+}
+
 /// A plausible answer: the object with a merge/apply patch laid over it, or the body.
 fn echo(object: &Value, seen: &Seen) -> Value {
     if seen.method == "PATCH" && seen.uri.contains("/devicerollouts/") {
@@ -103,7 +185,10 @@ pub fn mock_client() -> (Client, ApiServer) {
 /// A controller context on a mock client, with `hubs` and `leader`.
 pub fn context(client: Client, hubs: Arc<dyn HubClients>, leader: Leadership) -> Arc<Context> {
     let recorder = Recorder::new(client.clone(), Reporter { controller: "ringmaster".into(), instance: Some("test-0".into()) });
-    Arc::new(Context::new(client, hubs, recorder, Arc::new(Metrics::default()), leader))
+    Arc::new(
+        Context::new(client, hubs, recorder, Arc::new(Metrics::default()), leader)
+            .with_clock(Arc::new(crate::clock::ManualClock::at_epoch())),
+    )
 }
 
 /// A context whose every rollout uses `driver`.

@@ -10,7 +10,9 @@
 //! The controller watches `DeviceRollout`s and `Hub`s (a Hub's change reconciles the
 //! rollouts naming it). Secrets are read on each reconcile, not watched, so the
 //! controller needs no cluster-wide watch on Secrets; a rotated key is picked up at the
-//! next reconcile (the Secret's resourceVersion is part of the cached client's key).
+//! next reconcile (the Secret's resourceVersion is part of the cached client's key), and
+//! a Secret created after a rollout stalled for want of it is found by the failure
+//! backoff's retry.
 //!
 //! RBAC the controller needs (what `manifests/` must grant):
 //! - `ringmaster.dev` `devicerollouts`: get, list, watch, patch
@@ -58,8 +60,11 @@ pub const CONTROLLER_NAME: &str = "ringmaster";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The rollout's Hub cannot be used as it stands (the reconcile records it in the
+    /// status as `Stalled`, reason [`HubProblem::reason`]). The message names the Hub,
+    /// Secret and key involved and never holds secret material.
     #[error("Hub {hub}: {message}")]
-    HubConfig { hub: String, message: String },
+    HubConfig { hub: String, problem: HubProblem, message: String },
     #[error("DeviceRollout {0} has no namespace")]
     NoNamespace(String),
 }
@@ -76,6 +81,34 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a rollout's Hub cannot be used: a person has to create or fix something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubProblem {
+    /// No Hub of the name the rollout gives (`spec.hub`, `default` when omitted).
+    HubNotFound,
+    /// The Secret the Hub's `connectionStringSecret` names does not exist.
+    SecretNotFound,
+    /// The Secret exists but has no such key.
+    SecretKeyNotFound,
+    /// The Hub's spec, or what its Secret holds, cannot make a client.
+    HubConfigInvalid,
+}
+
+impl HubProblem {
+    pub const ALL: [HubProblem; 4] =
+        [HubProblem::HubNotFound, HubProblem::SecretNotFound, HubProblem::SecretKeyNotFound, HubProblem::HubConfigInvalid];
+
+    /// The reason of the `Stalled` condition and of the Warning event.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HubProblem::HubNotFound => "HubNotFound",
+            HubProblem::SecretNotFound => "SecretNotFound",
+            HubProblem::SecretKeyNotFound => "SecretKeyNotFound",
+            HubProblem::HubConfigInvalid => "HubConfigInvalid",
+        }
+    }
+}
 
 /// Flags of `ringmaster run --kube`.
 #[derive(clap::Args, Debug, Clone)]

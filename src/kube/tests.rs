@@ -4,7 +4,8 @@
 use super::controller::{self, backoff, reconcile, status_patch, transitions};
 use super::fixtures::*;
 use super::leader::Leadership;
-use super::{FINALIZER, KubeArgs};
+use super::hubs::KubeHubs;
+use super::{FINALIZER, HubProblem, KubeArgs};
 use crate::clock::ManualClock;
 use crate::driver::Driver;
 use crate::hub::EmbeddedHub;
@@ -252,25 +253,325 @@ async fn the_hub_is_read_from_its_resource() {
     assert_eq!(seen[0].line(), format!("PATCH {STATUS}"));
 }
 
+/// A controller reading Hubs and Secrets from a mock API server that serves `world`.
+fn world(world: World) -> (Arc<super::controller::Context>, Arc<KubeHubs>, SharedWorld) {
+    let (client, server) = mock_client();
+    let world = Arc::new(parking_lot::Mutex::new(world));
+    tokio::spawn(server.serve(world.clone()));
+    let hubs = Arc::new(KubeHubs::new(client.clone(), Arc::new(ManualClock::at_epoch())));
+    (context(client, hubs.clone(), Leadership::always()), hubs, world)
+}
+
+fn world_of(ro: DeviceRollout) -> World {
+    World { rollout: serde_json::to_value(ro).unwrap(), ..Default::default() }
+}
+
+/// One reconcile of the rollout the world holds; its result and requests.
+async fn pass(ctx: &Arc<super::controller::Context>, world: &SharedWorld) -> (super::Result<Action>, Vec<Seen>) {
+    let ro = {
+        let mut w = world.lock();
+        w.seen.clear();
+        w.rollout()
+    };
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(ro), ctx.clone())).await.expect("reconcile hangs");
+    (result, std::mem::take(&mut world.lock().seen))
+}
+
+const HUB: &str = "/apis/ringmaster.dev/v1alpha1/namespaces/fleet/hubs/default";
+const SECRET: &str = "/api/v1/namespaces/fleet/secrets/iot-hub";
+
+fn cond<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == type_)).unwrap_or(&Value::Null)
+}
+
+/// `(status, reason)` of a condition in an applied status.
+fn cond_of(status: &Value, type_: &str) -> (String, String) {
+    let c = cond(status, type_);
+    (c["status"].as_str().unwrap_or_default().into(), c["reason"].as_str().unwrap_or_default().into())
+}
+
+fn problem_of(result: &super::Result<Action>) -> Option<HubProblem> {
+    match result {
+        Err(super::Error::HubConfig { problem, .. }) => Some(*problem),
+        _ => None,
+    }
+}
+
 #[tokio::test]
-async fn a_missing_hub_fails_the_reconcile_and_backs_off() {
-    let (client, mut server) = mock_client();
-    let ctx = context(
-        client.clone(),
-        Arc::new(super::hubs::KubeHubs::new(client, Arc::new(ManualClock::at_epoch()))),
-        Leadership::always(),
-    );
-    let ro = Arc::new(rollout().finalized());
-    let task = tokio::spawn(reconcile(ro.clone(), ctx.clone()));
-    server
-        .answer(|_| (http::StatusCode::NOT_FOUND, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})))
-        .await
-        .unwrap();
-    let err = task.await.unwrap().unwrap_err();
-    assert!(err.to_string().contains("fleet/default") && err.to_string().contains("no such Hub"), "{err}");
+async fn a_missing_hub_stalls_the_rollout_once_backs_off_and_recovers() {
+    // A rollout that already made progress: its status must survive the stall.
+    let mut ro = rollout().finalized();
+    let mut last = DeviceRolloutStatus { phase: Some(Phase::Progressing), revision: Some("r1".into()), ..Default::default() };
+    crate::core::status::set_condition(&mut last, "Reconciling", true, "Progressing", "ring canary", Some(1), "2025-12-31T00:00:00Z".parse().unwrap());
+    ro.status = Some(last);
+    ro.metadata.generation = Some(2);
+    let (ctx, _hubs, world) = world(world_of(ro));
+
+    // The first failure: the status says Stalled, one Warning event says why.
+    let (result, seen) = pass(&ctx, &world).await;
+    assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound), "{result:?}");
+    assert_eq!(lines(&seen), vec![format!("GET {HUB}"), format!("PATCH {STATUS}"), format!("POST {EVENTS}?")]);
+    let status = &seen[1].body["status"];
+    assert!(!has_null(&seen[1].body), "{}", seen[1].body);
+    assert_eq!(cond_of(status, "Stalled"), ("True".into(), "HubNotFound".into()));
+    assert_eq!(cond_of(status, "Ready"), ("False".into(), "HubNotFound".into()));
+    assert_eq!(cond_of(status, "Reconciling"), ("False".into(), "HubNotFound".into()));
+    assert_eq!(status["observedGeneration"], 2);
+    assert_eq!(cond(status, "Stalled")["observedGeneration"], 2);
+    let message = cond(status, "Stalled")["message"].as_str().unwrap();
+    assert!(message.contains("Hub 'default' not found in namespace 'fleet'") && message.contains("spec.hub"), "{message}");
+    assert_eq!((status["phase"].as_str(), status["revision"].as_str()), (Some("Progressing"), Some("r1")), "the rest is kept: {status}");
+    let event = &seen[2].body;
+    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("HubNotFound")));
+    assert_eq!(event["regarding"]["name"], "chiller-fw");
+    assert_eq!(event["note"].as_str(), Some(message));
+
+    // Retried with the backoff, not at once.
+    let err = result.unwrap_err();
+    let ro = Arc::new(world.lock().rollout());
     assert_eq!(controller::error_policy(ro.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
     assert_eq!(controller::error_policy(ro, &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
     assert!(ctx.metrics.encode().contains("ringmaster_reconcile_errors_total{error=\"hub_config\"} 2"));
+
+    // A retry that finds the same: no write, no event.
+    let (result, seen) = pass(&ctx, &world).await;
+    assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound));
+    assert_eq!(lines(&seen), vec![format!("GET {HUB}")]);
+
+    // The Hub appears (its watch reconciles the rollout): the normal path clears the stall.
+    world.lock().hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    let (result, seen) = pass(&ctx, &world).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(lines(&seen)[..2], [format!("GET {HUB}"), format!("PATCH {STATUS}")]);
+    let status = &seen[1].body["status"];
+    assert_eq!(cond_of(status, "Stalled").0, "False", "{status}");
+    assert_eq!(cond_of(status, "Reconciling").0, "True", "{status}");
+    assert!(seen.iter().all(|s| s.body["type"] != "Warning"), "{:#?}", seen);
+}
+
+#[tokio::test]
+async fn a_hub_error_right_after_a_stall_leaves_no_stale_stall_behind() {
+    // The Hub is back but its hub cannot be reached yet: the driver keeps the previous
+    // conditions and says Reconciling; the old `HubNotFound` stall must not stay True.
+    let unreachable = crate::client::azure::AzureHub::new(
+        "HostName=unreachable.invalid;SharedAccessKeyName=iothubowner;SharedAccessKey=AAAA",
+        crate::client::azure::AzureHubOptions {
+            base_url: Some("http://127.0.0.1:9".into()),
+            max_attempts: 1,
+            request_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let driver = Arc::new(Driver::new(Arc::new(unreachable), Arc::new(ManualClock::at_epoch())));
+    let (stalled, _) = controller::hub_stalled(&DeviceRolloutStatus::default(), HubProblem::HubNotFound, "gone", Some(1), jiff::Timestamp::UNIX_EPOCH);
+    let mut ro = rollout().finalized();
+    ro.status = Some(stalled);
+    let (result, seen) = play(ro, |c| context_with(c, driver)).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(lines(&seen)[0], format!("PATCH {STATUS}"));
+    let status = &seen[0].body["status"];
+    assert_eq!(cond_of(status, "Stalled"), ("False".into(), "HubResolved".into()), "{status}");
+    assert_eq!(cond_of(status, "Reconciling"), ("True".into(), "HubError".into()), "{status}");
+}
+
+#[tokio::test]
+async fn a_deleted_rollout_whose_hub_is_gone_says_why_it_keeps_its_finalizer() {
+    let (ctx, _hubs, world) = world(world_of(rollout().finalized().deleted()));
+    let (result, seen) = pass(&ctx, &world).await;
+    assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound));
+    assert_eq!(lines(&seen), vec![format!("GET {HUB}"), format!("PATCH {STATUS}"), format!("POST {EVENTS}?")]);
+    let message = cond(&seen[1].body["status"], "Stalled")["message"].as_str().unwrap();
+    assert!(message.contains("the finalizer ringmaster.dev/cleanup stays"), "{message}");
+}
+
+#[tokio::test]
+async fn a_missing_secret_or_key_or_a_bad_connection_string_stalls_without_showing_it() {
+    const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY=";
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "azure", "connectionStringSecret": {"name": "iot-hub"}})),
+    );
+    let (ctx, _hubs, world) = world(w);
+    let mut everything = Vec::new();
+    let mut errors = Vec::new();
+
+    // One step per state of the Secret: the problem, what the message must name, and
+    // whether the first pass announces it (a new reason: status and one event; the same
+    // reason with another message: status only).
+    let steps: Vec<(Option<Value>, HubProblem, &[&str], bool)> = vec![
+        (None, HubProblem::SecretNotFound, &["Secret 'iot-hub'", "namespace 'fleet'", "key 'connectionString'"], true),
+        (
+            Some(secret_object("iot-hub", &[("conn", "x")])),
+            HubProblem::SecretKeyNotFound,
+            &["no key 'connectionString'", "it has 'conn'", "connectionStringSecret.key"],
+            true,
+        ),
+        (
+            Some(secret_object("iot-hub", &[("connectionString", &format!("HostName=h.azure-devices.net;SharedAccessKey={KEY}"))])),
+            HubProblem::HubConfigInvalid,
+            &["Secret 'iot-hub' key 'connectionString'", "no SharedAccessKeyName", "HostName=<hub>.azure-devices.net;SharedAccessKeyName=<policy>"],
+            true,
+        ),
+        (
+            // A bare key pasted in front: the message must not echo it.
+            Some(secret_object("iot-hub", &[("connectionString", &format!("{KEY};HostName=h"))])),
+            HubProblem::HubConfigInvalid,
+            &["key 'connectionString' does not hold a valid service connection string", "part number 1"],
+            false,
+        ),
+    ];
+    for (secret, problem, names, announced) in steps {
+        match secret {
+            Some(s) => world.lock().secrets.insert("iot-hub".into(), s),
+            None => world.lock().secrets.remove("iot-hub"),
+        };
+        let (result, seen) = pass(&ctx, &world).await;
+        assert_eq!(problem_of(&result), Some(problem), "{result:?}");
+        let mut expected = vec![format!("GET {HUB}"), format!("GET {SECRET}"), format!("PATCH {STATUS}")];
+        if announced {
+            expected.push(format!("POST {EVENTS}?"));
+        }
+        assert_eq!(lines(&seen), expected);
+        let stalled = cond(&seen[2].body["status"], "Stalled");
+        assert_eq!((stalled["status"].as_str(), stalled["reason"].as_str()), (Some("True"), Some(problem.reason())));
+        let message = stalled["message"].as_str().unwrap();
+        for name in names {
+            assert!(message.contains(name), "`{name}` missing from: {message}");
+        }
+        if announced {
+            assert_eq!((seen[3].body["type"].as_str(), seen[3].body["reason"].as_str()), (Some("Warning"), Some(problem.reason())));
+            assert_eq!(seen[3].body["note"].as_str(), Some(message));
+        }
+        // Retried: nothing new to say.
+        let (again, retry) = pass(&ctx, &world).await;
+        assert_eq!(lines(&retry), vec![format!("GET {HUB}"), format!("GET {SECRET}")], "a retry writes nothing");
+        errors.extend([result.unwrap_err().to_string(), again.unwrap_err().to_string()]);
+        everything.extend(seen[2..].iter().map(|s| s.body.to_string()));
+    }
+    // Neither the status, nor the events, nor the error (which error_policy logs) holds
+    // the key, or any part of the connection string but the host.
+    for text in everything.iter().chain(&errors) {
+        assert!(!text.contains(KEY) && !text.contains("c2VjcmV0"), "secret material in: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_hub_without_the_secret_it_needs_is_invalid() {
+    // `type: embedded` with a url needs a connection string; the CRD cannot require it.
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded", "url": "https://hub.fleet:8443"})));
+    let (ctx, _hubs, world) = world(w);
+    let (result, seen) = pass(&ctx, &world).await;
+    assert_eq!(problem_of(&result), Some(HubProblem::HubConfigInvalid));
+    let message = cond(&seen[1].body["status"], "Stalled")["message"].as_str().unwrap();
+    assert!(message.contains("type: embedded with url needs connectionStringSecret"), "{message}");
+}
+
+#[tokio::test]
+async fn an_in_process_hub_goes_with_its_hub_resource() {
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    let (ctx, hubs, world) = world(w);
+    let (result, _) = pass(&ctx, &world).await;
+    result.unwrap();
+    let first = hubs.in_process("fleet", "default").expect("an in-process hub");
+    assert_eq!(first.list_configurations().len(), 1, "the rollout wrote to it");
+    assert!(first.handles() > 1, "the map, the driver and the cycle task hold it");
+
+    // The Hub is deleted: the next reconcile drops the hub, its driver and its cycle task.
+    world.lock().hubs.clear();
+    let (result, _) = pass(&ctx, &world).await;
+    assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound));
+    assert!(hubs.in_process("fleet", "default").is_none());
+    assert!(hubs.cached_driver("fleet", "default").is_none());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while first.handles() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the cycle task lets go of the dropped hub");
+
+    // Created again: a new, empty hub, whose driver writes the rollout's configuration anew.
+    world.lock().hubs.insert("default".into(), hub_object("default", "u2", json!({"type": "embedded"})));
+    let (result, _) = pass(&ctx, &world).await;
+    result.unwrap();
+    let second = hubs.in_process("fleet", "default").unwrap();
+    assert_eq!(second.list_configurations().len(), 1);
+    assert_eq!(first.handles(), 1, "the old hub stays gone");
+}
+
+#[tokio::test]
+async fn a_hub_recreated_between_reconciles_gets_a_new_in_process_hub() {
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    let (ctx, hubs, world) = world(w);
+    pass(&ctx, &world).await.0.unwrap();
+    let first = hubs.in_process("fleet", "default").unwrap();
+
+    // Deleted and created again under the same name without a reconcile seeing the gap.
+    world.lock().hubs.insert("default".into(), hub_object("default", "u2", json!({"type": "embedded"})));
+    pass(&ctx, &world).await.0.unwrap();
+    let second = hubs.in_process("fleet", "default").unwrap();
+    assert_eq!(second.list_configurations().len(), 1, "the rollout's configuration is written to the new hub");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while first.handles() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the old hub and its cycle task are gone");
+}
+
+#[tokio::test]
+async fn a_hub_spec_change_rebuilds_the_driver_and_keeps_the_in_process_hub() {
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    let (ctx, hubs, world) = world(w);
+    pass(&ctx, &world).await.0.unwrap();
+    let (hub, driver) = (hubs.in_process("fleet", "default").unwrap(), hubs.cached_driver("fleet", "default").unwrap());
+
+    // Unchanged: the same driver (it holds the hub's traffic budgets).
+    pass(&ctx, &world).await.0.unwrap();
+    assert!(Arc::ptr_eq(&driver, &hubs.cached_driver("fleet", "default").unwrap()));
+
+    // New limits: a new driver on the same in-process hub (its state survives).
+    world.lock().hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "embedded", "limits": {"queriesPerMinute": 7}})),
+    );
+    pass(&ctx, &world).await.0.unwrap();
+    assert!(!Arc::ptr_eq(&driver, &hubs.cached_driver("fleet", "default").unwrap()), "the driver is rebuilt");
+    let still = hubs.in_process("fleet", "default").unwrap();
+    assert_eq!(still.list_configurations().len(), 1);
+    assert!(still.handles() > 1 && hub.handles() == still.handles(), "the same hub");
+}
+
+#[test]
+fn a_stall_is_announced_on_its_transition_only() {
+    let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let t1: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+    let last = DeviceRolloutStatus { phase: Some(Phase::Healthy), ..Default::default() };
+    let (stalled, event) = controller::hub_stalled(&last, HubProblem::SecretNotFound, "Secret 's' not found", Some(3), t0);
+    let event = event.expect("news");
+    assert_eq!((event.type_, event.reason.as_str()), (kube::runtime::events::EventType::Warning, "SecretNotFound"));
+    assert_eq!(stalled.phase, Some(Phase::Healthy));
+    assert_eq!(stalled.observed_generation, Some(3));
+    // The same problem later: the same status (transition times kept), no event.
+    let (again, event) = controller::hub_stalled(&stalled, HubProblem::SecretNotFound, "Secret 's' not found", Some(3), t1);
+    assert_eq!(again, stalled);
+    assert!(event.is_none());
+    // Another message under the same reason: the status changes, no event.
+    let (reworded, event) = controller::hub_stalled(&stalled, HubProblem::SecretNotFound, "Secret 't' not found", Some(3), t1);
+    assert_ne!(reworded, stalled);
+    assert!(event.is_none());
+    // Another problem: news again.
+    let (other, event) = controller::hub_stalled(&stalled, HubProblem::SecretKeyNotFound, "Secret 's' has no key 'k'", Some(3), t1);
+    assert_eq!(event.unwrap().reason, "SecretKeyNotFound");
+    let c = crate::core::status::condition(&other, "Stalled").unwrap();
+    assert_eq!(c.last_transition_time.0, t0, "still stalled: no transition");
 }
 
 #[test]

@@ -7,14 +7,19 @@
 //!
 //! Auth: a token (from an environment variable or a file, never from the repository) is
 //! sent as HTTP basic auth with user `x-access-token` (GitHub's convention; GitLab and
-//! Azure DevOps accept any user with a token); SSH URLs use the ssh agent.
+//! Azure DevOps accept any user with a token); SSH URLs use the ssh agent. The token is
+//! offered once per fetch: a server that refuses it (or wants one when none is
+//! configured) fails the fetch with "authentication failed" at once, where libgit2 would
+//! otherwise ask again and replay the refused token up to 15 times. The token stays in
+//! memory: the remote is anonymous, so nothing of it reaches the cache's config, and
+//! neither errors nor `Debug` show it.
 
 use super::Snapshot;
-use git2::{Cred, FetchOptions, ObjectType, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{Cred, ErrorClass, ErrorCode, FetchOptions, ObjectType, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 use std::path::PathBuf;
 
 /// Where and what to fetch.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GitSource {
     pub url: String,
     pub branch: String,
@@ -26,11 +31,24 @@ pub struct GitSource {
     pub token: Option<String>,
 }
 
+impl std::fmt::Debug for GitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitSource")
+            .field("url", &self.url)
+            .field("branch", &self.branch)
+            .field("path", &self.path)
+            .field("cache", &self.cache)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// Errors of the git source.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("git {url} (branch {branch}): {source}")]
-    Git { url: String, branch: String, source: git2::Error },
+    // Not `source`: the message already carries it, and `{:#}` would print it twice.
+    #[error("git {url} (branch {branch}): {error}")]
+    Git { url: String, branch: String, error: git2::Error },
     #[error("git: --path {0} is not a folder at commit {1}")]
     NoPath(String, String),
 }
@@ -38,7 +56,7 @@ pub enum GitError {
 impl GitSource {
     /// Fetches the branch and reads the YAML files of its commit (blocking).
     pub fn fetch(&self) -> Result<Snapshot, GitError> {
-        let wrap = |source| GitError::Git { url: self.url.clone(), branch: self.branch.clone(), source };
+        let wrap = |error| GitError::Git { url: self.url.clone(), branch: self.branch.clone(), error };
         let repo = match Repository::open_bare(&self.cache) {
             Ok(r) => r,
             Err(_) => {
@@ -48,11 +66,22 @@ impl GitSource {
         };
         let mut callbacks = RemoteCallbacks::new();
         let token = self.token.clone();
+        let mut offered = false;
+        let refused = |why: &str| Err(git2::Error::new(ErrorCode::Auth, ErrorClass::Http, format!("authentication failed: {why}")));
         callbacks.credentials(move |_url, user, allowed| {
-            if let Some(t) = &token
-                && allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
-            {
-                return Cred::userpass_plaintext("x-access-token", t);
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                match &token {
+                    // Asked again: the server refused the token (it would refuse it again).
+                    Some(_) if offered => return refused("the server refused the token (sent as user x-access-token)"),
+                    Some(t) => {
+                        offered = true;
+                        return Cred::userpass_plaintext("x-access-token", t);
+                    }
+                    None if !allowed.contains(git2::CredentialType::SSH_KEY) => {
+                        return refused("the server wants credentials and no token is configured (--git-token-env or --git-token-file)");
+                    }
+                    None => {}
+                }
             }
             if allowed.contains(git2::CredentialType::SSH_KEY) {
                 return Cred::ssh_key_from_agent(user.unwrap_or("git"));

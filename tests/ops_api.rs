@@ -78,7 +78,7 @@ async fn without_a_token_the_api_is_read_only_and_says_how_to_allow_writes() {
     assert_eq!(http.get(format!("{api}/readyz")).send().await.unwrap().status(), 200);
     let hook = http.post(format!("{api}/webhook/git")).body("{}").send().await.unwrap();
     assert_eq!(hook.status(), 403, "no webhook secret configured");
-    state.metrics.verdict("Pass");
+    state.metrics.set_phase("fleet/fw", Some(None));
     let metrics = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ringmaster_gate_verdicts_total{verdict=\"Pass\"} 1"), "{metrics}");
+    assert!(metrics.contains("ringmaster_rollouts{phase=\"Pending\"} 1"), "{metrics}");
 }

@@ -1,6 +1,8 @@
 //! The git source against a real repository served by `git daemon` on loopback: new
 //! commits, a force-push, a broken file, a deleted file, and the webhook of a running
-//! `ringmaster run --git`.
+//! `ringmaster run --git`. Token auth over smart HTTP against the real `git http-backend`
+//! behind a loopback server that wants the token: the right token, a wrong one, none, and
+//! a running `ringmaster run --git-token-file` whose token is refused for one fetch.
 
 use ringmaster::sources::Catalog;
 use ringmaster::sources::git::GitSource;
@@ -33,18 +35,21 @@ struct Repo {
     _dir: tempfile::TempDir,
     work: PathBuf,
     url: String,
-    daemon: Child,
+    daemon: Option<Child>,
 }
 
 impl Drop for Repo {
     fn drop(&mut self) {
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        if let Some(d) = &mut self.daemon {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
     }
 }
 
 impl Repo {
-    fn new() -> Repo {
+    /// Without a server: `served()` holds `origin.git`, to be served some other way.
+    fn unserved() -> Repo {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("served");
         std::fs::create_dir(&base).unwrap();
@@ -53,6 +58,17 @@ impl Repo {
         std::fs::create_dir(&work).unwrap();
         git(&work, &["init", "-q"]);
         git(&work, &["remote", "add", "origin", base.join("origin.git").to_str().unwrap()]);
+        Repo { url: String::new(), work, daemon: None, _dir: dir }
+    }
+
+    /// The folder that holds the bare `origin.git`.
+    fn served(&self) -> PathBuf {
+        self.work.parent().unwrap().join("served")
+    }
+
+    fn new() -> Repo {
+        let mut repo = Repo::unserved();
+        let base = repo.served();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let daemon = Command::new("git")
             .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
@@ -68,7 +84,9 @@ impl Repo {
             assert!(start.elapsed() < Duration::from_secs(10), "git daemon did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Repo { url: format!("git://127.0.0.1:{port}/origin.git"), work, daemon, _dir: dir }
+        repo.url = format!("git://127.0.0.1:{port}/origin.git");
+        repo.daemon = Some(daemon);
+        repo
     }
 
     /// Writes (or with `None` removes) files, commits and pushes; returns the commit id.
@@ -196,11 +214,361 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
 fn a_file_url_is_fetched_too() {
     let repo = Repo::new();
     let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
-    let origin = repo.url.rsplit_once('/').map(|(_, name)| name).unwrap();
-    let served = repo.work.parent().unwrap().join("served").join(origin);
+    let served = repo.served().join("origin.git");
     let cache = tempfile::tempdir().unwrap();
     let source = GitSource { url: format!("file://{}", served.display()), branch: "main".into(), path: None, cache: cache.path().join("c.git"), ..Default::default() };
     let snap = source.fetch().unwrap();
     assert_eq!(snap.revision, Some(c1));
     assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml"]);
+}
+
+// Token auth over smart HTTP, against the real `git http-backend` behind a server that
+// wants the token.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header, request::Parts};
+use axum::response::Response;
+use base64::Engine;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+
+const TOKEN: &str = "tok-3f9a2c1d-e2e-secret";
+
+/// A request the HTTP server answered.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    authorization: Option<String>,
+    status: u16,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    root: PathBuf,
+    backend: PathBuf,
+    token: Arc<Mutex<String>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// Smart HTTP for `served()/origin.git` on a loopback port chosen at run time: a request
+/// without `Authorization: Basic base64("x-access-token:<token>")` gets 401 with a Basic
+/// challenge, an authorised one goes to the `git http-backend` CGI. Its own thread and
+/// runtime, so blocking tests (`GitSource::fetch`) and async ones use it alike.
+struct HttpGit {
+    url: String,
+    state: HttpState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HttpGit {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl HttpGit {
+    fn start(served: &Path, token: &str) -> HttpGit {
+        let exec = Command::new("git").arg("--exec-path").output().expect("git runs");
+        let backend = PathBuf::from(String::from_utf8(exec.stdout).unwrap().trim()).join("git-http-backend");
+        assert!(backend.exists(), "{} (git's http-backend)", backend.display());
+        let state = HttpState { root: served.to_path_buf(), backend, token: Arc::new(Mutex::new(token.into())), seen: Default::default() };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/origin.git", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(serve_git).with_state(state.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                tokio::select! {
+                    r = axum::serve(listener, app) => r.unwrap(),
+                    _ = stopped => {}
+                }
+            });
+        });
+        HttpGit { url, state, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// The token the server wants from now on.
+    fn set_token(&self, token: &str) {
+        *self.state.token.lock().unwrap() = token.into();
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+}
+
+fn basic(token: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}")))
+}
+
+async fn serve_git(State(st): State<HttpState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let want = basic(&st.token.lock().unwrap());
+    let res = if authorization.as_deref() == Some(want.as_str()) {
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        cgi(&st, &parts, body).await
+    } else {
+        Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header(header::WWW_AUTHENTICATE, r#"Basic realm="git""#)
+            .body(Body::from("authentication required\n"))
+            .unwrap()
+    };
+    st.seen.lock().unwrap().push(Seen { path: parts.uri.path().into(), authorization, status: res.status().as_u16() });
+    res
+}
+
+/// One request through `git http-backend` (CGI/1.1: the request in environment variables
+/// and stdin, the response as headers, `Status:` included, a blank line and the body).
+async fn cgi(st: &HttpState, parts: &Parts, body: Bytes) -> Response {
+    let head = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let mut cmd = tokio::process::Command::new(&st.backend);
+    cmd.env("GIT_PROJECT_ROOT", &st.root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("PATH_INFO", parts.uri.path())
+        .env("QUERY_STRING", parts.uri.query().unwrap_or(""))
+        .env("REQUEST_METHOD", parts.method.as_str())
+        .env("CONTENT_TYPE", head("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_USER", "x-access-token")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (name, var) in [("git-protocol", "HTTP_GIT_PROTOCOL"), ("content-encoding", "HTTP_CONTENT_ENCODING")] {
+        let v = head(name);
+        if !v.is_empty() {
+            cmd.env(var, v);
+        }
+    }
+    let mut child = cmd.spawn().expect("git http-backend starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = tokio::spawn(async move {
+        let _ = stdin.write_all(&body).await;
+    });
+    let out = child.wait_with_output().await.unwrap();
+    let _ = writer.await;
+    let stdout = out.stdout;
+    let end = (0..stdout.len()).find_map(|i| {
+        if stdout[i..].starts_with(b"\r\n\r\n") {
+            Some((i, 4))
+        } else if stdout[i..].starts_with(b"\n\n") {
+            Some((i, 2))
+        } else {
+            None
+        }
+    });
+    let Some((end, sep)) = end else {
+        return Response::builder().status(500).body(Body::from(out.stderr)).unwrap();
+    };
+    let mut res = Response::builder().status(200);
+    for line in String::from_utf8_lossy(&stdout[..end]).lines() {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            res = res.status(value.split_whitespace().next().and_then(|c| c.parse::<u16>().ok()).unwrap_or(500));
+        } else {
+            res = res.header(name.trim(), value);
+        }
+    }
+    res.body(Body::from(stdout[end + sep..].to_vec())).unwrap()
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Asserts that no file of the cache holds the token or the credentials, in any form.
+fn assert_cache_clean(cache: &Path, token: &str) {
+    let config = std::fs::read_to_string(cache.join("config")).unwrap();
+    for bad in [token, "x-access-token", "@127.0.0.1"] {
+        assert!(!config.contains(bad), "{bad:?} in the cache's config:\n{config}");
+    }
+    for needle in [token.to_string(), basic(token)] {
+        let found = files_containing(cache, &needle);
+        assert!(found.is_empty(), "{needle:?} in {found:?}");
+    }
+}
+
+#[test]
+fn token_auth_over_smart_http_fetches_and_follows_commits() {
+    let repo = Repo::unserved();
+    let server = HttpGit::start(&repo.served(), TOKEN);
+    let cache = tempfile::tempdir().unwrap();
+    let source = GitSource { url: server.url.clone(), branch: "main".into(), path: Some("rollouts".into()), cache: cache.path().join("cache.git"), token: Some(TOKEN.into()), ..Default::default() };
+
+    let c1 = repo.commit(&[("rollouts/a.yaml", Some(&rollout("a", 1)))], false);
+    let snap = source.fetch().unwrap();
+    assert_eq!(snap.revision.as_deref(), Some(c1.as_str()));
+    assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml"]);
+    let mut catalog = Catalog::default();
+    catalog.apply(&snap);
+    assert_eq!(catalog.rollouts().0.len(), 1);
+
+    // The next fetch sees a new commit.
+    let c2 = repo.commit(&[("rollouts/b.yaml", Some(&rollout("b", 1)))], false);
+    let snap = source.fetch().unwrap();
+    assert_eq!(snap.revision.as_deref(), Some(c2.as_str()));
+    assert_eq!(catalog.apply(&snap).updated, ["b.yaml"]);
+
+    // The server did challenge, and the packs came through the authorised backend.
+    let seen = server.seen();
+    assert!(seen.iter().any(|s| s.authorization.is_none() && s.status == 401), "{seen:?}");
+    assert!(seen.iter().any(|s| s.path.ends_with("/git-upload-pack") && s.status == 200 && s.authorization.as_deref() == Some(basic(TOKEN).as_str())), "{seen:?}");
+    assert_cache_clean(&cache.path().join("cache.git"), TOKEN);
+    assert!(!format!("{source:?}").contains(TOKEN), "Debug hides the token: {source:?}");
+}
+
+#[test]
+fn a_wrong_or_missing_token_fails_once_with_a_clear_error_without_the_token() {
+    let repo = Repo::unserved();
+    let server = HttpGit::start(&repo.served(), TOKEN);
+    let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
+    let cache = tempfile::tempdir().unwrap();
+    let source = |token: Option<&str>| GitSource { url: server.url.clone(), branch: "main".into(), path: None, cache: cache.path().join("cache.git"), token: token.map(Into::into), ..Default::default() };
+    let wrong = "wrong-token-71c4e9";
+    for (token, says) in [(Some(wrong), "refused the token"), (None, "no token")] {
+        let before = server.seen().len();
+        let err = source(token).fetch().unwrap_err().to_string();
+        assert!(err.contains(&server.url), "names the URL: {err}");
+        assert!(err.contains("authentication failed") && err.contains(says), "{err}");
+        assert!(!err.contains(wrong) && !err.contains(TOKEN), "no token in the error: {err}");
+        // One challenge and at most one try with the token; libgit2 would otherwise replay
+        // the refused token up to 15 times.
+        let tries = server.seen()[before..].to_vec();
+        assert!(!tries.is_empty() && tries.len() <= 2 && tries.iter().all(|s| s.status == 401), "{tries:?}");
+    }
+    assert_cache_clean(&cache.path().join("cache.git"), wrong);
+
+    // The same cache, the right token: fine.
+    let snap = source(Some(TOKEN)).fetch().unwrap();
+    assert_eq!(snap.revision, Some(c1));
+    assert_cache_clean(&cache.path().join("cache.git"), TOKEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_a_token_file_keeps_what_it_applied_while_the_token_is_refused() {
+    let repo = Repo::unserved();
+    let server = HttpGit::start(&repo.served(), TOKEN);
+    let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1))), ("b.yaml", Some(&rollout("b", 1)))], false);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("git-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap(); // trimmed by run
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--interval", "1h", "--git", &server.url, "--branch", "main"])
+        .arg("--git-cache")
+        .arg(dir.path().join("cache.git"))
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .arg("--git-token-file")
+        .arg(&token_file)
+        .args(["--webhook-secret-env", "TEST_WEBHOOK_SECRET"])
+        .env("TEST_WEBHOOK_SECRET", "hook-secret")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let (log, stderr) = (log.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let api = line.trim().strip_prefix("ringmaster api listening on ").expect("the API address").to_string();
+    let http = reqwest::Client::new();
+    let rollouts = async || -> Option<serde_json::Value> { http.get(format!("{api}/api/v1/rollouts")).send().await.ok()?.json().await.ok() };
+    let revision = async || -> Option<(String, usize)> {
+        let body = rollouts().await?;
+        Some((body["sourceRevision"].as_str()?.to_string(), body["items"].as_array()?.len()))
+    };
+    let source_errors = async || -> u64 {
+        let text = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix("ringmaster_source_errors_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let webhook = async || {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let res = http
+            .post(format!("{api}/webhook/git"))
+            .header("X-Hub-Signature-256", ringmaster::api::webhook_signature(b"hook-secret", body))
+            .body(&body[..])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    };
+    let start = Instant::now();
+    while revision().await != Some((c1.clone(), 2)) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the first fetch, with the token from the file\n{}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The token is rotated on the server, and the branch drops b.yaml: the fetch is
+    // refused, and nothing that was applied goes away.
+    server.set_token("rotated-on-the-server");
+    repo.commit(&[("b.yaml", None)], false);
+    webhook().await;
+    let start = Instant::now();
+    while source_errors().await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the refused fetch\n{}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = rollouts().await.unwrap();
+    assert_eq!(body["sourceRevision"], c1.as_str());
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|r| r["deleting"] == false && r.get("error").is_none()), "{items:?}");
+
+    // The server takes the token again: the next fetch sees the new commit.
+    server.set_token(TOKEN);
+    let c2 = repo.commit(&[("a.yaml", Some(&rollout("a", 2)))], false);
+    webhook().await;
+    let start = Instant::now();
+    while revision().await.map(|r| r.0) != Some(c2.clone()) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the fetch after the refusal\n{}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    let refused = log.lines().find(|l| l.contains("authentication failed")).unwrap_or_else(|| panic!("the refusal is logged:\n{log}"));
+    assert!(refused.contains(&server.url) && refused.contains("what was applied stays as it is"), "{refused}");
+    assert!(!log.contains(TOKEN) && !log.contains(&basic(TOKEN)), "the token is in the log:\n{log}");
+    assert_cache_clean(&dir.path().join("cache.git"), TOKEN);
+    let state: Vec<_> = files_containing(dir.path(), TOKEN).into_iter().filter(|p| *p != token_file).collect();
+    assert!(state.is_empty(), "the token in {state:?}");
 }

@@ -9,11 +9,15 @@
 //! sent as HTTP basic auth with user `x-access-token` (GitHub's convention; GitLab and
 //! Azure DevOps accept any user with a token). SSH URLs use a private key (from an
 //! environment variable or a file, with an optional passphrase) or else the ssh agent, and
-//! check the server's host key against a known_hosts file when one is given. A credential
-//! is offered once: a refused one fails the fetch instead of being retried forever.
+//! check the server's host key against a known_hosts file when one is given. Each
+//! credential is offered once per fetch: a server that refuses it (or wants one when none
+//! is configured) fails the fetch with "authentication failed" at once, where libgit2
+//! would otherwise ask again and replay the refused credential up to 15 times. Secrets
+//! stay in memory: the remote is anonymous, so nothing of them reaches the cache's config,
+//! and neither errors nor `Debug` show them.
 
 use super::Snapshot;
-use git2::{Cred, FetchOptions, ObjectType, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{Cred, ErrorClass, ErrorCode, FetchOptions, ObjectType, RemoteCallbacks, Repository, TreeWalkMode, TreeWalkResult};
 use std::path::PathBuf;
 
 /// An SSH private key (OpenSSH or PEM text) and its passphrase.
@@ -78,8 +82,9 @@ pub fn known_host(known_hosts: &str, host: &str, key: &[u8]) -> bool {
 /// Errors of the git source.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("git {url} (branch {branch}): {source}")]
-    Git { url: String, branch: String, source: git2::Error },
+    // Not `source`: the message already carries it, and `{:#}` would print it twice.
+    #[error("git {url} (branch {branch}): {error}")]
+    Git { url: String, branch: String, error: git2::Error },
     #[error("git: --path {0} is not a folder at commit {1}")]
     NoPath(String, String),
 }
@@ -87,7 +92,7 @@ pub enum GitError {
 impl GitSource {
     /// Fetches the branch and reads the YAML files of its commit (blocking).
     pub fn fetch(&self) -> Result<Snapshot, GitError> {
-        let wrap = |source| GitError::Git { url: self.url.clone(), branch: self.branch.clone(), source };
+        let wrap = |error| GitError::Git { url: self.url.clone(), branch: self.branch.clone(), error };
         let repo = match Repository::open_bare(&self.cache) {
             Ok(r) => r,
             Err(_) => {
@@ -98,15 +103,24 @@ impl GitSource {
         let mut callbacks = RemoteCallbacks::new();
         let token = self.token.clone();
         let ssh_key = self.ssh_key.clone();
-        // libgit2 asks again after a refusal; a second offer of the same credential would
-        // loop, so each kind is offered once.
+        // (token, ssh key, ssh agent) offered yet.
         let mut offered = (false, false, false);
+        let refused = |why: &str| Err(git2::Error::new(ErrorCode::Auth, ErrorClass::Http, format!("authentication failed: {why}")));
+        let ssh_refused = |why: &str| Err(git2::Error::new(ErrorCode::Auth, ErrorClass::Ssh, format!("authentication failed: {why}")));
         callbacks.credentials(move |_url, user, allowed| {
-            if let Some(t) = &token
-                && allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
-                && !std::mem::replace(&mut offered.0, true)
-            {
-                return Cred::userpass_plaintext("x-access-token", t);
+            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+                match &token {
+                    // Asked again: the server refused the token (it would refuse it again).
+                    Some(_) if offered.0 => return refused("the server refused the token (sent as user x-access-token)"),
+                    Some(t) => {
+                        offered.0 = true;
+                        return Cred::userpass_plaintext("x-access-token", t);
+                    }
+                    None if !allowed.contains(git2::CredentialType::SSH_KEY) => {
+                        return refused("the server wants credentials and no token is configured (--git-token-env or --git-token-file)");
+                    }
+                    None => {}
+                }
             }
             if allowed.contains(git2::CredentialType::SSH_KEY) {
                 let user = user.unwrap_or("git");
@@ -114,11 +128,13 @@ impl GitSource {
                     if !std::mem::replace(&mut offered.1, true) {
                         return Cred::ssh_key_from_memory(user, None, &k.private_key, k.passphrase.as_deref());
                     }
+                    return ssh_refused("the server refused the SSH key (--git-ssh-key-env or --git-ssh-key-file)");
                 } else if !std::mem::replace(&mut offered.2, true) {
                     return Cred::ssh_key_from_agent(user);
                 }
+                return ssh_refused("the ssh agent's keys were refused (or there is no agent); give a key with --git-ssh-key-file");
             }
-            Err(git2::Error::from_str("authentication failed: the credentials given were refused (or none fit)"))
+            refused("the server asks for a kind of credentials ringmaster does not have")
         });
         if let Some(known) = self.known_hosts.clone() {
             callbacks.certificate_check(move |cert, host| {

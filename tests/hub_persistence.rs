@@ -123,3 +123,52 @@ fn a_store_from_a_newer_ringmaster_is_refused() {
     assert_eq!(e.code, ErrorCode::ServerError);
     assert!(e.message.contains("schema version 99"), "{e}");
 }
+
+#[test]
+fn a_schema_1_store_is_read_and_marked_2_and_every_value_kind_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hub.db");
+    {
+        // What a schema 1 build wrote: the sections as objects.
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE devices (id TEXT PRIMARY KEY, device TEXT NOT NULL, twin TEXT NOT NULL, owners TEXT NOT NULL);
+             CREATE TABLE configurations (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, doc TEXT NOT NULL);
+             INSERT INTO meta VALUES ('schema_version', '1');",
+        )
+        .unwrap();
+        let device = serde_json::to_string(&Device::new("old")).unwrap();
+        let twin = json!({
+            "tags": {"ring": "canary", "site": {"floor": 3}},
+            "desired": {"firmware": {"version": "1.0"}},
+            "reported": {"firmware": {"status": "Current"}},
+            "configurations": {},
+            "version": 4, "desiredVersion": 2, "reportedVersion": 3,
+            "desiredUpdated": "2026-01-01T00:00:00Z", "reportedUpdated": "2026-01-01T00:00:01Z", "etag": 9,
+        });
+        c.execute("INSERT INTO devices VALUES ('old', ?1, ?2, '[]')", rusqlite::params![device, twin.to_string()]).unwrap();
+    }
+    let values = json!({
+        "s": "short", "long": "a string longer than twenty-two bytes, with \"quotes\" and \\ and ünïcödé",
+        "i": -42, "big": 4503599627370495i64, "f": 2.5, "t": true, "a": [1, "two", {"three": 3}],
+        "o": {"deep": {"er": "x"}, "empty": {}},
+    });
+    {
+        let hub = EmbeddedHub::open(&db, Arc::new(SystemClock), HubOptions::default()).unwrap();
+        let t = hub.get_twin("old").unwrap();
+        assert_eq!(t["tags"], json!({"ring": "canary", "site": {"floor": 3}}), "a schema 1 row reads");
+        assert_eq!(t["properties"]["reported"]["firmware"]["status"], "Current");
+        assert_eq!(t["version"], 4);
+        hub.create_device_with_twin(Device::new("new"), &json!({"tags": values})).unwrap();
+        hub.update_twin("old", &json!({"tags": {"ring": "early"}}), None).unwrap();
+    }
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let v: String = c.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, "2", "opening marks the store with the schema this build writes");
+    let hub = EmbeddedHub::open(&db, Arc::new(SystemClock), HubOptions::default()).unwrap();
+    assert_eq!(hub.get_twin("new").unwrap()["tags"], values, "every kind of value comes back as it went in");
+    let old = hub.get_twin("old").unwrap();
+    assert_eq!(old["tags"], json!({"ring": "early", "site": {"floor": 3}}), "a row rewritten in schema 2 reads back");
+    assert_eq!(old["properties"]["desired"]["firmware"]["version"], "1.0");
+}

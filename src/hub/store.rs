@@ -15,11 +15,14 @@ use super::engine::{Changes, HubState, Slot};
 use super::error::{ErrorCode, HubError, Result};
 use super::twin::{Section, Twin};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::path::Path;
 
-/// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes. 2: twins are stored as their flat node list
+/// (`nodes`); version 1 rows (`tags`/`desired`/`reported`/`configurations` objects) are
+/// still read, and a version 1 store is marked 2 when opened (older builds then refuse it
+/// instead of misreading the new rows).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -80,6 +83,9 @@ impl Store {
                         ErrorCode::ServerError,
                         format!("hub store has schema version {v}; this ringmaster understands up to {SCHEMA_VERSION}: upgrade ringmaster"),
                     ));
+                }
+                if v < SCHEMA_VERSION {
+                    store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?;
                 }
             }
         }
@@ -157,6 +163,7 @@ impl Store {
             return Ok(());
         }
         let tx = self.conn.transaction().map_err(db_err)?;
+        let mut buf = Vec::with_capacity(1024);
         {
             let mut put_dev = tx
                 .prepare_cached("INSERT INTO devices(id, device, twin, owners) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET device = excluded.device, twin = excluded.twin, owners = excluded.owners")
@@ -167,7 +174,7 @@ impl Store {
                         .execute(params![
                             id,
                             serde_json::to_string(&slot.device).expect("device serializes"),
-                            twin_to_stored(&slot.twin).to_string(),
+                            twin_to_stored(&slot.twin, &mut buf),
                             serde_json::to_string(&slot.owners).expect("owners serialize"),
                         ])
                         .map_err(db_err)?;
@@ -205,20 +212,19 @@ impl Store {
     }
 }
 
-fn twin_to_stored(t: &Twin) -> Value {
-    let [tags, desired, reported, configurations] = t.sections();
-    json!({
-        "tags": tags,
-        "desired": desired,
-        "reported": reported,
-        "configurations": configurations,
-        "version": t.version,
-        "desiredVersion": t.desired_version,
-        "reportedVersion": t.reported_version,
-        "desiredUpdated": t.desired_updated.to_string(),
-        "reportedUpdated": t.reported_updated.to_string(),
-        "etag": t.etag_counter,
-    })
+/// The stored twin (schema 2): its versions, times and etag counter, and its nodes as
+/// [`Twin::write_nodes`] writes them, built in `buf` without JSON values.
+fn twin_to_stored<'b>(t: &Twin, buf: &'b mut Vec<u8>) -> &'b str {
+    use std::io::Write;
+    buf.clear();
+    let _ = write!(
+        buf,
+        r#"{{"version":{},"desiredVersion":{},"reportedVersion":{},"desiredUpdated":"{}","reportedUpdated":"{}","etag":{},"nodes":"#,
+        t.version, t.desired_version, t.reported_version, t.desired_updated, t.reported_updated, t.etag_counter
+    );
+    t.write_nodes(buf);
+    buf.push(b'}');
+    std::str::from_utf8(buf).expect("JSON written from strings is UTF-8")
 }
 
 fn twin_from_stored(v: &Value) -> Result<Twin> {
@@ -233,6 +239,11 @@ fn twin_from_stored(v: &Value) -> Result<Twin> {
     t.desired_version = v["desiredVersion"].as_i64().unwrap_or(1);
     t.reported_version = v["reportedVersion"].as_i64().unwrap_or(1);
     t.etag_counter = v["etag"].as_u64().unwrap_or(1);
+    if let Some(nodes) = v["nodes"].as_array() {
+        t.set_nodes(nodes)?;
+        return Ok(t);
+    }
+    // Schema 1: the sections as objects.
     let empty = Map::new();
     for (s, k) in [
         (Section::Tags, "tags"),

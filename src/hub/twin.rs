@@ -258,6 +258,69 @@ impl Twin {
         out
     }
 
+    /// The stored form of the nodes: a JSON array of `[section, "exact.path", value]`
+    /// (section 0 tags, 1 desired, 2 reported, 3 configurations; objects as `{}` markers,
+    /// arrays as stored), written straight into `out` without building JSON values.
+    pub fn write_nodes(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        out.push(b'[');
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = write!(out, "[{},", n.section() as u8);
+            path::with_name(n.path(), |full| {
+                let _ = serde_json::to_writer(&mut *out, full);
+            });
+            out.push(b',');
+            match &n.val {
+                Scalar::Null => out.extend_from_slice(b"null"),
+                Scalar::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+                Scalar::Int(v) => {
+                    let _ = write!(out, "{v}");
+                }
+                Scalar::Float(f) => {
+                    let _ = serde_json::to_writer(&mut *out, f);
+                }
+                Scalar::Object => out.extend_from_slice(b"{}"),
+                Scalar::Array(text) => out.extend_from_slice(text.as_bytes()),
+                short_or_str => {
+                    if let Val::Str(text) = short_or_str.val() {
+                        let _ = serde_json::to_writer(&mut *out, text);
+                    }
+                }
+            }
+            out.push(b']');
+        }
+        out.push(b']');
+    }
+
+    /// Replaces every node from the stored form ([`Twin::write_nodes`]). The store wrote
+    /// what the twin held, so values are taken as they are (the limits were checked when
+    /// they came in).
+    pub fn set_nodes(&mut self, nodes: &[Value]) -> Result<()> {
+        let bad = |why: &str| HubError::new(ErrorCode::ServerError, format!("stored twin: {why}"));
+        let mut entries = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let [s, p, v] = n.as_array().map(Vec::as_slice).unwrap_or_default() else {
+                return Err(bad("a node is not [section, path, value]"));
+            };
+            let s = match s.as_u64() {
+                Some(0) => Section::Tags,
+                Some(1) => Section::Desired,
+                Some(2) => Section::Reported,
+                Some(3) => Section::Configurations,
+                _ => return Err(bad("unknown section")),
+            };
+            let p = p.as_str().ok_or_else(|| bad("a path is not a string"))?;
+            entries.push(Entry { lc: intern_lc(p), node: Node::new(s, intern(p), Scalar::from_json(v)) });
+        }
+        entries.sort_by_key(|e| e.lc);
+        self.lcs = entries.iter().map(|e| e.lc).collect();
+        self.nodes = entries.into_iter().map(|e| e.node).collect();
+        Ok(())
+    }
+
     /// Replaces a whole section after validating it. On error the twin is unchanged.
     pub fn set_section(&mut self, s: Section, value: &Map<String, Value>) -> Result<()> {
         *self = self.with_sections(&[(s, value)])?;

@@ -811,16 +811,17 @@ impl HubState {
         let Some(slot) = self.slots[s as usize].as_ref() else {
             return false;
         };
-        let mut targeting: Vec<&ConfigState> =
-            self.configs.iter().filter(|c| c.targeted.contains(s)).collect();
-        targeting.sort_by(|a, b| {
+        // With their indexes: the applied bits below are set by index, not found by id.
+        let mut targeting: Vec<(usize, &ConfigState)> =
+            self.configs.iter().enumerate().filter(|(_, c)| c.targeted.contains(s)).collect();
+        targeting.sort_by(|(_, a), (_, b)| {
             b.config
                 .priority
                 .cmp(&a.config.priority)
                 .then(b.seq.cmp(&a.seq))
         });
         let mut winners: BTreeMap<&str, (&str, &Value)> = BTreeMap::new();
-        for c in &targeting {
+        for (_, c) in &targeting {
             for (p, v) in &c.content {
                 winners.entry(p.as_str()).or_insert((c.config.id.as_str(), v));
             }
@@ -831,32 +832,29 @@ impl HubState {
             .collect();
 
         let applied_ids: Vec<&str> = winners.values().map(|(id, _)| *id).collect();
-        let mut statuses: Vec<(&str, bool)> = targeting
+        let mut indexed: Vec<(&str, bool, usize)> = targeting
             .iter()
-            .map(|c| {
+            .map(|(i, c)| {
                 let id = c.config.id.as_str();
-                (id, applied_ids.contains(&id) || c.content.is_empty())
+                (id, applied_ids.contains(&id) || c.content.is_empty(), *i)
             })
             .collect();
-        statuses.sort_unstable();
+        indexed.sort_unstable();
+        let statuses: Vec<(&str, bool)> = indexed.iter().map(|(id, a, _)| (*id, *a)).collect();
         let owners_changed = new_owners != slot.owners;
         let status_changed = statuses.len() != slot.statuses.len()
             || statuses
                 .iter()
                 .zip(&slot.statuses)
                 .any(|(a, b)| a.0 != b.0 || a.1 != b.1);
-        // The configurations whose applied bit may differ: those named before or now.
-        let touched_configs: Vec<(&str, bool)> = slot
-            .statuses
-            .iter()
-            .map(|(id, _)| (id.as_str(), false))
-            .chain(statuses.iter().copied())
-            .collect();
-        let mut applied_bits: Vec<(usize, bool)> = Vec::with_capacity(touched_configs.len());
-        for (id, _) in &touched_configs {
-            if let Some(i) = self.configs.iter().position(|c| c.config.id == *id) {
-                let on = statuses.binary_search_by(|(x, _)| x.cmp(id)).is_ok_and(|k| statuses[k].1);
-                applied_bits.push((i, on));
+        // The configurations whose applied bit may differ: those named now (by index), and
+        // those named before that no longer target the twin (found by id: rare).
+        let mut applied_bits: Vec<(usize, bool)> = indexed.iter().map(|(_, on, i)| (*i, *on)).collect();
+        for (id, _) in &slot.statuses {
+            if statuses.binary_search_by(|(x, _)| x.cmp(&id.as_str())).is_err()
+                && let Some(i) = self.configs.iter().position(|c| c.config.id == *id)
+            {
+                applied_bits.push((i, false));
             }
         }
         if !owners_changed && !status_changed {

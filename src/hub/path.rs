@@ -14,7 +14,7 @@
 //! fleet, which is small (hundreds to thousands) even for a million twins.
 
 use parking_lot::RwLock;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::LazyLock;
 
 /// An interned dotted path. Cheap to copy and compare; ordering is by interning order.
@@ -22,13 +22,14 @@ use std::sync::LazyLock;
 pub struct PathId(pub u32);
 
 struct Table {
-    by_name: HashMap<Box<str>, u32>,
+    /// FxHash: paths are short and hashed on every flatten and lookup.
+    by_name: FxHashMap<Box<str>, u32>,
     names: Vec<Box<str>>,
 }
 
 static TABLE: LazyLock<RwLock<Table>> = LazyLock::new(|| {
     RwLock::new(Table {
-        by_name: HashMap::new(),
+        by_name: FxHashMap::default(),
         names: Vec::new(),
     })
 });

@@ -320,14 +320,7 @@ impl Controller {
                 writes.push(StoredRollout { deleting: true, error: None, ..old.clone() });
             }
         }
-        let cache: Vec<StoredRollout> = writes.clone();
-        self.api.store.run(move |s| writes.iter().try_for_each(|w| s.put_rollout(w))).await?;
-        let api = self.api.clone();
-        let rollouts = self.load().await?;
-        for w in cache {
-            api.metrics.set_phase(&format!("{}/{}", w.namespace, w.name), Some(w.status.phase));
-            rollouts.insert((w.namespace.clone(), w.name.clone()), w);
-        }
+        self.record(writes, Vec::new(), Vec::new()).await?;
         self.api.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -480,7 +473,6 @@ impl Controller {
             }
             if r.deleting && outcome.finalized {
                 tracing::info!(rollout = %who, "deleted: every configuration is gone");
-                self.api.metrics.set_phase(&who, None);
                 self.due.remove(&key);
                 removed.push(key);
                 continue;
@@ -504,32 +496,44 @@ impl Controller {
             r.status = outcome.status;
             writes.push(r);
         }
-        if !writes.is_empty() || !removed.is_empty() || !handled_ops.is_empty() {
-            let (w, rm) = (writes.clone(), removed.clone());
-            self.api
-                .store
-                .run(move |s| {
-                    for r in &w {
-                        s.put_rollout(r)?;
-                    }
-                    for (ns, n) in &rm {
-                        s.remove_rollout(ns, n)?;
-                    }
-                    for ((ns, n), handled) in &handled_ops {
-                        s.remove_operations(ns, n, handled)?;
-                    }
-                    Ok(())
-                })
-                .await?;
+        self.record(writes, removed, handled_ops).await?;
+        Ok(self.due.values().map(|d| d.latest).min())
+    }
+
+    /// Writes rollouts, removes finished ones and drops handled requests in the store, then
+    /// brings the in-memory copy and the by-phase gauges in line: the one way rollouts
+    /// change.
+    async fn record(&mut self, writes: Vec<StoredRollout>, removed: Vec<Key>, handled: Vec<(Key, Vec<String>)>) -> Result<()> {
+        if writes.is_empty() && removed.is_empty() && handled.is_empty() {
+            return Ok(());
         }
-        let cache = self.rollouts.get_or_insert_default();
+        let (writes, removed) = self
+            .api
+            .store
+            .run(move |s| {
+                for r in &writes {
+                    s.put_rollout(r)?;
+                }
+                for (ns, n) in &removed {
+                    s.remove_rollout(ns, n)?;
+                }
+                for ((ns, n), ops) in &handled {
+                    s.remove_operations(ns, n, ops)?;
+                }
+                Ok((writes, removed))
+            })
+            .await?;
+        let api = self.api.clone();
+        let cache = self.load().await?;
         for r in writes {
+            api.metrics.set_phase(&format!("{}/{}", r.namespace, r.name), Some(r.status.phase));
             cache.insert((r.namespace.clone(), r.name.clone()), r);
         }
-        for k in &removed {
-            cache.remove(k);
+        for k in removed {
+            api.metrics.set_phase(&format!("{}/{}", k.0, k.1), None);
+            cache.remove(&k);
         }
-        Ok(self.due.values().map(|d| d.latest).min())
+        Ok(())
     }
 }
 

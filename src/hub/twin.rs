@@ -244,20 +244,6 @@ impl Twin {
         out
     }
 
-    /// Every section rebuilt in one pass over the nodes: tags, desired, reported,
-    /// configurations (the store writes all four).
-    pub fn sections(&self) -> [Map<String, Value>; 4] {
-        let mut out: [Map<String, Value>; 4] = Default::default();
-        for e in self.nodes.iter() {
-            let s = e.section();
-            let root_len = s.root().len() + 1;
-            path::with_name(e.path(), |full| {
-                insert_at(&mut out[s as usize], &full[root_len..], e.val.to_json());
-            });
-        }
-        out
-    }
-
     /// The stored form of the nodes: a JSON array of `[section, "exact.path", value]`
     /// (section 0 tags, 1 desired, 2 reported, 3 configurations; objects as `{}` markers,
     /// arrays as stored), written straight into `out` without building JSON values.

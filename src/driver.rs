@@ -255,10 +255,10 @@ impl Driver {
             };
             outcome.requests.push(HubRequest::of(operation, start, &sent, ok));
             // A create that finds it there, or a delete that finds it gone, did its job.
-            let result = match sent {
-                Err(e) if e.code == ErrorCode::ConfigurationAlreadyExists && operation == "create" => Ok(()),
-                Err(e) if e.code == ErrorCode::ConfigurationNotFound && operation == "delete" => Ok(()),
-                other => other,
+            let result = match (action, sent) {
+                (Action::Create(_), Err(e)) if e.code == ErrorCode::ConfigurationAlreadyExists => Ok(()),
+                (Action::Delete { .. }, Err(e)) if e.code == ErrorCode::ConfigurationNotFound => Ok(()),
+                (_, other) => other,
             };
             if let Err(e) = result {
                 return self.failed(outcome, rollout, e, now);

@@ -186,14 +186,7 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
     let body = br#"{"ref":"refs/heads/main"}"#;
     let bad = http.post(format!("{api}/webhook/git")).header("X-Hub-Signature-256", "sha256=00").body(&body[..]).send().await.unwrap();
     assert_eq!(bad.status(), 401, "a wrong signature is refused");
-    let ok = http
-        .post(format!("{api}/webhook/git"))
-        .header("X-Hub-Signature-256", ringmaster::api::webhook_signature(b"hook-secret", body))
-        .body(&body[..])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 202);
+    post_signed_webhook(&http, &api).await;
     let start = Instant::now();
     loop {
         if revision().await == Some((c2.clone(), 2)) {
@@ -519,17 +512,7 @@ async fn run_with_a_token_file_keeps_what_it_applied_while_the_token_is_refused(
         let text = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
         text.lines().find_map(|l| l.strip_prefix("ringmaster_source_errors_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     };
-    let webhook = async || {
-        let body = br#"{"ref":"refs/heads/main"}"#;
-        let res = http
-            .post(format!("{api}/webhook/git"))
-            .header("X-Hub-Signature-256", ringmaster::api::webhook_signature(b"hook-secret", body))
-            .body(&body[..])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
-    };
+    let webhook = async || post_signed_webhook(&http, &api).await;
     let start = Instant::now();
     while revision().await != Some((c1.clone(), 2)) {
         assert!(start.elapsed() < Duration::from_secs(20), "the first fetch, with the token from the file\n{}", log.lock().unwrap());
@@ -571,4 +554,17 @@ async fn run_with_a_token_file_keeps_what_it_applied_while_the_token_is_refused(
     assert_cache_clean(&dir.path().join("cache.git"), TOKEN);
     let state: Vec<_> = files_containing(dir.path(), TOKEN).into_iter().filter(|p| *p != token_file).collect();
     assert!(state.is_empty(), "the token in {state:?}");
+}
+
+/// Posts a push webhook signed with the tests' secret (`hook-secret`); it must be accepted.
+async fn post_signed_webhook(http: &reqwest::Client, api: &str) {
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let res = http
+        .post(format!("{api}/webhook/git"))
+        .header("X-Hub-Signature-256", ringmaster::api::webhook_signature(b"hook-secret", body))
+        .body(&body[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "a signed webhook is accepted");
 }

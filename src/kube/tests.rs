@@ -183,10 +183,9 @@ async fn a_force_deleted_rollout_loses_its_finalizer_once_its_configurations_are
     assert!(removed_after.is_some_and(|p| p >= 1), "deleted first, finalizer removed on a later pass: {removed_after:?}");
 }
 
-#[tokio::test]
-async fn a_deleted_rollout_whose_hub_fails_keeps_its_finalizer() {
-    // A hub that cannot be reached: a client for a host that does not resolve.
-    let clock = ManualClock::at_epoch();
+/// A driver whose hub cannot be reached: a client for a host that does not resolve,
+/// sent to a closed loopback port, with one attempt.
+fn unreachable_driver() -> Arc<Driver> {
     let unreachable = crate::client::azure::AzureHub::new(
         "HostName=unreachable.invalid;SharedAccessKeyName=iothubowner;SharedAccessKey=AAAA",
         crate::client::azure::AzureHubOptions {
@@ -197,7 +196,12 @@ async fn a_deleted_rollout_whose_hub_fails_keeps_its_finalizer() {
         },
     )
     .unwrap();
-    let driver = Arc::new(Driver::new(Arc::new(unreachable), Arc::new(clock)));
+    Arc::new(Driver::new(Arc::new(unreachable), Arc::new(ManualClock::at_epoch())))
+}
+
+#[tokio::test]
+async fn a_deleted_rollout_whose_hub_fails_keeps_its_finalizer() {
+    let driver = unreachable_driver();
     let (_, seen) = play(rollout().finalized().deleted(), |c| context_with(c, driver)).await;
     assert!(
         seen.iter().all(|s| !(s.method == "PATCH" && s.uri.starts_with(&format!("{OBJECT}?")))),
@@ -353,17 +357,7 @@ async fn a_missing_hub_stalls_the_rollout_once_backs_off_and_recovers() {
 async fn a_hub_error_right_after_a_stall_leaves_no_stale_stall_behind() {
     // The Hub is back but its hub cannot be reached yet: the driver keeps the previous
     // conditions and says Reconciling; the old `HubNotFound` stall must not stay True.
-    let unreachable = crate::client::azure::AzureHub::new(
-        "HostName=unreachable.invalid;SharedAccessKeyName=iothubowner;SharedAccessKey=AAAA",
-        crate::client::azure::AzureHubOptions {
-            base_url: Some("http://127.0.0.1:9".into()),
-            max_attempts: 1,
-            request_timeout: Duration::from_secs(2),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let driver = Arc::new(Driver::new(Arc::new(unreachable), Arc::new(ManualClock::at_epoch())));
+    let driver = unreachable_driver();
     let (stalled, _) = controller::hub_stalled(&DeviceRolloutStatus::default(), HubProblem::HubNotFound, "gone", Some(1), jiff::Timestamp::UNIX_EPOCH);
     let mut ro = rollout().finalized();
     ro.status = Some(stalled);

@@ -3,8 +3,8 @@
 //! Exit codes a CI pipeline can use: 0 valid, 1 invalid, 2 the command itself failed
 //! (a file could not be read).
 
-use crate::resources::manifest::{Document, load_manifests};
-use std::path::{Path, PathBuf};
+use crate::manifest::{Document, load_manifests};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags of `ringmaster validate`.
@@ -21,35 +21,11 @@ pub fn crd() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every YAML file under `path` (or `path` itself), in a stable order.
-pub fn yaml_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let meta = std::fs::metadata(path)?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.path());
-    for e in entries {
-        let p = e.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') {
-            continue;
-        }
-        if p.is_dir() {
-            out.extend(yaml_files(&p)?);
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(p);
-        }
-    }
-    Ok(out)
-}
-
 /// `ringmaster validate FILES…`: checks every document offline and lists every problem.
 pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let mut files = Vec::new();
     for p in &args.paths {
-        match yaml_files(p) {
+        match crate::manifest::yaml_files(p) {
             Ok(f) => files.extend(f),
             Err(e) => {
                 eprintln!("error: {}: {e}", p.display());

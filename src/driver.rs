@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::core::decide::{self, Action, Budget, Deletion, Observation};
 use crate::core::status::{self, RECONCILING, STALLED};
 use crate::core::validate;
-use crate::hub::error::{ErrorCode, HubError};
+use crate::iothub::error::{ErrorCode, HubError};
 use crate::resources::operation::force_delete;
 use crate::resources::{DeviceRollout, DeviceRolloutStatus, HubLimits, Operation};
 use jiff::{SignedDuration, Timestamp};
@@ -56,8 +56,17 @@ pub struct HubRequest {
 }
 
 impl HubRequest {
-    fn of<T>(operation: &'static str, start: std::time::Instant, result: &Result<T, HubError>, ok: u16) -> HubRequest {
-        HubRequest { operation, status: result.as_ref().map_or_else(|e| e.http_status(), |_| ok), seconds: start.elapsed().as_secs_f64() }
+    fn of<T>(
+        operation: &'static str,
+        start: std::time::Instant,
+        result: &Result<T, HubError>,
+        ok: u16,
+    ) -> HubRequest {
+        HubRequest {
+            operation,
+            status: result.as_ref().map_or_else(|e| e.http_status(), |_| ok),
+            seconds: start.elapsed().as_secs_f64(),
+        }
     }
 }
 
@@ -69,7 +78,7 @@ pub struct ReconcileInput {
     pub deletion: Option<Deletion>,
     /// The hub's configurations, listed for a round of rollouts reconciled together
     /// ([`Driver::list`]); `None`: this reconcile lists them itself.
-    pub listing: Option<Arc<Vec<crate::hub::configuration::Configuration>>>,
+    pub listing: Option<Arc<Vec<crate::iothub::configuration::Configuration>>>,
 }
 
 impl ReconcileInput {
@@ -80,7 +89,9 @@ impl ReconcileInput {
         let ann = ro.metadata.annotations.as_ref();
         ReconcileInput {
             operations: Operation::from_annotations(ann),
-            deletion: ro.metadata.deletion_timestamp.as_ref().map(|_| Deletion { force: force_delete(ann) }),
+            deletion: ro.metadata.deletion_timestamp.as_ref().map(|_| Deletion {
+                force: force_delete(ann),
+            }),
             listing: None,
         }
     }
@@ -96,7 +107,11 @@ struct Bucket {
 
 impl Bucket {
     fn new(per_minute: u32, now: Timestamp) -> Bucket {
-        Bucket { per_minute: per_minute.max(1), tokens: f64::from(per_minute.max(1)), at: now }
+        Bucket {
+            per_minute: per_minute.max(1),
+            tokens: f64::from(per_minute.max(1)),
+            at: now,
+        }
     }
     fn refill(&mut self, now: Timestamp) {
         let elapsed = now.duration_since(self.at).as_secs_f64().max(0.0);
@@ -120,7 +135,8 @@ impl Bucket {
     /// Time until one more token.
     fn refill_in(&self) -> SignedDuration {
         let missing = (1.0 - self.tokens.fract()).max(0.0);
-        SignedDuration::from_secs_f64(missing * 60.0 / f64::from(self.per_minute)).max(SignedDuration::from_secs(1))
+        SignedDuration::from_secs_f64(missing * 60.0 / f64::from(self.per_minute))
+            .max(SignedDuration::from_secs(1))
     }
 }
 
@@ -154,7 +170,12 @@ impl Driver {
             queries: Bucket::new(limits.queries_per_minute, now),
             writes: Bucket::new(limits.configuration_writes_per_minute, now),
         };
-        Driver { hub, clock, limits, budgets: Mutex::new(budgets) }
+        Driver {
+            hub,
+            clock,
+            limits,
+            budgets: Mutex::new(budgets),
+        }
     }
 
     /// The hub this driver writes to.
@@ -163,12 +184,22 @@ impl Driver {
     }
 
     /// One reconcile, with operator requests and deletion read from the object.
-    pub async fn reconcile(&self, rollout: &DeviceRollout, status: &DeviceRolloutStatus) -> ReconcileOutcome {
-        self.reconcile_with(rollout, status, &ReconcileInput::from_object(rollout)).await
+    pub async fn reconcile(
+        &self,
+        rollout: &DeviceRollout,
+        status: &DeviceRolloutStatus,
+    ) -> ReconcileOutcome {
+        self.reconcile_with(rollout, status, &ReconcileInput::from_object(rollout))
+            .await
     }
 
     /// One reconcile with explicit inputs.
-    pub async fn reconcile_with(&self, rollout: &DeviceRollout, last: &DeviceRolloutStatus, input: &ReconcileInput) -> ReconcileOutcome {
+    pub async fn reconcile_with(
+        &self,
+        rollout: &DeviceRollout,
+        last: &DeviceRolloutStatus,
+        input: &ReconcileInput,
+    ) -> ReconcileOutcome {
         let now = self.clock.now();
         let mut outcome = ReconcileOutcome {
             status: last.clone(),
@@ -196,7 +227,8 @@ impl Driver {
             None => match self.list(&mut outcome.requests).await {
                 Ok(Ok(c)) => Arc::new(c),
                 Ok(Err(wait)) => {
-                    outcome.status.message = Some("waiting for the hub's configuration-operation budget".into());
+                    outcome.status.message =
+                        Some("waiting for the hub's configuration-operation budget".into());
                     outcome.requeue_after = wait;
                     return outcome;
                 }
@@ -224,7 +256,9 @@ impl Driver {
                 }
                 let start = std::time::Instant::now();
                 let counted = self.hub.count(&req.condition).await;
-                outcome.requests.push(HubRequest::of("query", start, &counted, 200));
+                outcome
+                    .requests
+                    .push(HubRequest::of("query", start, &counted, 200));
                 match counted {
                     Ok(n) => {
                         obs.counts.insert(req.key.clone(), n);
@@ -241,23 +275,48 @@ impl Driver {
         for action in &decision.actions {
             if !self.budgets.lock().writes.take(now) {
                 // Another rollout spent the budget since the decision: try again later.
-                outcome.requeue_after = to_std(self.budgets.lock().writes.refill_in().max(decide::MIN_REQUEUE));
+                outcome.requeue_after = to_std(
+                    self.budgets
+                        .lock()
+                        .writes
+                        .refill_in()
+                        .max(decide::MIN_REQUEUE),
+                );
                 return outcome;
             }
             let start = std::time::Instant::now();
             let (operation, ok, sent) = match action {
-                Action::Create(c) => ("create", 200, self.hub.create_configuration(c).await.map(|_| ())),
+                Action::Create(c) => (
+                    "create",
+                    200,
+                    self.hub.create_configuration(c).await.map(|_| ()),
+                ),
                 Action::Update { config, etag } => {
                     let etag = etag.as_deref().map(quote_etag);
-                    ("update", 200, self.hub.update_configuration(config, etag.as_deref()).await.map(|_| ()))
+                    (
+                        "update",
+                        200,
+                        self.hub
+                            .update_configuration(config, etag.as_deref())
+                            .await
+                            .map(|_| ()),
+                    )
                 }
-                Action::Delete { id } => ("delete", 204, self.hub.delete_configuration(id, None).await),
+                Action::Delete { id } => {
+                    ("delete", 204, self.hub.delete_configuration(id, None).await)
+                }
             };
-            outcome.requests.push(HubRequest::of(operation, start, &sent, ok));
+            outcome
+                .requests
+                .push(HubRequest::of(operation, start, &sent, ok));
             // A create that finds it there, or a delete that finds it gone, did its job.
             let result = match (action, sent) {
-                (Action::Create(_), Err(e)) if e.code == ErrorCode::ConfigurationAlreadyExists => Ok(()),
-                (Action::Delete { .. }, Err(e)) if e.code == ErrorCode::ConfigurationNotFound => Ok(()),
+                (Action::Create(_), Err(e)) if e.code == ErrorCode::ConfigurationAlreadyExists => {
+                    Ok(())
+                }
+                (Action::Delete { .. }, Err(e)) if e.code == ErrorCode::ConfigurationNotFound => {
+                    Ok(())
+                }
                 (_, other) => other,
             };
             if let Err(e) = result {
@@ -275,11 +334,21 @@ impl Driver {
     /// operation (it counts against the same per-minute throttle as writes). `Ok(Err(wait))`
     /// when the budget is spent. A controller that reconciles several rollouts of this hub
     /// at once lists once and hands the listing to each ([`ReconcileInput::listing`]).
-    pub async fn list(&self, requests: &mut Vec<HubRequest>) -> Result<Result<Vec<crate::hub::configuration::Configuration>, std::time::Duration>, HubError> {
+    pub async fn list(
+        &self,
+        requests: &mut Vec<HubRequest>,
+    ) -> Result<
+        Result<Vec<crate::iothub::configuration::Configuration>, std::time::Duration>,
+        HubError,
+    > {
         let now = self.clock.now();
         let listed = {
             let mut b = self.budgets.lock();
-            if b.writes.take(now) { Ok(()) } else { Err(b.writes.refill_in()) }
+            if b.writes.take(now) {
+                Ok(())
+            } else {
+                Err(b.writes.refill_in())
+            }
         };
         if let Err(wait) = listed {
             return Ok(Err(to_std(wait.max(decide::MIN_REQUEUE))));
@@ -295,11 +364,21 @@ impl Driver {
         let queries = b.queries.available(now);
         let writes = b.writes.available(now);
         let refill = b.queries.refill_in().min(b.writes.refill_in());
-        Budget { queries, writes, refill }
+        Budget {
+            queries,
+            writes,
+            refill,
+        }
     }
 
     /// The previous status, with the hub's error in it.
-    fn failed(&self, mut outcome: ReconcileOutcome, ro: &DeviceRollout, e: HubError, now: Timestamp) -> ReconcileOutcome {
+    fn failed(
+        &self,
+        mut outcome: ReconcileOutcome,
+        ro: &DeviceRollout,
+        e: HubError,
+        now: Timestamp,
+    ) -> ReconcileOutcome {
         let g = ro.metadata.generation;
         let st = &mut outcome.status;
         let message = format!("the hub refused: {e}");
@@ -308,7 +387,10 @@ impl Driver {
         // Throttling, outages and races are transient: still Reconciling.
         let (stalled, wait) = match e.code {
             ErrorCode::ThrottlingException | ErrorCode::IotHubQuotaExceeded => (false, 60),
-            ErrorCode::ServerError | ErrorCode::ServiceUnavailable | ErrorCode::PreconditionFailed | ErrorCode::ConfigurationNotFound => (false, 15),
+            ErrorCode::ServerError
+            | ErrorCode::ServiceUnavailable
+            | ErrorCode::PreconditionFailed
+            | ErrorCode::ConfigurationNotFound => (false, 15),
             _ => (true, 120),
         };
         if stalled {
@@ -323,11 +405,16 @@ impl Driver {
 
 /// IoT Hub ignores an unquoted If-Match (reference §3.3): quote it.
 fn quote_etag(etag: &str) -> String {
-    if etag.starts_with('"') { etag.to_string() } else { format!("\"{etag}\"") }
+    if etag.starts_with('"') {
+        etag.to_string()
+    } else {
+        format!("\"{etag}\"")
+    }
 }
 
 fn to_std(d: SignedDuration) -> std::time::Duration {
-    std::time::Duration::try_from(d.max(decide::MIN_REQUEUE)).unwrap_or(std::time::Duration::from_secs(5))
+    std::time::Duration::try_from(d.max(decide::MIN_REQUEUE))
+        .unwrap_or(std::time::Duration::from_secs(5))
 }
 
 #[cfg(test)]

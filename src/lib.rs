@@ -8,8 +8,6 @@
 //! the operator commands, [`server`] the hub's REST API, [`demo`] which plays all of it in one process in virtual time, and
 //! the CLI in `main.rs`.
 
-pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -17,11 +15,10 @@ pub mod core;
 pub mod demo;
 pub mod driver;
 pub mod hub;
+pub mod iothub;
 pub mod kube;
+pub mod manifest;
 pub mod metrics;
 pub mod ops;
 pub mod resources;
 pub mod run;
-pub mod server;
-pub mod sources;
-pub mod state;

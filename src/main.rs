@@ -10,7 +10,11 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringmaster", version, about = "Declarative phased rollouts of IoT Hub automatic device configurations")]
+#[command(
+    name = "ringmaster",
+    version,
+    about = "Declarative phased rollouts of IoT Hub automatic device configurations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,15 +53,15 @@ enum Command {
 #[derive(Subcommand)]
 enum HubCommand {
     /// Measure the embedded hub's engine against SQLite on generated twins and print figures.
-    Bench(ringmaster::bench::BenchArgs),
+    Bench(ringmaster::hub::bench::BenchArgs),
     /// Serve the embedded hub over an Azure IoT Hub compatible REST API.
-    Serve(Box<ringmaster::server::ServeArgs>),
+    Serve(Box<ringmaster::hub::server::ServeArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Hub(HubCommand::Bench(args)) => ringmaster::bench::run(args),
+        Command::Hub(HubCommand::Bench(args)) => ringmaster::hub::bench::run(args),
         Command::Hub(HubCommand::Serve(args)) => serve(*args),
         Command::Crd => ringmaster::cli::crd(),
         Command::Validate(args) => ringmaster::cli::validate(args),
@@ -81,9 +85,9 @@ fn main() -> ExitCode {
 }
 
 /// `hub serve`: logs to stderr (`RUST_LOG`, default info), the server on a tokio runtime.
-fn serve(args: ringmaster::server::ServeArgs) -> anyhow::Result<ExitCode> {
+fn serve(args: ringmaster::hub::server::ServeArgs) -> anyhow::Result<ExitCode> {
     init_logs();
-    tokio::runtime::Runtime::new()?.block_on(ringmaster::server::run(args))?;
+    tokio::runtime::Runtime::new()?.block_on(ringmaster::hub::server::run(args))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -73,17 +73,53 @@ impl Default for Metrics {
             phases: Mutex::default(),
         };
         registry.register("reconciles", "Reconciles started", m.reconciles.clone());
-        registry.register("reconcile_errors", "Reconciles that failed before the hub was reached, by error kind", m.errors.clone());
-        registry.register("reconcile_duration_seconds", "Time one reconcile took", m.duration.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed before the hub was reached, by error kind",
+            m.errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            m.duration.clone(),
+        );
         registry.register("rollouts", "Rollouts by phase", m.rollouts.clone());
-        registry.register("gate_verdicts", "Gate verdicts newly recorded on a ring", m.verdicts.clone());
-        registry.register("hub_requests", "Requests to hubs by operation and HTTP status", m.requests.clone());
-        registry.register("hub_request_duration_seconds", "Hub request durations by operation", m.request_duration.clone());
-        registry.register("hub_actions", "Configuration writes done on hubs", m.actions.clone());
-        registry.register("hub_errors", "Hub errors that stopped a reconcile, by IoT Hub error code", m.hub_errors.clone());
-        registry.register("source_errors", "Source reads that failed", m.source_errors.clone());
+        registry.register(
+            "gate_verdicts",
+            "Gate verdicts newly recorded on a ring",
+            m.verdicts.clone(),
+        );
+        registry.register(
+            "hub_requests",
+            "Requests to hubs by operation and HTTP status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "hub_request_duration_seconds",
+            "Hub request durations by operation",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "hub_actions",
+            "Configuration writes done on hubs",
+            m.actions.clone(),
+        );
+        registry.register(
+            "hub_errors",
+            "Hub errors that stopped a reconcile, by IoT Hub error code",
+            m.hub_errors.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Source reads that failed",
+            m.source_errors.clone(),
+        );
         registry.register("webhooks", "Accepted git webhooks", m.webhooks.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", m.leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            m.leader.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -92,19 +128,31 @@ impl Metrics {
     /// Counts a reconcile and times it until the guard drops.
     pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
-        ReconcileTimer { metrics: self, start: std::time::Instant::now() }
+        ReconcileTimer {
+            metrics: self,
+            start: std::time::Instant::now(),
+        }
     }
 
     /// Counts a reconcile that failed before the hub was reached.
     pub fn reconcile_failed(&self, kind: &str) {
-        self.errors.get_or_create(&vec![("error", kind.to_string())]).inc();
+        self.errors
+            .get_or_create(&vec![("error", kind.to_string())])
+            .inc();
     }
 
     /// Counts hub requests made outside a reconcile (a listing shared by a round).
     pub fn hub_requests(&self, requests: &[HubRequest]) {
         for r in requests {
-            self.requests.get_or_create(&vec![("operation", r.operation.to_string()), ("code", r.status.to_string())]).inc();
-            self.request_duration.get_or_create(&vec![("operation", r.operation.to_string())]).observe(r.seconds);
+            self.requests
+                .get_or_create(&vec![
+                    ("operation", r.operation.to_string()),
+                    ("code", r.status.to_string()),
+                ])
+                .inc();
+            self.request_duration
+                .get_or_create(&vec![("operation", r.operation.to_string())])
+                .observe(r.seconds);
         }
     }
 
@@ -117,17 +165,27 @@ impl Metrics {
                 Action::Update { .. } => "update",
                 Action::Delete { .. } => "delete",
             };
-            self.actions.get_or_create(&vec![("action", action.to_string())]).inc();
+            self.actions
+                .get_or_create(&vec![("action", action.to_string())])
+                .inc();
         }
         if let Some(e) = &outcome.error {
-            self.hub_errors.get_or_create(&vec![("code", e.code.name().to_string())]).inc();
+            self.hub_errors
+                .get_or_create(&vec![("code", e.code.name().to_string())])
+                .inc();
         }
         for (i, ring) in outcome.status.rings.iter().enumerate() {
-            let before = last.rings.get(i).filter(|r| r.name == ring.name).and_then(|r| r.verdict);
+            let before = last
+                .rings
+                .get(i)
+                .filter(|r| r.name == ring.name)
+                .and_then(|r| r.verdict);
             if let Some(v) = ring.verdict
                 && before != Some(v)
             {
-                self.verdicts.get_or_create(&vec![("verdict", format!("{v:?}"))]).inc();
+                self.verdicts
+                    .get_or_create(&vec![("verdict", format!("{v:?}"))])
+                    .inc();
             }
         }
         self.set_phase(key, Some(outcome.status.phase));
@@ -183,7 +241,9 @@ pub struct ReconcileTimer<'a> {
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        self.metrics.duration.observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .duration
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -200,9 +260,21 @@ mod tests {
         m.set_phase("a/x", Some(Some(Phase::Progressing)));
         m.set_phase("a/y", None);
         m.hub_requests(&[
-            HubRequest { operation: "list", status: 200, seconds: 0.002 },
-            HubRequest { operation: "list", status: 429, seconds: 0.001 },
-            HubRequest { operation: "list", status: 200, seconds: 0.003 },
+            HubRequest {
+                operation: "list",
+                status: 200,
+                seconds: 0.002,
+            },
+            HubRequest {
+                operation: "list",
+                status: 429,
+                seconds: 0.001,
+            },
+            HubRequest {
+                operation: "list",
+                status: 200,
+                seconds: 0.003,
+            },
         ]);
         let text = m.encode();
         for line in [

@@ -8,8 +8,10 @@
 
 use ringmaster::client::Hub;
 use ringmaster::client::azure::{AzureHub, AzureHubOptions, RequestBudget};
-use ringmaster::hub::configuration::{Configuration, ConfigurationContent, ConfigurationMetrics};
-use ringmaster::hub::error::ErrorCode;
+use ringmaster::iothub::configuration::{
+    Configuration, ConfigurationContent, ConfigurationMetrics,
+};
+use ringmaster::iothub::error::ErrorCode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -35,7 +37,16 @@ impl Drop for Served {
 fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringmaster"))
-        .args(["hub", "serve", "--listen", "127.0.0.1:0", "--tls-self-signed", "--cycle-interval", "1s", "--store"])
+        .args([
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-self-signed",
+            "--cycle-interval",
+            "1s",
+            "--store",
+        ])
         .arg(dir.path().join("hub.db"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -53,7 +64,9 @@ fn serve() -> Served {
     });
     let (mut cs, mut ca) = (None, None);
     while cs.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("hub serve printed its connection string");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("hub serve printed its connection string");
         if let Some(rest) = line.strip_prefix("CA certificate: ") {
             ca = Some(PathBuf::from(rest.split(" (").next().unwrap()));
         }
@@ -82,10 +95,24 @@ fn sdk_python() -> PathBuf {
     if ready(&python) {
         return python;
     }
-    let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is installed");
-    assert!(st.success(), "python3 -m venv {} failed (Debian: apt-get install python3-venv)", venv.display());
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 is installed");
+    assert!(
+        st.success(),
+        "python3 -m venv {} failed (Debian: apt-get install python3-venv)",
+        venv.display()
+    );
     let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "--disable-pip-version-check", "-q", "azure-iot-hub==2.7.0", "six"])
+        .args([
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "azure-iot-hub==2.7.0",
+            "six",
+        ])
         .output()
         .expect("run pip");
     assert!(
@@ -112,7 +139,10 @@ fn the_official_python_sdk_drives_the_served_hub() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "Python SDK scenarios failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "Python SDK scenarios failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all scenarios passed"));
 }
 
@@ -124,13 +154,19 @@ fn rollout(id: &str, target: &str) -> Configuration {
         target_condition: target.into(),
         priority: 10,
         content: ConfigurationContent {
-            device_content: Some(json!({"properties.desired.firmware": {"version": "2.0.0"}}).as_object().unwrap().clone()),
+            device_content: Some(
+                json!({"properties.desired.firmware": {"version": "2.0.0"}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
             ..Default::default()
         },
         metrics: ConfigurationMetrics {
             queries: BTreeMap::from([(
                 "current".into(),
-                "SELECT deviceId FROM devices WHERE properties.reported.firmware.version = '2.0.0'".into(),
+                "SELECT deviceId FROM devices WHERE properties.reported.firmware.version = '2.0.0'"
+                    .into(),
             )]),
             ..Default::default()
         },
@@ -149,9 +185,15 @@ async fn azure_hub_passes_the_same_scenarios_over_https() {
     let hub = AzureHub::new(&served.connection_string, opts).unwrap();
 
     // Devices: create, duplicate, bulk.
-    let d = hub.create_device(&json!({"deviceId": "rs-dev-1", "status": "enabled"})).await.unwrap();
+    let d = hub
+        .create_device(&json!({"deviceId": "rs-dev-1", "status": "enabled"}))
+        .await
+        .unwrap();
     assert!(d["etag"].as_str().is_some_and(|e| !e.is_empty()));
-    let e = hub.create_device(&json!({"deviceId": "rs-dev-1"})).await.unwrap_err();
+    let e = hub
+        .create_device(&json!({"deviceId": "rs-dev-1"}))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::DeviceAlreadyExists);
     let entries: Vec<Value> = (0..40)
         .map(|i| json!({"id": format!("rs-bulk-{i:03}"), "importMode": "create", "tags": {"fleet": "rs", "ring": if i < 5 { "canary" } else { "broad" }}}))
@@ -167,9 +209,19 @@ async fn azure_hub_passes_the_same_scenarios_over_https() {
     let t = hub.get_twin("rs-bulk-000").await.unwrap().unwrap();
     assert_eq!(t["tags"]["ring"], "canary");
     let etag = t["etag"].as_str().unwrap().to_string();
-    let t2 = hub.update_twin("rs-bulk-000", &json!({"tags": {"site": "lab"}}), Some(&etag)).await.unwrap();
+    let t2 = hub
+        .update_twin(
+            "rs-bulk-000",
+            &json!({"tags": {"site": "lab"}}),
+            Some(&etag),
+        )
+        .await
+        .unwrap();
     assert_eq!(t2["tags"]["site"], "lab");
-    let e = hub.update_twin("rs-bulk-000", &json!({"tags": {"site": "x"}}), Some(&etag)).await.unwrap_err();
+    let e = hub
+        .update_twin("rs-bulk-000", &json!({"tags": {"site": "x"}}), Some(&etag))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::PreconditionFailed);
     assert_eq!(hub.get_twin("nobody").await.unwrap(), None);
 
@@ -178,45 +230,104 @@ async fn azure_hub_passes_the_same_scenarios_over_https() {
     let mut seen = Vec::new();
     let mut cont = None;
     loop {
-        let p = hub.query("SELECT * FROM devices WHERE tags.fleet = 'rs'", Some(7), cont.as_deref()).await.unwrap();
+        let p = hub
+            .query(
+                "SELECT * FROM devices WHERE tags.fleet = 'rs'",
+                Some(7),
+                cont.as_deref(),
+            )
+            .await
+            .unwrap();
         pages += 1;
         assert_eq!(p.item_type, "twin");
-        seen.extend(p.items.iter().map(|t| t["deviceId"].as_str().unwrap().to_string()));
+        seen.extend(
+            p.items
+                .iter()
+                .map(|t| t["deviceId"].as_str().unwrap().to_string()),
+        );
         match p.continuation {
             Some(c) => cont = Some(c),
             None => break,
         }
     }
     assert_eq!((seen.len(), pages), (40, 6));
-    assert_eq!(hub.query_all("SELECT deviceId FROM devices WHERE tags.fleet = 'rs'", Some(9)).await.unwrap().len(), 40);
+    assert_eq!(
+        hub.query_all(
+            "SELECT deviceId FROM devices WHERE tags.fleet = 'rs'",
+            Some(9)
+        )
+        .await
+        .unwrap()
+        .len(),
+        40
+    );
     assert_eq!(hub.count("tags.ring = 'canary'").await.unwrap(), 5);
 
     // Configurations: create, duplicate, get, update with etag, stale etag, list, delete.
-    let c = hub.create_configuration(&rollout("rs-fw-200", "tags.ring = 'canary'")).await.unwrap();
-    let etag1 = c.etag.clone().unwrap();
-    // An identical create is idempotent (as after a lost answer); a different one is not.
-    assert_eq!(hub.create_configuration(&rollout("rs-fw-200", "tags.ring = 'canary'")).await.unwrap().etag, c.etag);
-    let e = hub.create_configuration(&rollout("rs-fw-200", "*")).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::ConfigurationAlreadyExists);
-    let twin = hub.get_twin("rs-bulk-001").await.unwrap().unwrap();
-    assert_eq!(twin["properties"]["desired"]["firmware"]["version"], "2.0.0");
-    let mut wider = hub.get_configuration("rs-fw-200").await.unwrap().unwrap();
-    wider.target_condition = "tags.ring = 'canary' OR tags.ring = 'broad'".into();
-    let c2 = hub.update_configuration(&wider, Some(&etag1)).await.unwrap();
-    assert_ne!(c2.etag.as_deref(), Some(etag1.as_str()));
-    let e = hub.update_configuration(&wider, Some(&etag1)).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::PreconditionFailed);
-    assert!(hub.list_configurations().await.unwrap().iter().any(|c| c.id == "rs-fw-200"));
-    let ok = hub.test_queries("tags.ring = 'canary'", &BTreeMap::new()).await.unwrap();
-    assert_eq!(ok.target_condition_error, "");
-    let bad = hub
-        .test_queries("tags.ring = = 'x'", &BTreeMap::from([("bad".into(), "SELEKT".into())]))
+    let c = hub
+        .create_configuration(&rollout("rs-fw-200", "tags.ring = 'canary'"))
         .await
         .unwrap();
-    assert!(!bad.target_condition_error.is_empty() && bad.custom_metric_query_errors.contains_key("bad"));
+    let etag1 = c.etag.clone().unwrap();
+    // An identical create is idempotent (as after a lost answer); a different one is not.
+    assert_eq!(
+        hub.create_configuration(&rollout("rs-fw-200", "tags.ring = 'canary'"))
+            .await
+            .unwrap()
+            .etag,
+        c.etag
+    );
+    let e = hub
+        .create_configuration(&rollout("rs-fw-200", "*"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::ConfigurationAlreadyExists);
+    let twin = hub.get_twin("rs-bulk-001").await.unwrap().unwrap();
+    assert_eq!(
+        twin["properties"]["desired"]["firmware"]["version"],
+        "2.0.0"
+    );
+    let mut wider = hub.get_configuration("rs-fw-200").await.unwrap().unwrap();
+    wider.target_condition = "tags.ring = 'canary' OR tags.ring = 'broad'".into();
+    let c2 = hub
+        .update_configuration(&wider, Some(&etag1))
+        .await
+        .unwrap();
+    assert_ne!(c2.etag.as_deref(), Some(etag1.as_str()));
+    let e = hub
+        .update_configuration(&wider, Some(&etag1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::PreconditionFailed);
+    assert!(
+        hub.list_configurations()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.id == "rs-fw-200")
+    );
+    let ok = hub
+        .test_queries("tags.ring = 'canary'", &BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(ok.target_condition_error, "");
+    let bad = hub
+        .test_queries(
+            "tags.ring = = 'x'",
+            &BTreeMap::from([("bad".into(), "SELEKT".into())]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !bad.target_condition_error.is_empty()
+            && bad.custom_metric_query_errors.contains_key("bad")
+    );
     hub.delete_configuration("rs-fw-200", None).await.unwrap();
     assert_eq!(hub.get_configuration("rs-fw-200").await.unwrap(), None);
-    let e = hub.delete_configuration("rs-fw-200", None).await.unwrap_err();
+    let e = hub
+        .delete_configuration("rs-fw-200", None)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::ConfigurationNotFound);
 
     hub.delete_device("rs-dev-1", None).await.unwrap();

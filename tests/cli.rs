@@ -8,9 +8,15 @@ fn ringmaster() -> Command {
 
 #[test]
 fn every_example_passes_validate() {
-    let out = ringmaster().args(["validate", "examples/rollouts"]).assert().success();
+    let out = ringmaster()
+        .args(["validate", "examples/rollouts"])
+        .assert()
+        .success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    assert!(stdout.starts_with("valid: 4 DeviceRollout and 2 Hub documents"), "{stdout}");
+    assert!(
+        stdout.starts_with("valid: 4 DeviceRollout and 2 Hub documents"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -22,18 +28,35 @@ fn validate_lists_every_problem_with_file_and_line_and_exits_1() {
         "apiVersion: ringmaster.dev/v1alpha1\nkind: DeviceRollout\nmetadata: {name: x, namespace: y}\nspec:\n  target: \"tags.a = \"\n  content: {device: {properties.desired.fw: {v: 1}}}\n  rings:\n    - {name: canary, target: \"tags.ring='canary'\"}\n    - {name: canary, target: \"*\"}\n",
     )
     .unwrap();
-    std::fs::write(dir.path().join("good.yml"), std::fs::read_to_string("examples/rollouts/40-network.yaml").unwrap()).unwrap();
-    let out = ringmaster().arg("validate").arg(dir.path()).assert().code(1);
+    std::fs::write(
+        dir.path().join("good.yml"),
+        std::fs::read_to_string("examples/rollouts/40-network.yaml").unwrap(),
+    )
+    .unwrap();
+    let out = ringmaster()
+        .arg("validate")
+        .arg(dir.path())
+        .assert()
+        .code(1);
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    assert!(stdout.contains("bad.yaml:5"), "the target's line is named: {stdout}");
+    assert!(
+        stdout.contains("bad.yaml:5"),
+        "the target's line is named: {stdout}"
+    );
     assert!(stdout.contains("spec.target"), "{stdout}");
-    assert!(stdout.contains("spec.rings[1].name"), "duplicate ring name: {stdout}");
+    assert!(
+        stdout.contains("spec.rings[1].name"),
+        "duplicate ring name: {stdout}"
+    );
     assert!(stdout.contains("invalid: 2 problems"), "{stdout}");
 }
 
 #[test]
 fn validate_of_a_missing_file_exits_2() {
-    ringmaster().args(["validate", "no/such/file.yaml"]).assert().code(2);
+    ringmaster()
+        .args(["validate", "no/such/file.yaml"])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -42,7 +65,10 @@ fn crd_prints_both_definitions_as_checked_in() {
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
     let rollouts = std::fs::read_to_string("crds/devicerollouts.ringmaster.dev.yaml").unwrap();
     let hubs = std::fs::read_to_string("crds/hubs.ringmaster.dev.yaml").unwrap();
-    assert!(stdout.contains(rollouts.trim()), "crds/ is out of date: run UPDATE_CRDS=1 cargo test --lib crds");
+    assert!(
+        stdout.contains(rollouts.trim()),
+        "crds/ is out of date: run UPDATE_CRDS=1 cargo test --lib crds"
+    );
     assert!(stdout.contains(hubs.trim()));
 }
 

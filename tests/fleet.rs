@@ -3,9 +3,9 @@
 
 use jiff::SignedDuration;
 use ringmaster::clock::ManualClock;
-use ringmaster::hub::configuration::{Configuration, ConfigurationContent};
-use ringmaster::hub::fleet::{FleetAgent, FleetSpec};
 use ringmaster::hub::EmbeddedHub;
+use ringmaster::hub::fleet::{FleetAgent, FleetSpec};
+use ringmaster::iothub::configuration::{Configuration, ConfigurationContent};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -29,7 +29,13 @@ settings: [network]
 "#;
 
 fn count(hub: &EmbeddedHub, cond: &str) -> i64 {
-    hub.query(&format!("SELECT COUNT() AS n FROM devices WHERE {cond}"), None, None).unwrap().items[0]["n"]
+    hub.query(
+        &format!("SELECT COUNT() AS n FROM devices WHERE {cond}"),
+        None,
+        None,
+    )
+    .unwrap()
+    .items[0]["n"]
         .as_i64()
         .unwrap()
 }
@@ -40,7 +46,12 @@ fn rollout(id: &str, version: &str, target: &str) -> Configuration {
         target_condition: target.into(),
         priority: 10,
         content: ConfigurationContent {
-            device_content: Some(json!({"properties.desired.firmware": {"version": version}}).as_object().unwrap().clone()),
+            device_content: Some(
+                json!({"properties.desired.firmware": {"version": version}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
             ..Default::default()
         },
         ..Default::default()
@@ -65,7 +76,13 @@ fn the_fleet_is_tagged_by_share_and_reports_its_firmware() {
     assert_eq!(count(&hub, "tags.ring='early'"), 120);
     assert_eq!(count(&hub, "tags.model='5000x'"), 200);
     assert_eq!(count(&hub, "tags.environment='prod'"), 400);
-    assert_eq!(count(&hub, "properties.reported.firmware.version='2.3.0' AND properties.reported.firmware.status='Current'"), 400);
+    assert_eq!(
+        count(
+            &hub,
+            "properties.reported.firmware.version='2.3.0' AND properties.reported.firmware.status='Current'"
+        ),
+        400
+    );
     assert_eq!(count(&hub, "properties.reported.model = tags.model"), 400);
 }
 
@@ -73,10 +90,15 @@ fn the_fleet_is_tagged_by_share_and_reports_its_firmware() {
 fn devices_download_apply_and_report_current_or_error() {
     let clock = ManualClock::at_epoch();
     let hub = EmbeddedHub::in_memory(Arc::new(clock.clone()));
-    let mut agent = FleetAgent::create(&hub, FleetSpec::parse("fleet.yaml", SPEC).unwrap()).unwrap();
-    hub.create_configuration(&rollout("good", "2.4.0", "tags.ring='canary'")).unwrap();
+    let mut agent =
+        FleetAgent::create(&hub, FleetSpec::parse("fleet.yaml", SPEC).unwrap()).unwrap();
+    hub.create_configuration(&rollout("good", "2.4.0", "tags.ring='canary'"))
+        .unwrap();
     run_for(&hub, &mut agent, &clock, 1);
-    let downloading = count(&hub, "properties.reported.firmware.status='Downloading' AND properties.reported.firmware.target='2.4.0'");
+    let downloading = count(
+        &hub,
+        "properties.reported.firmware.status='Downloading' AND properties.reported.firmware.target='2.4.0'",
+    );
     let online_canary = (0..400)
         .map(|i| agent.spec().device_id(i))
         .filter(|id| !agent.is_offline(id))
@@ -85,19 +107,44 @@ fn devices_download_apply_and_report_current_or_error() {
     assert_eq!(downloading, online_canary);
     assert!(online_canary < 40, "some canary devices are offline");
     run_for(&hub, &mut agent, &clock, 60);
-    assert_eq!(count(&hub, "properties.reported.firmware.version='2.4.0' AND properties.reported.firmware.status='Current'"), online_canary);
-    assert_eq!(count(&hub, "properties.reported.firmware.status='Error'"), 0);
+    assert_eq!(
+        count(
+            &hub,
+            "properties.reported.firmware.version='2.4.0' AND properties.reported.firmware.status='Current'"
+        ),
+        online_canary
+    );
+    assert_eq!(
+        count(&hub, "properties.reported.firmware.status='Error'"),
+        0
+    );
 
     // A faulty version fails on about 30% of the 5000x devices and on no 4000x.
     hub.delete_configuration("good", None).unwrap();
-    hub.create_configuration(&rollout("bad", "2.5.0", "*")).unwrap();
+    hub.create_configuration(&rollout("bad", "2.5.0", "*"))
+        .unwrap();
     run_for(&hub, &mut agent, &clock, 90);
-    let errors_5000 = count(&hub, "properties.reported.firmware.status='Error' AND tags.model='5000x'");
-    let errors_4000 = count(&hub, "properties.reported.firmware.status='Error' AND tags.model='4000x'");
+    let errors_5000 = count(
+        &hub,
+        "properties.reported.firmware.status='Error' AND tags.model='5000x'",
+    );
+    let errors_4000 = count(
+        &hub,
+        "properties.reported.firmware.status='Error' AND tags.model='4000x'",
+    );
     assert_eq!(errors_4000, 0);
-    assert!((35..=85).contains(&errors_5000), "{errors_5000} errors of ~190 online 5000x devices");
+    assert!(
+        (35..=85).contains(&errors_5000),
+        "{errors_5000} errors of ~190 online 5000x devices"
+    );
     // Failed devices keep running their old version.
-    assert_eq!(count(&hub, "properties.reported.firmware.status='Error' AND properties.reported.firmware.version='2.5.0'"), 0);
+    assert_eq!(
+        count(
+            &hub,
+            "properties.reported.firmware.status='Error' AND properties.reported.firmware.version='2.5.0'"
+        ),
+        0
+    );
 
     // Rolling back (delete the bad configuration, a baseline takes over) heals the errors.
     hub.delete_configuration("bad", None).unwrap();
@@ -105,19 +152,37 @@ fn devices_download_apply_and_report_current_or_error() {
     base.priority = 1;
     hub.create_configuration(&base).unwrap();
     run_for(&hub, &mut agent, &clock, 90);
-    assert_eq!(count(&hub, "properties.reported.firmware.status='Error'"), 0);
-    assert_eq!(count(&hub, "properties.reported.firmware.status='Current' AND properties.reported.firmware.version='2.3.0'"), count(&hub, "properties.reported.firmware.status='Current'"));
+    assert_eq!(
+        count(&hub, "properties.reported.firmware.status='Error'"),
+        0
+    );
+    assert_eq!(
+        count(
+            &hub,
+            "properties.reported.firmware.status='Current' AND properties.reported.firmware.version='2.3.0'"
+        ),
+        count(&hub, "properties.reported.firmware.status='Current'")
+    );
 }
 
 #[test]
 fn settings_sections_are_echoed_back_as_applied() {
     let clock = ManualClock::at_epoch();
     let hub = EmbeddedHub::in_memory(Arc::new(clock.clone()));
-    let mut agent = FleetAgent::create(&hub, FleetSpec::parse("fleet.yaml", SPEC).unwrap()).unwrap();
+    let mut agent =
+        FleetAgent::create(&hub, FleetSpec::parse("fleet.yaml", SPEC).unwrap()).unwrap();
     let mut c = rollout("net", "x", "tags.ring='canary'");
-    c.content.device_content = Some(json!({"properties.desired.network": {"mtu": 1400}}).as_object().unwrap().clone());
+    c.content.device_content = Some(
+        json!({"properties.desired.network": {"mtu": 1400}})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
     hub.create_configuration(&c).unwrap();
     run_for(&hub, &mut agent, &clock, 30);
-    let applied = count(&hub, "properties.reported.network.mtu = 1400 AND properties.reported.network.status = 'Applied'");
+    let applied = count(
+        &hub,
+        "properties.reported.network.mtu = 1400 AND properties.reported.network.status = 'Applied'",
+    );
     assert!(applied > 30 && applied <= 40, "{applied}");
 }

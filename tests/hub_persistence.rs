@@ -1,9 +1,10 @@
 //! The embedded hub's SQLite store: acknowledged writes survive a killed process.
 
 use ringmaster::clock::{ManualClock, SystemClock};
-use ringmaster::hub::configuration::{Configuration, ConfigurationContent};
-use ringmaster::hub::device::Device;
-use ringmaster::hub::{EmbeddedHub, ErrorCode, HubOptions};
+use ringmaster::hub::{EmbeddedHub, HubOptions};
+use ringmaster::iothub::ErrorCode;
+use ringmaster::iothub::configuration::{Configuration, ConfigurationContent};
+use ringmaster::iothub::device::Device;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -17,7 +18,12 @@ fn fw_config() -> Configuration {
         target_condition: "tags.ring='canary'".into(),
         priority: 5,
         content: ConfigurationContent {
-            device_content: Some(json!({"properties.desired.firmware": {"version": "2"}}).as_object().unwrap().clone()),
+            device_content: Some(
+                json!({"properties.desired.firmware": {"version": "2"}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
             ..Default::default()
         },
         ..Default::default()
@@ -26,12 +32,18 @@ fn fw_config() -> Configuration {
 
 /// The child: writes devices as fast as it can and prints an ACK after each returns.
 fn child(path: &str) {
-    let hub = EmbeddedHub::open(std::path::Path::new(path), Arc::new(SystemClock), HubOptions::default()).unwrap();
+    let hub = EmbeddedHub::open(
+        std::path::Path::new(path),
+        Arc::new(SystemClock),
+        HubOptions::default(),
+    )
+    .unwrap();
     hub.create_configuration(&fw_config()).unwrap();
     let out = std::io::stdout();
     for i in 0.. {
         let id = format!("d{i}");
-        hub.create_device_with_twin(Device::new(&id), &json!({"tags": {"ring": "canary"}})).unwrap();
+        hub.create_device_with_twin(Device::new(&id), &json!({"tags": {"ring": "canary"}}))
+            .unwrap();
         hub.patch_reported(&id, &json!({"seq": i})).unwrap();
         let mut o = out.lock();
         writeln!(o, "ACK {i}").unwrap();
@@ -48,7 +60,12 @@ fn reopening_after_sigkill_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("hub.db");
     let mut proc = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "reopening_after_sigkill_loses_nothing_acknowledged", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "reopening_after_sigkill_loses_nothing_acknowledged",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -73,7 +90,10 @@ fn reopening_after_sigkill_loses_nothing_acknowledged() {
     for i in 0..acked {
         let t = hub.get_twin(&format!("d{i}")).unwrap();
         assert_eq!(t["properties"]["reported"]["seq"], i, "d{i}");
-        assert_eq!(t["properties"]["desired"]["firmware"]["version"], "2", "d{i}");
+        assert_eq!(
+            t["properties"]["desired"]["firmware"]["version"], "2",
+            "d{i}"
+        );
         assert_eq!(t["configurations"]["fw"]["status"], "applied", "d{i}");
     }
     let fw = hub.get_configuration("fw").unwrap();
@@ -88,11 +108,17 @@ fn a_reopened_hub_keeps_owners_etags_and_creation_order() {
     let etag;
     {
         let hub = EmbeddedHub::open(&db, Arc::new(clock.clone()), HubOptions::default()).unwrap();
-        hub.create_device_with_twin(Device::new("d1"), &json!({"tags": {"ring": "canary"}})).unwrap();
+        hub.create_device_with_twin(Device::new("d1"), &json!({"tags": {"ring": "canary"}}))
+            .unwrap();
         let mut base = fw_config();
         base.id = "base".into();
         base.target_condition = "*".into();
-        base.content.device_content = Some(json!({"properties.desired.firmware": {"version": "1"}}).as_object().unwrap().clone());
+        base.content.device_content = Some(
+            json!({"properties.desired.firmware": {"version": "1"}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
         base.priority = 5;
         hub.create_configuration(&base).unwrap();
         clock.advance(jiff::SignedDuration::from_secs(1));
@@ -102,13 +128,25 @@ fn a_reopened_hub_keeps_owners_etags_and_creation_order() {
     let hub = EmbeddedHub::open(&db, Arc::new(clock.clone()), HubOptions::default()).unwrap();
     let t = hub.get_twin("d1").unwrap();
     assert_eq!(t["etag"], etag, "reopening changes nothing");
-    assert_eq!(t["properties"]["desired"]["firmware"]["version"], "2", "the newer config still wins the tie");
+    assert_eq!(
+        t["properties"]["desired"]["firmware"]["version"], "2",
+        "the newer config still wins the tie"
+    );
     // Narrowing after the restart hands the path back to the base configuration.
     let mut fw = hub.get_configuration("fw").unwrap();
     fw.target_condition = "tags.ring='none'".into();
     hub.update_configuration(&fw, None).unwrap();
-    assert_eq!(hub.get_twin("d1").unwrap()["properties"]["desired"]["firmware"]["version"], "1");
-    assert_eq!(hub.get_configuration("base").unwrap().system_metrics.results["appliedCount"], 1);
+    assert_eq!(
+        hub.get_twin("d1").unwrap()["properties"]["desired"]["firmware"]["version"],
+        "1"
+    );
+    assert_eq!(
+        hub.get_configuration("base")
+            .unwrap()
+            .system_metrics
+            .results["appliedCount"],
+        1
+    );
 }
 
 #[test]
@@ -119,7 +157,9 @@ fn a_store_from_a_newer_ringmaster_is_refused() {
         let c = rusqlite::Connection::open(&db).unwrap();
         c.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL); INSERT INTO meta VALUES ('schema_version', '99');").unwrap();
     }
-    let e = EmbeddedHub::open(&db, Arc::new(SystemClock), HubOptions::default()).err().unwrap();
+    let e = EmbeddedHub::open(&db, Arc::new(SystemClock), HubOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(e.code, ErrorCode::ServerError);
     assert!(e.message.contains("schema version 99"), "{e}");
 }
@@ -147,7 +187,11 @@ fn a_schema_1_store_is_read_and_marked_2_and_every_value_kind_round_trips() {
             "version": 4, "desiredVersion": 2, "reportedVersion": 3,
             "desiredUpdated": "2026-01-01T00:00:00Z", "reportedUpdated": "2026-01-01T00:00:01Z", "etag": 9,
         });
-        c.execute("INSERT INTO devices VALUES ('old', ?1, ?2, '[]')", rusqlite::params![device, twin.to_string()]).unwrap();
+        c.execute(
+            "INSERT INTO devices VALUES ('old', ?1, ?2, '[]')",
+            rusqlite::params![device, twin.to_string()],
+        )
+        .unwrap();
     }
     let values = json!({
         "s": "short", "long": "a string longer than twenty-two bytes, with \"quotes\" and \\ and ünïcödé",
@@ -157,18 +201,41 @@ fn a_schema_1_store_is_read_and_marked_2_and_every_value_kind_round_trips() {
     {
         let hub = EmbeddedHub::open(&db, Arc::new(SystemClock), HubOptions::default()).unwrap();
         let t = hub.get_twin("old").unwrap();
-        assert_eq!(t["tags"], json!({"ring": "canary", "site": {"floor": 3}}), "a schema 1 row reads");
+        assert_eq!(
+            t["tags"],
+            json!({"ring": "canary", "site": {"floor": 3}}),
+            "a schema 1 row reads"
+        );
         assert_eq!(t["properties"]["reported"]["firmware"]["status"], "Current");
         assert_eq!(t["version"], 4);
-        hub.create_device_with_twin(Device::new("new"), &json!({"tags": values})).unwrap();
-        hub.update_twin("old", &json!({"tags": {"ring": "early"}}), None).unwrap();
+        hub.create_device_with_twin(Device::new("new"), &json!({"tags": values}))
+            .unwrap();
+        hub.update_twin("old", &json!({"tags": {"ring": "early"}}), None)
+            .unwrap();
     }
     let c = rusqlite::Connection::open(&db).unwrap();
-    let v: String = c.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(v, "2", "opening marks the store with the schema this build writes");
+    let v: String = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        v, "2",
+        "opening marks the store with the schema this build writes"
+    );
     let hub = EmbeddedHub::open(&db, Arc::new(SystemClock), HubOptions::default()).unwrap();
-    assert_eq!(hub.get_twin("new").unwrap()["tags"], values, "every kind of value comes back as it went in");
+    assert_eq!(
+        hub.get_twin("new").unwrap()["tags"],
+        values,
+        "every kind of value comes back as it went in"
+    );
     let old = hub.get_twin("old").unwrap();
-    assert_eq!(old["tags"], json!({"ring": "early", "site": {"floor": 3}}), "a row rewritten in schema 2 reads back");
+    assert_eq!(
+        old["tags"],
+        json!({"ring": "early", "site": {"floor": 3}}),
+        "a row rewritten in schema 2 reads back"
+    );
     assert_eq!(old["properties"]["desired"]["firmware"]["version"], "1.0");
 }

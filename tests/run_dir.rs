@@ -1,13 +1,13 @@
 //! The directory source and the controller loop, in process: real files written,
 //! renamed, broken and deleted, reconciled against an in-process embedded hub.
 
-use ringmaster::api::ApiState;
 use ringmaster::clock::SystemClock;
 use ringmaster::hub::EmbeddedHub;
+use ringmaster::run::api::ApiState;
+use ringmaster::run::sources::Catalog;
+use ringmaster::run::sources::dir::{DirWatcher, scan};
+use ringmaster::run::store::StateStore;
 use ringmaster::run::{Controller, HubAccess};
-use ringmaster::sources::Catalog;
-use ringmaster::sources::dir::{DirWatcher, scan};
-use ringmaster::state::StateStore;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,12 @@ fn setup(store: StateStore) -> Setup {
     let hub = EmbeddedHub::in_memory(Arc::new(SystemClock));
     let api = Arc::new(ApiState::new(store.clone()));
     let good = store.good_files().unwrap();
-    let ctl = Controller::new(api, Catalog::restore(good), hub.clone(), HubAccess::default());
+    let ctl = Controller::new(
+        api,
+        Catalog::restore(good),
+        hub.clone(),
+        HubAccess::default(),
+    );
     Setup { ctl, hub, store }
 }
 
@@ -74,9 +79,17 @@ async fn a_file_written_edited_broken_renamed_and_deleted_drives_the_hub() {
     // A broken file: the last good version stays, the problem is recorded.
     std::fs::write(root.join("a.yaml"), "kind: DeviceRollout\nspec: [oops").unwrap();
     pass(&mut s, root).await;
-    assert_eq!(configs(&s.hub, "a"), second, "nothing deleted because a file broke");
+    assert_eq!(
+        configs(&s.hub, "a"),
+        second,
+        "nothing deleted because a file broke"
+    );
     let stored = s.store.rollout("fleet", "a").unwrap().unwrap();
-    assert!(stored.error.as_deref().unwrap_or("").contains("a.yaml"), "{:?}", stored.error);
+    assert!(
+        stored.error.as_deref().unwrap_or("").contains("a.yaml"),
+        "{:?}",
+        stored.error
+    );
     assert!(s.store.file_errors().unwrap()[0].1.is_some());
 
     // Fixed again, then renamed: the same rollout, from another file.
@@ -84,7 +97,11 @@ async fn a_file_written_edited_broken_renamed_and_deleted_drives_the_hub() {
     pass(&mut s, root).await;
     std::fs::rename(root.join("a.yaml"), root.join("renamed.yaml")).unwrap();
     pass(&mut s, root).await;
-    assert_eq!(configs(&s.hub, "a"), second, "a rename changes nothing on the hub");
+    assert_eq!(
+        configs(&s.hub, "a"),
+        second,
+        "a rename changes nothing on the hub"
+    );
     let stored = s.store.rollout("fleet", "a").unwrap().unwrap();
     assert_eq!(stored.source, "renamed.yaml");
     assert!(!stored.deleting && stored.error.is_none());
@@ -92,7 +109,10 @@ async fn a_file_written_edited_broken_renamed_and_deleted_drives_the_hub() {
     // Deleted: the rollout is deleted (no device loses anything: the hub has none).
     std::fs::remove_file(root.join("renamed.yaml")).unwrap();
     pass(&mut s, root).await;
-    assert!(configs(&s.hub, "a").is_empty(), "the deleted rollout's configuration is gone");
+    assert!(
+        configs(&s.hub, "a").is_empty(),
+        "the deleted rollout's configuration is gone"
+    );
     assert!(s.store.rollout("fleet", "a").unwrap().is_none());
 }
 
@@ -101,7 +121,9 @@ async fn a_deleted_file_keeps_what_devices_need_unless_its_last_good_version_say
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let mut s = setup(StateStore::in_memory().unwrap());
-    s.hub.create_device(ringmaster::hub::device::Device::new("d1")).unwrap();
+    s.hub
+        .create_device(ringmaster::iothub::device::Device::new("d1"))
+        .unwrap();
     std::fs::write(root.join("kept.yaml"), rollout("kept", 1)).unwrap();
     std::fs::write(root.join("forced.yaml"), rollout("forced", 1)).unwrap();
     pass(&mut s, root).await;
@@ -110,22 +132,41 @@ async fn a_deleted_file_keeps_what_devices_need_unless_its_last_good_version_say
     assert_eq!(configs(&s.hub, "forced").len(), 1);
 
     // The annotation lands first (a commit, a save), then the file goes.
-    let annotated = rollout("forced", 1).replace("namespace: fleet}", "namespace: fleet, annotations: {ringmaster.dev/force-delete: \"true\"}}");
+    let annotated = rollout("forced", 1).replace(
+        "namespace: fleet}",
+        "namespace: fleet, annotations: {ringmaster.dev/force-delete: \"true\"}}",
+    );
     std::fs::write(root.join("forced.yaml"), annotated).unwrap();
     pass(&mut s, root).await;
-    assert_eq!(configs(&s.hub, "forced").len(), 1, "an annotation alone deletes nothing");
+    assert_eq!(
+        configs(&s.hub, "forced").len(),
+        1,
+        "an annotation alone deletes nothing"
+    );
     std::fs::remove_file(root.join("kept.yaml")).unwrap();
     std::fs::remove_file(root.join("forced.yaml")).unwrap();
     pass(&mut s, root).await;
 
     // d1 has no other configuration to fall back to: without the annotation the rollout
     // stays, blocked and saying why; with it the configuration goes and the rollout too.
-    assert_eq!(configs(&s.hub, "kept").len(), 1, "no device is stripped silently");
+    assert_eq!(
+        configs(&s.hub, "kept").len(),
+        1,
+        "no device is stripped silently"
+    );
     let kept = s.store.rollout("fleet", "kept").unwrap().unwrap();
     assert!(kept.deleting);
-    let stalled = kept.status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    let stalled = kept
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap();
     assert_eq!(stalled.reason, "CleanupBlocked", "{stalled:?}");
-    assert!(configs(&s.hub, "forced").is_empty(), "force-delete removes the configuration");
+    assert!(
+        configs(&s.hub, "forced").is_empty(),
+        "force-delete removes the configuration"
+    );
     assert!(s.store.rollout("fleet", "forced").unwrap().is_none());
 }
 
@@ -146,10 +187,23 @@ async fn a_file_broken_while_the_controller_was_down_keeps_its_last_good_version
     std::fs::write(root.join("a.yaml"), "{").unwrap();
     let store = StateStore::open(&db).unwrap();
     let api = Arc::new(ApiState::new(store.clone()));
-    let ctl = Controller::new(api, Catalog::restore(store.good_files().unwrap()), s.hub.clone(), HubAccess::default());
-    let mut s2 = Setup { ctl, hub: s.hub.clone(), store };
+    let ctl = Controller::new(
+        api,
+        Catalog::restore(store.good_files().unwrap()),
+        s.hub.clone(),
+        HubAccess::default(),
+    );
+    let mut s2 = Setup {
+        ctl,
+        hub: s.hub.clone(),
+        store,
+    };
     pass(&mut s2, &root).await;
-    assert_eq!(configs(&s2.hub, "a"), before, "the last good version survived the restart");
+    assert_eq!(
+        configs(&s2.hub, "a"),
+        before,
+        "the last good version survived the restart"
+    );
     let stored = s2.store.rollout("fleet", "a").unwrap().unwrap();
     assert!(!stored.deleting);
     assert!(stored.error.is_some());
@@ -163,10 +217,19 @@ async fn file_events_hint_a_rescan_within_a_second() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = std::time::Instant::now();
     std::fs::write(dir.path().join("x.yaml"), rollout("x", 1)).unwrap();
-    tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.expect("an event within a second").unwrap();
+    tokio::time::timeout(Duration::from_secs(2), rx.recv())
+        .await
+        .expect("an event within a second")
+        .unwrap();
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert_eq!(scan(dir.path()).unwrap().files.len(), 1);
     std::fs::rename(dir.path().join("x.yaml"), dir.path().join("y.yaml")).unwrap();
-    tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.expect("an event for the rename").unwrap();
-    assert_eq!(scan(dir.path()).unwrap().files.keys().collect::<Vec<_>>(), ["y.yaml"]);
+    tokio::time::timeout(Duration::from_secs(2), rx.recv())
+        .await
+        .expect("an event for the rename")
+        .unwrap();
+    assert_eq!(
+        scan(dir.path()).unwrap().files.keys().collect::<Vec<_>>(),
+        ["y.yaml"]
+    );
 }

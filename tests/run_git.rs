@@ -4,8 +4,8 @@
 //! behind a loopback server that wants the token: the right token, a wrong one, none, and
 //! a running `ringmaster run --git-token-file` whose token is refused for one fetch.
 
-use ringmaster::sources::Catalog;
-use ringmaster::sources::git::GitSource;
+use ringmaster::run::sources::Catalog;
+use ringmaster::run::sources::git::GitSource;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,12 +15,23 @@ const BIN: &str = env!("CARGO_BIN_EXE_ringmaster");
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -57,8 +68,21 @@ impl Repo {
         let work = dir.path().join("work");
         std::fs::create_dir(&work).unwrap();
         git(&work, &["init", "-q"]);
-        git(&work, &["remote", "add", "origin", base.join("origin.git").to_str().unwrap()]);
-        Repo { url: String::new(), work, daemon: None, _dir: dir }
+        git(
+            &work,
+            &[
+                "remote",
+                "add",
+                "origin",
+                base.join("origin.git").to_str().unwrap(),
+            ],
+        );
+        Repo {
+            url: String::new(),
+            work,
+            daemon: None,
+            _dir: dir,
+        }
     }
 
     /// The folder that holds the bare `origin.git`.
@@ -69,9 +93,18 @@ impl Repo {
     fn new() -> Repo {
         let mut repo = Repo::unserved();
         let base = repo.served();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let daemon = Command::new("git")
-            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(&base)
@@ -81,7 +114,10 @@ impl Repo {
             .expect("git daemon starts (apt package git)");
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "git daemon did not listen");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "git daemon did not listen"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         repo.url = format!("git://127.0.0.1:{port}/origin.git");
@@ -104,8 +140,20 @@ impl Repo {
             }
         }
         git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "-q", "--allow-empty", "-m", "change"]);
-        git(&self.work, &["push", "-q", if force { "--force" } else { "--no-force" }, "origin", "HEAD:main"]);
+        git(
+            &self.work,
+            &["commit", "-q", "--allow-empty", "-m", "change"],
+        );
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                if force { "--force" } else { "--no-force" },
+                "origin",
+                "HEAD:main",
+            ],
+        );
         git(&self.work, &["rev-parse", "HEAD"])
     }
 }
@@ -114,31 +162,62 @@ impl Repo {
 fn fetches_follow_commits_force_pushes_broken_and_deleted_files() {
     let repo = Repo::new();
     let cache = tempfile::tempdir().unwrap();
-    let source = GitSource { url: repo.url.clone(), branch: "main".into(), path: Some("rollouts".into()), cache: cache.path().join("cache.git"), ..Default::default() };
+    let source = GitSource {
+        url: repo.url.clone(),
+        branch: "main".into(),
+        path: Some("rollouts".into()),
+        cache: cache.path().join("cache.git"),
+        ..Default::default()
+    };
     let mut catalog = Catalog::default();
 
-    let c1 = repo.commit(&[("rollouts/a.yaml", Some(&rollout("a", 1))), ("rollouts/b.yaml", Some(&rollout("b", 1))), ("README.yaml", Some("not: read"))], false);
+    let c1 = repo.commit(
+        &[
+            ("rollouts/a.yaml", Some(&rollout("a", 1))),
+            ("rollouts/b.yaml", Some(&rollout("b", 1))),
+            ("README.yaml", Some("not: read")),
+        ],
+        false,
+    );
     let snap = source.fetch().unwrap();
-    assert_eq!(snap.revision.as_deref(), Some(c1.as_str()), "the commit id is reported");
-    assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml", "b.yaml"], "only --path is read");
+    assert_eq!(
+        snap.revision.as_deref(),
+        Some(c1.as_str()),
+        "the commit id is reported"
+    );
+    assert_eq!(
+        snap.files.keys().collect::<Vec<_>>(),
+        ["a.yaml", "b.yaml"],
+        "only --path is read"
+    );
     catalog.apply(&snap);
     assert_eq!(catalog.rollouts().0.len(), 2);
 
     // A broken file: its last good version stays.
-    let c2 = repo.commit(&[("rollouts/a.yaml", Some("kind: DeviceRollout\nspec: ["))], false);
+    let c2 = repo.commit(
+        &[("rollouts/a.yaml", Some("kind: DeviceRollout\nspec: ["))],
+        false,
+    );
     let snap = source.fetch().unwrap();
     assert_eq!(snap.revision.as_deref(), Some(c2.as_str()));
     let ch = catalog.apply(&snap);
     assert_eq!(ch.failed.len(), 1);
     assert!(ch.failed[0].1[0].contains("a.yaml"), "{:?}", ch.failed);
     let (rollouts, _) = catalog.rollouts();
-    assert!(rollouts.contains_key(&("fleet".into(), "a".into())), "the last good version of a.yaml stays");
+    assert!(
+        rollouts.contains_key(&("fleet".into(), "a".into())),
+        "the last good version of a.yaml stays"
+    );
 
     // A force-push that rewrites history: followed like any commit.
     git(&repo.work, &["reset", "-q", "--hard", &c1]);
     let c3 = repo.commit(&[("rollouts/a.yaml", Some(&rollout("a", 3)))], true);
     let snap = source.fetch().unwrap();
-    assert_eq!(snap.revision.as_deref(), Some(c3.as_str()), "the force-pushed commit");
+    assert_eq!(
+        snap.revision.as_deref(),
+        Some(c3.as_str()),
+        "the force-pushed commit"
+    );
     let ch = catalog.apply(&snap);
     assert_eq!(ch.updated, ["a.yaml"]);
 
@@ -147,7 +226,10 @@ fn fetches_follow_commits_force_pushes_broken_and_deleted_files() {
     let ch = catalog.apply(&source.fetch().unwrap());
     assert_eq!(ch.removed, ["b.yaml"]);
     let (rollouts, _) = catalog.rollouts();
-    assert_eq!(rollouts.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(
+        rollouts.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +238,17 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
     let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0", "--interval", "1h", "--git", &repo.url, "--branch", "main"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1h",
+            "--git",
+            &repo.url,
+            "--branch",
+            "main",
+        ])
         .arg("--git-cache")
         .arg(dir.path().join("cache.git"))
         .arg("--state")
@@ -169,12 +261,28 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let api = line.trim().strip_prefix("ringmaster api listening on ").expect("the API address").to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let api = line
+        .trim()
+        .strip_prefix("ringmaster api listening on ")
+        .expect("the API address")
+        .to_string();
     let http = reqwest::Client::new();
     let revision = async || -> Option<(String, usize)> {
-        let body: serde_json::Value = http.get(format!("{api}/api/v1/rollouts")).send().await.ok()?.json().await.ok()?;
-        Some((body["sourceRevision"].as_str()?.to_string(), body["items"].as_array()?.len()))
+        let body: serde_json::Value = http
+            .get(format!("{api}/api/v1/rollouts"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some((
+            body["sourceRevision"].as_str()?.to_string(),
+            body["items"].as_array()?.len(),
+        ))
     };
     let start = Instant::now();
     while revision().await.is_none() {
@@ -184,7 +292,13 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
 
     let c2 = repo.commit(&[("b.yaml", Some(&rollout("b", 1)))], false);
     let body = br#"{"ref":"refs/heads/main"}"#;
-    let bad = http.post(format!("{api}/webhook/git")).header("X-Hub-Signature-256", "sha256=00").body(&body[..]).send().await.unwrap();
+    let bad = http
+        .post(format!("{api}/webhook/git"))
+        .header("X-Hub-Signature-256", "sha256=00")
+        .body(&body[..])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 401, "a wrong signature is refused");
     post_signed_webhook(&http, &api).await;
     let start = Instant::now();
@@ -192,12 +306,32 @@ async fn a_signed_webhook_makes_run_fetch_at_once() {
         if revision().await == Some((c2.clone(), 2)) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "the webhook's fetch (the poll interval is an hour)");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the webhook's fetch (the poll interval is an hour)"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Each rollout carries the commit its spec was read at.
-    let body: serde_json::Value = http.get(format!("{api}/api/v1/rollouts")).send().await.unwrap().json().await.unwrap();
-    let at = |name: &str| body["items"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["sourceRevision"].as_str().unwrap().to_string();
+    let body: serde_json::Value = http
+        .get(format!("{api}/api/v1/rollouts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let at = |name: &str| {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["sourceRevision"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!((at("a"), at("b")), (c1, c2.clone()));
     let _ = child.kill();
     let _ = child.wait();
@@ -209,7 +343,13 @@ fn a_file_url_is_fetched_too() {
     let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
     let served = repo.served().join("origin.git");
     let cache = tempfile::tempdir().unwrap();
-    let source = GitSource { url: format!("file://{}", served.display()), branch: "main".into(), path: None, cache: cache.path().join("c.git"), ..Default::default() };
+    let source = GitSource {
+        url: format!("file://{}", served.display()),
+        branch: "main".into(),
+        path: None,
+        cache: cache.path().join("c.git"),
+        ..Default::default()
+    };
     let snap = source.fetch().unwrap();
     assert_eq!(snap.revision, Some(c1));
     assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml"]);
@@ -268,17 +408,35 @@ impl Drop for HttpGit {
 
 impl HttpGit {
     fn start(served: &Path, token: &str) -> HttpGit {
-        let exec = Command::new("git").arg("--exec-path").output().expect("git runs");
-        let backend = PathBuf::from(String::from_utf8(exec.stdout).unwrap().trim()).join("git-http-backend");
-        assert!(backend.exists(), "{} (git's http-backend)", backend.display());
-        let state = HttpState { root: served.to_path_buf(), backend, token: Arc::new(Mutex::new(token.into())), seen: Default::default() };
+        let exec = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git runs");
+        let backend =
+            PathBuf::from(String::from_utf8(exec.stdout).unwrap().trim()).join("git-http-backend");
+        assert!(
+            backend.exists(),
+            "{} (git's http-backend)",
+            backend.display()
+        );
+        let state = HttpState {
+            root: served.to_path_buf(),
+            backend,
+            token: Arc::new(Mutex::new(token.into())),
+            seen: Default::default(),
+        };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}/origin.git", listener.local_addr().unwrap());
-        let app = axum::Router::new().fallback(serve_git).with_state(state.clone());
+        let app = axum::Router::new()
+            .fallback(serve_git)
+            .with_state(state.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 tokio::select! {
@@ -287,7 +445,12 @@ impl HttpGit {
                 }
             });
         });
-        HttpGit { url, state, stop: Some(stop), thread: Some(thread) }
+        HttpGit {
+            url,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     /// The token the server wants from now on.
@@ -301,12 +464,19 @@ impl HttpGit {
 }
 
 fn basic(token: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
+    )
 }
 
 async fn serve_git(State(st): State<HttpState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let want = basic(&st.token.lock().unwrap());
     let res = if authorization.as_deref() == Some(want.as_str()) {
         let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
@@ -318,14 +488,25 @@ async fn serve_git(State(st): State<HttpState>, req: Request) -> Response {
             .body(Body::from("authentication required\n"))
             .unwrap()
     };
-    st.seen.lock().unwrap().push(Seen { path: parts.uri.path().into(), authorization, status: res.status().as_u16() });
+    st.seen.lock().unwrap().push(Seen {
+        path: parts.uri.path().into(),
+        authorization,
+        status: res.status().as_u16(),
+    });
     res
 }
 
 /// One request through `git http-backend` (CGI/1.1: the request in environment variables
 /// and stdin, the response as headers, `Status:` included, a blank line and the body).
 async fn cgi(st: &HttpState, parts: &Parts, body: Bytes) -> Response {
-    let head = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let head = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let mut cmd = tokio::process::Command::new(&st.backend);
     cmd.env("GIT_PROJECT_ROOT", &st.root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
@@ -341,7 +522,10 @@ async fn cgi(st: &HttpState, parts: &Parts, body: Bytes) -> Response {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for (name, var) in [("git-protocol", "HTTP_GIT_PROTOCOL"), ("content-encoding", "HTTP_CONTENT_ENCODING")] {
+    for (name, var) in [
+        ("git-protocol", "HTTP_GIT_PROTOCOL"),
+        ("content-encoding", "HTTP_CONTENT_ENCODING"),
+    ] {
         let v = head(name);
         if !v.is_empty() {
             cmd.env(var, v);
@@ -365,14 +549,25 @@ async fn cgi(st: &HttpState, parts: &Parts, body: Bytes) -> Response {
         }
     });
     let Some((end, sep)) = end else {
-        return Response::builder().status(500).body(Body::from(out.stderr)).unwrap();
+        return Response::builder()
+            .status(500)
+            .body(Body::from(out.stderr))
+            .unwrap();
     };
     let mut res = Response::builder().status(200);
     for line in String::from_utf8_lossy(&stdout[..end]).lines() {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("status") {
-            res = res.status(value.split_whitespace().next().and_then(|c| c.parse::<u16>().ok()).unwrap_or(500));
+            res = res.status(
+                value
+                    .split_whitespace()
+                    .next()
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .unwrap_or(500),
+            );
         } else {
             res = res.header(name.trim(), value);
         }
@@ -389,7 +584,9 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 todo.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            } else if std::fs::read(&p)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
                 found.push(p);
             }
         }
@@ -401,7 +598,10 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
 fn assert_cache_clean(cache: &Path, token: &str) {
     let config = std::fs::read_to_string(cache.join("config")).unwrap();
     for bad in [token, "x-access-token", "@127.0.0.1"] {
-        assert!(!config.contains(bad), "{bad:?} in the cache's config:\n{config}");
+        assert!(
+            !config.contains(bad),
+            "{bad:?} in the cache's config:\n{config}"
+        );
     }
     for needle in [token.to_string(), basic(token)] {
         let found = files_containing(cache, &needle);
@@ -414,7 +614,14 @@ fn token_auth_over_smart_http_fetches_and_follows_commits() {
     let repo = Repo::unserved();
     let server = HttpGit::start(&repo.served(), TOKEN);
     let cache = tempfile::tempdir().unwrap();
-    let source = GitSource { url: server.url.clone(), branch: "main".into(), path: Some("rollouts".into()), cache: cache.path().join("cache.git"), token: Some(TOKEN.into()), ..Default::default() };
+    let source = GitSource {
+        url: server.url.clone(),
+        branch: "main".into(),
+        path: Some("rollouts".into()),
+        cache: cache.path().join("cache.git"),
+        token: Some(TOKEN.into()),
+        ..Default::default()
+    };
 
     let c1 = repo.commit(&[("rollouts/a.yaml", Some(&rollout("a", 1)))], false);
     let snap = source.fetch().unwrap();
@@ -432,10 +639,22 @@ fn token_auth_over_smart_http_fetches_and_follows_commits() {
 
     // The server did challenge, and the packs came through the authorised backend.
     let seen = server.seen();
-    assert!(seen.iter().any(|s| s.authorization.is_none() && s.status == 401), "{seen:?}");
-    assert!(seen.iter().any(|s| s.path.ends_with("/git-upload-pack") && s.status == 200 && s.authorization.as_deref() == Some(basic(TOKEN).as_str())), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|s| s.authorization.is_none() && s.status == 401),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.path.ends_with("/git-upload-pack")
+            && s.status == 200
+            && s.authorization.as_deref() == Some(basic(TOKEN).as_str())),
+        "{seen:?}"
+    );
     assert_cache_clean(&cache.path().join("cache.git"), TOKEN);
-    assert!(!format!("{source:?}").contains(TOKEN), "Debug hides the token: {source:?}");
+    assert!(
+        !format!("{source:?}").contains(TOKEN),
+        "Debug hides the token: {source:?}"
+    );
 }
 
 #[test]
@@ -444,18 +663,34 @@ fn a_wrong_or_missing_token_fails_once_with_a_clear_error_without_the_token() {
     let server = HttpGit::start(&repo.served(), TOKEN);
     let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
     let cache = tempfile::tempdir().unwrap();
-    let source = |token: Option<&str>| GitSource { url: server.url.clone(), branch: "main".into(), path: None, cache: cache.path().join("cache.git"), token: token.map(Into::into), ..Default::default() };
+    let source = |token: Option<&str>| GitSource {
+        url: server.url.clone(),
+        branch: "main".into(),
+        path: None,
+        cache: cache.path().join("cache.git"),
+        token: token.map(Into::into),
+        ..Default::default()
+    };
     let wrong = "wrong-token-71c4e9";
     for (token, says) in [(Some(wrong), "refused the token"), (None, "no token")] {
         let before = server.seen().len();
         let err = source(token).fetch().unwrap_err().to_string();
         assert!(err.contains(&server.url), "names the URL: {err}");
-        assert!(err.contains("authentication failed") && err.contains(says), "{err}");
-        assert!(!err.contains(wrong) && !err.contains(TOKEN), "no token in the error: {err}");
+        assert!(
+            err.contains("authentication failed") && err.contains(says),
+            "{err}"
+        );
+        assert!(
+            !err.contains(wrong) && !err.contains(TOKEN),
+            "no token in the error: {err}"
+        );
         // One challenge and at most one try with the token; libgit2 would otherwise replay
         // the refused token up to 15 times.
         let tries = server.seen()[before..].to_vec();
-        assert!(!tries.is_empty() && tries.len() <= 2 && tries.iter().all(|s| s.status == 401), "{tries:?}");
+        assert!(
+            !tries.is_empty() && tries.len() <= 2 && tries.iter().all(|s| s.status == 401),
+            "{tries:?}"
+        );
     }
     assert_cache_clean(&cache.path().join("cache.git"), wrong);
 
@@ -469,12 +704,28 @@ fn a_wrong_or_missing_token_fails_once_with_a_clear_error_without_the_token() {
 async fn run_with_a_token_file_keeps_what_it_applied_while_the_token_is_refused() {
     let repo = Repo::unserved();
     let server = HttpGit::start(&repo.served(), TOKEN);
-    let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1))), ("b.yaml", Some(&rollout("b", 1)))], false);
+    let c1 = repo.commit(
+        &[
+            ("a.yaml", Some(&rollout("a", 1))),
+            ("b.yaml", Some(&rollout("b", 1))),
+        ],
+        false,
+    );
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("git-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap(); // trimmed by run
     let mut child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0", "--interval", "1h", "--git", &server.url, "--branch", "main"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1h",
+            "--git",
+            &server.url,
+            "--branch",
+            "main",
+        ])
         .arg("--git-cache")
         .arg(dir.path().join("cache.git"))
         .arg("--state")
@@ -500,22 +751,53 @@ async fn run_with_a_token_file_keeps_what_it_applied_while_the_token_is_refused(
         })
     };
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let api = line.trim().strip_prefix("ringmaster api listening on ").expect("the API address").to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let api = line
+        .trim()
+        .strip_prefix("ringmaster api listening on ")
+        .expect("the API address")
+        .to_string();
     let http = reqwest::Client::new();
-    let rollouts = async || -> Option<serde_json::Value> { http.get(format!("{api}/api/v1/rollouts")).send().await.ok()?.json().await.ok() };
+    let rollouts = async || -> Option<serde_json::Value> {
+        http.get(format!("{api}/api/v1/rollouts"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    };
     let revision = async || -> Option<(String, usize)> {
         let body = rollouts().await?;
-        Some((body["sourceRevision"].as_str()?.to_string(), body["items"].as_array()?.len()))
+        Some((
+            body["sourceRevision"].as_str()?.to_string(),
+            body["items"].as_array()?.len(),
+        ))
     };
     let source_errors = async || -> u64 {
-        let text = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
-        text.lines().find_map(|l| l.strip_prefix("ringmaster_source_errors_total ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        let text = http
+            .get(format!("{api}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ringmaster_source_errors_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     };
     let webhook = async || post_signed_webhook(&http, &api).await;
     let start = Instant::now();
     while revision().await != Some((c1.clone(), 2)) {
-        assert!(start.elapsed() < Duration::from_secs(20), "the first fetch, with the token from the file\n{}", log.lock().unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the first fetch, with the token from the file\n{}",
+            log.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -526,14 +808,23 @@ async fn run_with_a_token_file_keeps_what_it_applied_while_the_token_is_refused(
     webhook().await;
     let start = Instant::now();
     while source_errors().await == 0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "the refused fetch\n{}", log.lock().unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the refused fetch\n{}",
+            log.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let body = rollouts().await.unwrap();
     assert_eq!(body["sourceRevision"], c1.as_str());
     let items = body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
-    assert!(items.iter().all(|r| r["deleting"] == false && r.get("error").is_none()), "{items:?}");
+    assert!(
+        items
+            .iter()
+            .all(|r| r["deleting"] == false && r.get("error").is_none()),
+        "{items:?}"
+    );
 
     // The server takes the token again: the next fetch sees the new commit.
     server.set_token(TOKEN);
@@ -541,18 +832,34 @@ async fn run_with_a_token_file_keeps_what_it_applied_while_the_token_is_refused(
     webhook().await;
     let start = Instant::now();
     while revision().await.map(|r| r.0) != Some(c2.clone()) {
-        assert!(start.elapsed() < Duration::from_secs(10), "the fetch after the refusal\n{}", log.lock().unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the fetch after the refusal\n{}",
+            log.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
     reader.join().unwrap();
     let log = log.lock().unwrap().clone();
-    let refused = log.lines().find(|l| l.contains("authentication failed")).unwrap_or_else(|| panic!("the refusal is logged:\n{log}"));
-    assert!(refused.contains(&server.url) && refused.contains("what was applied stays as it is"), "{refused}");
-    assert!(!log.contains(TOKEN) && !log.contains(&basic(TOKEN)), "the token is in the log:\n{log}");
+    let refused = log
+        .lines()
+        .find(|l| l.contains("authentication failed"))
+        .unwrap_or_else(|| panic!("the refusal is logged:\n{log}"));
+    assert!(
+        refused.contains(&server.url) && refused.contains("what was applied stays as it is"),
+        "{refused}"
+    );
+    assert!(
+        !log.contains(TOKEN) && !log.contains(&basic(TOKEN)),
+        "the token is in the log:\n{log}"
+    );
     assert_cache_clean(&dir.path().join("cache.git"), TOKEN);
-    let state: Vec<_> = files_containing(dir.path(), TOKEN).into_iter().filter(|p| *p != token_file).collect();
+    let state: Vec<_> = files_containing(dir.path(), TOKEN)
+        .into_iter()
+        .filter(|p| *p != token_file)
+        .collect();
     assert!(state.is_empty(), "the token in {state:?}");
 }
 
@@ -561,7 +868,10 @@ async fn post_signed_webhook(http: &reqwest::Client, api: &str) {
     let body = br#"{"ref":"refs/heads/main"}"#;
     let res = http
         .post(format!("{api}/webhook/git"))
-        .header("X-Hub-Signature-256", ringmaster::api::webhook_signature(b"hook-secret", body))
+        .header(
+            "X-Hub-Signature-256",
+            ringmaster::run::api::webhook_signature(b"hook-secret", body),
+        )
         .body(&body[..])
         .send()
         .await

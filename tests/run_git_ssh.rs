@@ -3,7 +3,7 @@
 //! checked against a known_hosts file, and the refusals (wrong key, unknown host key)
 //! failing the fetch with a clear error instead of retrying forever.
 
-use ringmaster::sources::git::{GitSource, SshKey};
+use ringmaster::run::sources::git::{GitSource, SshKey};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,12 +18,30 @@ fn run(cwd: &Path, program: &str, args: &[&str]) {
         .env("GIT_COMMITTER_EMAIL", "t@example.com")
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
-    run(dir, "ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path.to_str().unwrap()]);
+    run(
+        dir,
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            name,
+            "-f",
+            path.to_str().unwrap(),
+        ],
+    );
     let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
     (path, public.trim().to_string())
 }
@@ -63,7 +81,11 @@ impl Server {
         std::fs::write(d.join("authorized_keys"), format!("{client_public}\n")).unwrap();
 
         // A bare repository with one commit.
-        run(d, "git", &["init", "--bare", "-q", "-b", "main", "origin.git"]);
+        run(
+            d,
+            "git",
+            &["init", "--bare", "-q", "-b", "main", "origin.git"],
+        );
         let work = d.join("work");
         std::fs::create_dir(&work).unwrap();
         run(&work, "git", &["init", "-q", "-b", "main"]);
@@ -71,15 +93,31 @@ impl Server {
         std::fs::write(work.join("rollouts/hub.yaml"), "apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {name: h, namespace: fleet}\nspec: {type: embedded}\n").unwrap();
         run(&work, "git", &["add", "-A"]);
         run(&work, "git", &["commit", "-q", "-m", "first"]);
-        run(&work, "git", &["push", "-q", d.join("origin.git").to_str().unwrap(), "main"]);
+        run(
+            &work,
+            "git",
+            &["push", "-q", d.join("origin.git").to_str().unwrap(), "main"],
+        );
 
         // Root needs the privilege separation directory; any other user can run sshd for
         // itself on a high port.
-        if Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false) {
+        if Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false)
+        {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
-        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let config = d.join("sshd_config");
         std::fs::write(
             &config,
@@ -99,14 +137,30 @@ impl Server {
             .expect("sshd starts");
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "sshd did not listen on {port}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sshd did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Server { sshd, port, host_public, client_key, repo: d.join("origin.git"), user, dir }
+        Server {
+            sshd,
+            port,
+            host_public,
+            client_key,
+            repo: d.join("origin.git"),
+            user,
+            dir,
+        }
     }
 
     fn url(&self) -> String {
-        format!("ssh://{}@127.0.0.1:{}{}", self.user, self.port, self.repo.display())
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            self.repo.display()
+        )
     }
 
     fn known_hosts(&self) -> String {
@@ -121,7 +175,10 @@ impl Server {
             branch: "main".into(),
             path: Some("rollouts".into()),
             cache: self.dir.path().join(cache),
-            ssh_key: Some(SshKey { private_key: std::fs::read_to_string(key).unwrap(), passphrase: None }),
+            ssh_key: Some(SshKey {
+                private_key: std::fs::read_to_string(key).unwrap(),
+                passphrase: None,
+            }),
             known_hosts: Some(known_hosts),
             ..Default::default()
         }
@@ -131,9 +188,20 @@ impl Server {
 #[test]
 fn a_key_from_memory_fetches_over_ssh_with_the_host_key_checked() {
     let server = Server::start();
-    let snap = server.source(&server.client_key, server.known_hosts(), "ok.git").fetch().expect("the authorized key fetches");
-    assert!(snap.files.contains_key("hub.yaml"), "{:?}", snap.files.keys().collect::<Vec<_>>());
-    assert_eq!(snap.revision.as_deref().map(str::len), Some(40), "the commit id is the revision");
+    let snap = server
+        .source(&server.client_key, server.known_hosts(), "ok.git")
+        .fetch()
+        .expect("the authorized key fetches");
+    assert!(
+        snap.files.contains_key("hub.yaml"),
+        "{:?}",
+        snap.files.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        snap.revision.as_deref().map(str::len),
+        Some(40),
+        "the commit id is the revision"
+    );
 }
 
 #[test]
@@ -141,19 +209,41 @@ fn a_wrong_key_or_an_unknown_host_key_fails_the_fetch_and_says_why() {
     let server = Server::start();
     let (stranger, _) = keygen(server.dir.path(), "stranger_key");
     let start = Instant::now();
-    let e = server.source(&stranger, server.known_hosts(), "wrong-key.git").fetch().unwrap_err().to_string();
-    assert!(start.elapsed() < Duration::from_secs(30), "a refused key is not retried forever");
+    let e = server
+        .source(&stranger, server.known_hosts(), "wrong-key.git")
+        .fetch()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "a refused key is not retried forever"
+    );
     assert!(e.contains(&server.url()), "the error names the URL: {e}");
-    assert!(e.to_lowercase().contains("auth"), "the error says authentication failed: {e}");
+    assert!(
+        e.to_lowercase().contains("auth"),
+        "the error says authentication failed: {e}"
+    );
     assert!(!e.contains("PRIVATE KEY"), "no key material in errors: {e}");
 
     // A known_hosts that holds another key for this host: the fetch stops before auth.
     let (_, other_public) = keygen(server.dir.path(), "other_host_key");
     let mut parts = other_public.split_whitespace();
-    let other = format!("[127.0.0.1]:{} {} {}\n", server.port, parts.next().unwrap(), parts.next().unwrap());
-    let e = server.source(&server.client_key, other, "wrong-host.git").fetch().unwrap_err().to_string();
+    let other = format!(
+        "[127.0.0.1]:{} {} {}\n",
+        server.port,
+        parts.next().unwrap(),
+        parts.next().unwrap()
+    );
+    let e = server
+        .source(&server.client_key, other, "wrong-host.git")
+        .fetch()
+        .unwrap_err()
+        .to_string();
     // libgit2 words it "invalid or unknown remote ssh hostkey".
-    assert!(e.replace(' ', "").to_lowercase().contains("hostkey") && e.contains("127.0.0.1"), "the error names the host key check: {e}");
+    assert!(
+        e.replace(' ', "").to_lowercase().contains("hostkey") && e.contains("127.0.0.1"),
+        "the error names the host key check: {e}"
+    );
 }
 
 #[test]
@@ -161,8 +251,11 @@ fn known_hosts_entries_match_by_host_and_key() {
     use base64::Engine;
     let key = b"raw-key-blob";
     let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-    let text = format!("# comment\nexample.com,10.0.0.1 ssh-ed25519 {b64}\n[127.0.0.1]:2222 ssh-ed25519 {b64}\n");
-    let known = |host: &str, key: &[u8]| ringmaster::sources::git::known_host(&text, host, key);
+    let text = format!(
+        "# comment\nexample.com,10.0.0.1 ssh-ed25519 {b64}\n[127.0.0.1]:2222 ssh-ed25519 {b64}\n"
+    );
+    let known =
+        |host: &str, key: &[u8]| ringmaster::run::sources::git::known_host(&text, host, key);
     assert!(known("example.com", key));
     assert!(known("10.0.0.1", key));
     assert!(known("127.0.0.1", key));

@@ -27,10 +27,10 @@
 //! [`ConnectionString`], whose `Debug` hides it, and tokens are never formatted into
 //! errors.
 
-use super::sas::{ConnectionString, encode};
 use super::{Hub, QueryPage, TestQueriesResult};
-use crate::hub::configuration::Configuration;
-use crate::hub::error::{ErrorCode, HubError};
+use crate::iothub::configuration::Configuration;
+use crate::iothub::error::{ErrorCode, HubError};
+use crate::iothub::sas::{ConnectionString, encode};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode, header};
@@ -134,7 +134,10 @@ impl fmt::Debug for AzureHubOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AzureHubOptions")
             .field("base_url", &self.base_url)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| format!("{} bytes", p.len())))
+            .field(
+                "ca_pem",
+                &self.ca_pem.as_ref().map(|p| format!("{} bytes", p.len())),
+            )
             .field("request_timeout", &self.request_timeout)
             .field("max_attempts", &self.max_attempts)
             .field("budget", &self.budget)
@@ -254,16 +257,28 @@ impl Answer {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&self.body).map_err(|e| {
-            HubError::new(ErrorCode::ServerError, format!("the hub answered {} with JSON that does not parse: {e}", self.status))
+            HubError::new(
+                ErrorCode::ServerError,
+                format!(
+                    "the hub answered {} with JSON that does not parse: {e}",
+                    self.status
+                ),
+            )
         })
     }
     fn parse<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, HubError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            HubError::new(ErrorCode::ServerError, format!("the hub's answer is not a valid {what}: {e}"))
+            HubError::new(
+                ErrorCode::ServerError,
+                format!("the hub's answer is not a valid {what}: {e}"),
+            )
         })
     }
     fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -310,7 +325,12 @@ pub fn if_match_value(etag: Option<&str>) -> String {
 
 /// Reads an error answer into a [`HubError`]: the `iothub-errorcode` header, else the
 /// `ErrorCode:<Name>;` prefix of `Message` (or the JSON inside it), else the status.
-fn error_from(status: StatusCode, headers: &header::HeaderMap, body: &[u8], fallback_404: ErrorCode) -> HubError {
+fn error_from(
+    status: StatusCode,
+    headers: &header::HeaderMap,
+    body: &[u8],
+    fallback_404: ErrorCode,
+) -> HubError {
     let header_code = headers
         .get("iothub-errorcode")
         .and_then(|v| v.to_str().ok())
@@ -329,11 +349,18 @@ fn error_from(status: StatusCode, headers: &header::HeaderMap, body: &[u8], fall
         }
         Some(m) if m.trim_start().starts_with('{') => {
             let inner: Value = serde_json::from_str(m).unwrap_or(Value::Null);
-            let text = inner.get("message").and_then(Value::as_str).unwrap_or(m).to_string();
+            let text = inner
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or(m)
+                .to_string();
             (None, text)
         }
         Some(m) => (None, m.clone()),
-        None => (None, String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()),
+        None => (
+            None,
+            String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+        ),
     };
     let code = header_code.or(body_code).unwrap_or(match status.as_u16() {
         401 | 403 => ErrorCode::IotHubUnauthorizedAccess,
@@ -365,7 +392,9 @@ impl AzureHub {
             .trim_end_matches('/')
             .to_string();
         if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-            return Err(HubError::invalid(format!("base URL '{base_url}' must start with https:// or http://")));
+            return Err(HubError::invalid(format!(
+                "base URL '{base_url}' must start with https:// or http://"
+            )));
         }
         let mut b = reqwest::Client::builder()
             .timeout(opts.request_timeout)
@@ -373,13 +402,17 @@ impl AzureHub {
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("ringmaster/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &opts.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| HubError::invalid(format!("the CA bundle is not PEM certificates: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                HubError::invalid(format!("the CA bundle is not PEM certificates: {e}"))
+            })?;
             b = b.tls_certs_only(certs);
         }
-        let http = b
-            .build()
-            .map_err(|e| HubError::new(ErrorCode::ServerError, format!("cannot build the HTTP client: {e}")))?;
+        let http = b.build().map_err(|e| {
+            HubError::new(
+                ErrorCode::ServerError,
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })?;
         let pacers = Pacers::new(&opts.budget);
         Ok(AzureHub {
             conn,
@@ -408,7 +441,10 @@ impl AzureHub {
             return tok.clone();
         }
         let exp = now + ttl;
-        let tok = self.conn.key.token(&self.conn.host_name, &self.conn.key_name, exp);
+        let tok = self
+            .conn
+            .key
+            .token(&self.conn.host_name, &self.conn.key_name, exp);
         *t = Some((tok.clone(), exp));
         tok
     }
@@ -462,7 +498,11 @@ impl AzureHub {
                         Err(e) => return Err(transport_error(&self.base_url, &e)),
                     };
                     if status.is_success() || call.also_ok == Some(status) {
-                        return Ok(Answer { status, headers, body });
+                        return Ok(Answer {
+                            status,
+                            headers,
+                            body,
+                        });
                     }
                     if status == StatusCode::UNAUTHORIZED && !fresh_token && !last {
                         fresh_token = true;
@@ -492,7 +532,11 @@ impl AzureHub {
     }
 
     /// Every page of a query, concatenated.
-    pub async fn query_all(&self, query: &str, page_size: Option<usize>) -> Result<Vec<Value>, HubError> {
+    pub async fn query_all(
+        &self,
+        query: &str,
+        page_size: Option<usize>,
+    ) -> Result<Vec<Value>, HubError> {
         let mut out = Vec::new();
         let mut cont: Option<String> = None;
         loop {
@@ -511,32 +555,55 @@ impl AzureHub {
             .get("deviceId")
             .and_then(Value::as_str)
             .ok_or_else(|| HubError::new(ErrorCode::ArgumentNull, "the device has no deviceId"))?;
-        let call = Call::new(Class::Registry, Method::PUT, format!("/devices/{}", encode(id))).body(device.clone());
+        let call = Call::new(
+            Class::Registry,
+            Method::PUT,
+            format!("/devices/{}", encode(id)),
+        )
+        .body(device.clone());
         self.send(call, ErrorCode::DeviceNotFound).await?.json()
     }
 
     /// A device identity, or `None`.
     pub async fn get_device(&self, id: &str) -> Result<Option<Value>, HubError> {
-        let call = Call::new(Class::Registry, Method::GET, format!("/devices/{}", encode(id)));
-        not_found_as_none(self.send(call, ErrorCode::DeviceNotFound).await.and_then(|a| a.json()))
+        let call = Call::new(
+            Class::Registry,
+            Method::GET,
+            format!("/devices/{}", encode(id)),
+        );
+        not_found_as_none(
+            self.send(call, ErrorCode::DeviceNotFound)
+                .await
+                .and_then(|a| a.json()),
+        )
     }
 
     /// Deletes a device identity (`etag` `None`: unconditional).
     pub async fn delete_device(&self, id: &str, etag: Option<&str>) -> Result<(), HubError> {
-        let call = Call::new(Class::Registry, Method::DELETE, format!("/devices/{}", encode(id)))
-            .header("If-Match", if_match_value(etag));
+        let call = Call::new(
+            Class::Registry,
+            Method::DELETE,
+            format!("/devices/{}", encode(id)),
+        )
+        .header("If-Match", if_match_value(etag));
         self.send(call, ErrorCode::DeviceNotFound).await.map(drop)
     }
 
     /// A bulk registry call (`POST /devices`, at most 100 entries). Returns the
     /// `BulkRegistryOperationResult`, also when some entries failed (HTTP 400).
     pub async fn bulk(&self, entries: &[Value]) -> Result<Value, HubError> {
-        let mut call = Call::new(Class::Registry, Method::POST, "/devices".into()).body(Value::Array(entries.to_vec()));
+        let mut call = Call::new(Class::Registry, Method::POST, "/devices".into())
+            .body(Value::Array(entries.to_vec()));
         call.also_ok = Some(StatusCode::BAD_REQUEST);
         let a = self.send(call, ErrorCode::DeviceNotFound).await?;
         let v = a.json()?;
         if a.status == StatusCode::BAD_REQUEST && v.get("isSuccessful").is_none() {
-            return Err(error_from(a.status, &a.headers, &a.body, ErrorCode::DeviceNotFound));
+            return Err(error_from(
+                a.status,
+                &a.headers,
+                &a.body,
+                ErrorCode::DeviceNotFound,
+            ));
         }
         Ok(v)
     }
@@ -562,7 +629,14 @@ fn transport_error(base: &str, e: &reqwest::Error) -> HubError {
 fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
     match r {
         Ok(v) => Ok(Some(v)),
-        Err(e) if matches!(e.code, ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound) => Ok(None),
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -571,7 +645,12 @@ fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
 fn configuration_body(c: &Configuration) -> Value {
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut v {
-        for k in ["etag", "createdTimeUtc", "lastUpdatedTimeUtc", "systemMetrics"] {
+        for k in [
+            "etag",
+            "createdTimeUtc",
+            "lastUpdatedTimeUtc",
+            "systemMetrics",
+        ] {
             m.remove(k);
         }
         if let Some(Value::Object(metrics)) = m.get_mut("metrics") {
@@ -588,11 +667,17 @@ fn configuration_body(c: &Configuration) -> Value {
 impl Hub for AzureHub {
     async fn list_configurations(&self) -> Result<Vec<Configuration>, HubError> {
         let call = Call::new(Class::Configurations, Method::GET, "/configurations".into());
-        self.send(call, ErrorCode::ConfigurationNotFound).await?.parse("list of configurations")
+        self.send(call, ErrorCode::ConfigurationNotFound)
+            .await?
+            .parse("list of configurations")
     }
 
     async fn get_configuration(&self, id: &str) -> Result<Option<Configuration>, HubError> {
-        let call = Call::new(Class::Configurations, Method::GET, format!("/configurations/{}", encode(id)));
+        let call = Call::new(
+            Class::Configurations,
+            Method::GET,
+            format!("/configurations/{}", encode(id)),
+        );
         not_found_as_none(
             self.send(call, ErrorCode::ConfigurationNotFound)
                 .await
@@ -600,19 +685,27 @@ impl Hub for AzureHub {
         )
     }
 
-    async fn create_configuration(&self, config: &Configuration) -> Result<Configuration, HubError> {
-        let call = Call::new(Class::Configurations, Method::PUT, format!("/configurations/{}", encode(&config.id)))
-            .body(configuration_body(config));
+    async fn create_configuration(
+        &self,
+        config: &Configuration,
+    ) -> Result<Configuration, HubError> {
+        let call = Call::new(
+            Class::Configurations,
+            Method::PUT,
+            format!("/configurations/{}", encode(&config.id)),
+        )
+        .body(configuration_body(config));
         match self.send(call, ErrorCode::ConfigurationNotFound).await {
             Ok(a) => a.parse("configuration"),
             // An earlier attempt may have created it before failing: if what is there is
             // what we asked for, the create succeeded.
             Err(e) if e.code == ErrorCode::ConfigurationAlreadyExists => {
                 match self.get_configuration(&config.id).await? {
-                    Some(c) if c.content == config.content
-                        && c.target_condition == config.target_condition
-                        && c.priority == config.priority
-                        && c.labels == config.labels =>
+                    Some(c)
+                        if c.content == config.content
+                            && c.target_condition == config.target_condition
+                            && c.priority == config.priority
+                            && c.labels == config.labels =>
                     {
                         Ok(c)
                     }
@@ -623,21 +716,43 @@ impl Hub for AzureHub {
         }
     }
 
-    async fn update_configuration(&self, config: &Configuration, etag: Option<&str>) -> Result<Configuration, HubError> {
-        let call = Call::new(Class::Configurations, Method::PUT, format!("/configurations/{}", encode(&config.id)))
-            .header("If-Match", if_match_value(etag))
-            .body(configuration_body(config));
-        self.send(call, ErrorCode::ConfigurationNotFound).await?.parse("configuration")
+    async fn update_configuration(
+        &self,
+        config: &Configuration,
+        etag: Option<&str>,
+    ) -> Result<Configuration, HubError> {
+        let call = Call::new(
+            Class::Configurations,
+            Method::PUT,
+            format!("/configurations/{}", encode(&config.id)),
+        )
+        .header("If-Match", if_match_value(etag))
+        .body(configuration_body(config));
+        self.send(call, ErrorCode::ConfigurationNotFound)
+            .await?
+            .parse("configuration")
     }
 
     async fn delete_configuration(&self, id: &str, etag: Option<&str>) -> Result<(), HubError> {
-        let call = Call::new(Class::Configurations, Method::DELETE, format!("/configurations/{}", encode(id)))
-            .header("If-Match", if_match_value(etag));
-        self.send(call, ErrorCode::ConfigurationNotFound).await.map(drop)
+        let call = Call::new(
+            Class::Configurations,
+            Method::DELETE,
+            format!("/configurations/{}", encode(id)),
+        )
+        .header("If-Match", if_match_value(etag));
+        self.send(call, ErrorCode::ConfigurationNotFound)
+            .await
+            .map(drop)
     }
 
-    async fn query(&self, query: &str, page_size: Option<usize>, continuation: Option<&str>) -> Result<QueryPage, HubError> {
-        let mut call = Call::new(Class::Queries, Method::POST, "/devices/query".into()).body(json!({ "query": query }));
+    async fn query(
+        &self,
+        query: &str,
+        page_size: Option<usize>,
+        continuation: Option<&str>,
+    ) -> Result<QueryPage, HubError> {
+        let mut call = Call::new(Class::Queries, Method::POST, "/devices/query".into())
+            .body(json!({ "query": query }));
         if let Some(n) = page_size {
             call = call.header("x-ms-max-item-count", n.to_string());
         }
@@ -649,13 +764,25 @@ impl Hub for AzureHub {
         Ok(QueryPage {
             item_type: a.header("x-ms-item-type").unwrap_or_else(|| "twin".into()),
             items,
-            continuation: a.header("x-ms-continuation").filter(|c| !c.trim().is_empty()),
+            continuation: a
+                .header("x-ms-continuation")
+                .filter(|c| !c.trim().is_empty()),
         })
     }
 
-    async fn test_queries(&self, target_condition: &str, metric_queries: &BTreeMap<String, String>) -> Result<TestQueriesResult, HubError> {
-        let call = Call::new(Class::Queries, Method::POST, "/configurations/testQueries".into())
-            .body(json!({ "targetCondition": target_condition, "customMetricQueries": metric_queries }));
+    async fn test_queries(
+        &self,
+        target_condition: &str,
+        metric_queries: &BTreeMap<String, String>,
+    ) -> Result<TestQueriesResult, HubError> {
+        let call = Call::new(
+            Class::Queries,
+            Method::POST,
+            "/configurations/testQueries".into(),
+        )
+        .body(
+            json!({ "targetCondition": target_condition, "customMetricQueries": metric_queries }),
+        );
         let v = self.send(call, ErrorCode::BadRequest).await?.json()?;
         // Real hubs send null for "no error".
         let mut v = v;
@@ -665,19 +792,40 @@ impl Hub for AzureHub {
                 q.retain(|_, x| x.as_str().is_some_and(|s| !s.is_empty()));
             }
         }
-        serde_json::from_value(v)
-            .map_err(|e| HubError::new(ErrorCode::ServerError, format!("the hub's answer is not a test-queries result: {e}")))
+        serde_json::from_value(v).map_err(|e| {
+            HubError::new(
+                ErrorCode::ServerError,
+                format!("the hub's answer is not a test-queries result: {e}"),
+            )
+        })
     }
 
     async fn get_twin(&self, device_id: &str) -> Result<Option<Value>, HubError> {
-        let call = Call::new(Class::TwinReads, Method::GET, format!("/twins/{}", encode(device_id)));
-        not_found_as_none(self.send(call, ErrorCode::DeviceNotFound).await.and_then(|a| a.json()))
+        let call = Call::new(
+            Class::TwinReads,
+            Method::GET,
+            format!("/twins/{}", encode(device_id)),
+        );
+        not_found_as_none(
+            self.send(call, ErrorCode::DeviceNotFound)
+                .await
+                .and_then(|a| a.json()),
+        )
     }
 
-    async fn update_twin(&self, device_id: &str, patch: &Value, etag: Option<&str>) -> Result<Value, HubError> {
-        let call = Call::new(Class::TwinUpdates, Method::PATCH, format!("/twins/{}", encode(device_id)))
-            .header("If-Match", if_match_value(etag))
-            .body(patch.clone());
+    async fn update_twin(
+        &self,
+        device_id: &str,
+        patch: &Value,
+        etag: Option<&str>,
+    ) -> Result<Value, HubError> {
+        let call = Call::new(
+            Class::TwinUpdates,
+            Method::PATCH,
+            format!("/twins/{}", encode(device_id)),
+        )
+        .header("If-Match", if_match_value(etag))
+        .body(patch.clone());
         self.send(call, ErrorCode::DeviceNotFound).await?.json()
     }
 }
@@ -696,8 +844,11 @@ mod tests {
         assert!(!dbg.contains("c2VjcmV0"), "{dbg}");
         assert!(!dbg.contains("SharedAccessSignature"), "{dbg}");
         assert!(dbg.contains("hub.example:8443"));
-        let e = AzureHub::new("HostName=h;SharedAccessKeyName=p;SharedAccessKey=c2VjcmV0!!", AzureHubOptions::default())
-            .unwrap_err();
+        let e = AzureHub::new(
+            "HostName=h;SharedAccessKeyName=p;SharedAccessKey=c2VjcmV0!!",
+            AzureHubOptions::default(),
+        )
+        .unwrap_err();
         assert!(!e.to_string().contains("c2VjcmV0"), "{e}");
     }
 
@@ -722,18 +873,39 @@ mod tests {
     #[test]
     fn errors_are_read_from_header_body_or_status() {
         let mut h = header::HeaderMap::new();
-        let body = br#"{"Message":"ErrorCode:PreconditionFailed;etag mismatch","ExceptionMessage":"x"}"#;
-        let e = error_from(StatusCode::PRECONDITION_FAILED, &h, body, ErrorCode::DeviceNotFound);
+        let body =
+            br#"{"Message":"ErrorCode:PreconditionFailed;etag mismatch","ExceptionMessage":"x"}"#;
+        let e = error_from(
+            StatusCode::PRECONDITION_FAILED,
+            &h,
+            body,
+            ErrorCode::DeviceNotFound,
+        );
         assert_eq!(e.code, ErrorCode::PreconditionFailed);
         assert!(e.message.ends_with("etag mismatch"), "{}", e.message);
         h.insert("iothub-errorcode", "DeviceNotFound".parse().unwrap());
-        assert_eq!(error_from(StatusCode::NOT_FOUND, &h, b"", ErrorCode::BadRequest).code, ErrorCode::DeviceNotFound);
-        let newer = br#"{"Message":"{\"errorCode\":404001,\"message\":\"gone\"}","ExceptionMessage":""}"#;
-        let e = error_from(StatusCode::NOT_FOUND, &header::HeaderMap::new(), newer, ErrorCode::ConfigurationNotFound);
+        assert_eq!(
+            error_from(StatusCode::NOT_FOUND, &h, b"", ErrorCode::BadRequest).code,
+            ErrorCode::DeviceNotFound
+        );
+        let newer =
+            br#"{"Message":"{\"errorCode\":404001,\"message\":\"gone\"}","ExceptionMessage":""}"#;
+        let e = error_from(
+            StatusCode::NOT_FOUND,
+            &header::HeaderMap::new(),
+            newer,
+            ErrorCode::ConfigurationNotFound,
+        );
         assert_eq!(e.code, ErrorCode::ConfigurationNotFound);
         assert!(e.message.contains("gone"));
         assert_eq!(
-            error_from(StatusCode::TOO_MANY_REQUESTS, &header::HeaderMap::new(), b"", ErrorCode::BadRequest).code,
+            error_from(
+                StatusCode::TOO_MANY_REQUESTS,
+                &header::HeaderMap::new(),
+                b"",
+                ErrorCode::BadRequest
+            )
+            .code,
             ErrorCode::ThrottlingException
         );
     }
@@ -744,9 +916,15 @@ mod tests {
         assert_eq!(p.reserve(), Duration::ZERO);
         assert_eq!(p.reserve(), Duration::ZERO);
         let w = p.reserve();
-        assert!(w > Duration::from_millis(80) && w <= Duration::from_millis(100), "{w:?}");
+        assert!(
+            w > Duration::from_millis(80) && w <= Duration::from_millis(100),
+            "{w:?}"
+        );
         let w2 = p.reserve();
         assert!(w2 > w, "waiters queue up: {w2:?}");
-        assert_eq!(Pacer::new(f64::INFINITY, f64::INFINITY).reserve(), Duration::ZERO);
+        assert_eq!(
+            Pacer::new(f64::INFINITY, f64::INFINITY).reserve(),
+            Duration::ZERO
+        );
     }
 }

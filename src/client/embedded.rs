@@ -1,9 +1,9 @@
 //! The `Hub` trait over the in-process embedded hub.
 
 use super::{Hub, QueryPage, TestQueriesResult};
-use crate::hub::configuration::Configuration;
-use crate::hub::error::{ErrorCode, HubError};
 use crate::hub::EmbeddedHub;
+use crate::iothub::configuration::Configuration;
+use crate::iothub::error::{ErrorCode, HubError};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
@@ -19,20 +19,40 @@ impl Hub for EmbeddedHub {
             Err(e) => Err(e),
         }
     }
-    async fn create_configuration(&self, config: &Configuration) -> Result<Configuration, HubError> {
+    async fn create_configuration(
+        &self,
+        config: &Configuration,
+    ) -> Result<Configuration, HubError> {
         EmbeddedHub::create_configuration(self, config)
     }
-    async fn update_configuration(&self, config: &Configuration, etag: Option<&str>) -> Result<Configuration, HubError> {
+    async fn update_configuration(
+        &self,
+        config: &Configuration,
+        etag: Option<&str>,
+    ) -> Result<Configuration, HubError> {
         EmbeddedHub::update_configuration(self, config, etag)
     }
     async fn delete_configuration(&self, id: &str, etag: Option<&str>) -> Result<(), HubError> {
         EmbeddedHub::delete_configuration(self, id, etag)
     }
-    async fn query(&self, query: &str, page_size: Option<usize>, continuation: Option<&str>) -> Result<QueryPage, HubError> {
+    async fn query(
+        &self,
+        query: &str,
+        page_size: Option<usize>,
+        continuation: Option<&str>,
+    ) -> Result<QueryPage, HubError> {
         EmbeddedHub::query(self, query, page_size, continuation)
     }
-    async fn test_queries(&self, target_condition: &str, metric_queries: &BTreeMap<String, String>) -> Result<TestQueriesResult, HubError> {
-        Ok(EmbeddedHub::test_queries(self, target_condition, metric_queries))
+    async fn test_queries(
+        &self,
+        target_condition: &str,
+        metric_queries: &BTreeMap<String, String>,
+    ) -> Result<TestQueriesResult, HubError> {
+        Ok(EmbeddedHub::test_queries(
+            self,
+            target_condition,
+            metric_queries,
+        ))
     }
     async fn get_twin(&self, device_id: &str) -> Result<Option<serde_json::Value>, HubError> {
         match EmbeddedHub::get_twin(self, device_id) {
@@ -41,7 +61,12 @@ impl Hub for EmbeddedHub {
             Err(e) => Err(e),
         }
     }
-    async fn update_twin(&self, device_id: &str, patch: &serde_json::Value, etag: Option<&str>) -> Result<serde_json::Value, HubError> {
+    async fn update_twin(
+        &self,
+        device_id: &str,
+        patch: &serde_json::Value,
+        etag: Option<&str>,
+    ) -> Result<serde_json::Value, HubError> {
         EmbeddedHub::update_twin(self, device_id, patch, etag)
     }
 }

@@ -4,34 +4,15 @@
 //! REST client for Azure IoT Hub (or `ringmaster hub serve`). The trait is deliberately
 //! small: configurations, queries and counts, twin read and patch.
 
-use crate::hub::configuration::Configuration;
-use crate::hub::error::HubError;
+use crate::iothub::configuration::Configuration;
+use crate::iothub::error::HubError;
 use async_trait::async_trait;
+
+pub use crate::iothub::{QueryPage, TestQueriesResult};
 
 pub mod azure;
 pub mod embedded;
-pub mod sas;
 use std::collections::BTreeMap;
-
-/// One page of a twin query.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct QueryPage {
-    /// `twin` or `raw` (the `x-ms-item-type` header).
-    pub item_type: String,
-    pub items: Vec<serde_json::Value>,
-    /// Present when more pages exist.
-    pub continuation: Option<String>,
-}
-
-/// The answer of `POST /configurations/testQueries`: empty strings mean "valid".
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TestQueriesResult {
-    #[serde(default)]
-    pub target_condition_error: String,
-    #[serde(default)]
-    pub custom_metric_query_errors: BTreeMap<String, String>,
-}
 
 /// What ringmaster needs from an IoT hub.
 #[async_trait]
@@ -41,7 +22,8 @@ pub trait Hub: Send + Sync {
     /// One configuration, or `None` when it does not exist.
     async fn get_configuration(&self, id: &str) -> Result<Option<Configuration>, HubError>;
     /// Creates a configuration; `ConfigurationAlreadyExists` when the id is taken.
-    async fn create_configuration(&self, config: &Configuration) -> Result<Configuration, HubError>;
+    async fn create_configuration(&self, config: &Configuration)
+    -> Result<Configuration, HubError>;
     /// Updates the mutable fields (target condition, priority, labels, metrics). `etag`
     /// `None` means unconditional (`If-Match: "*"`).
     async fn update_configuration(

@@ -50,7 +50,7 @@ use super::plan::{self, Cond, Plan};
 use super::revision::{ConfigLabels, ConfigState, Marks, belongs_to, label_value};
 use super::status::{self, READY, RECONCILING, STALLED};
 use super::validate::FieldError;
-use crate::hub::configuration::{Configuration, MAX_QUERY_LEN};
+use crate::iothub::configuration::{Configuration, MAX_QUERY_LEN};
 use crate::resources::{
     DeviceRollout, DeviceRolloutStatus, HistoryEntry, OnFailure, Operation, OperationKind,
     PauseState, Phase, RingRecord, RingState, RingStatus, Verdict,
@@ -140,7 +140,10 @@ pub enum Action {
     Create(Configuration),
     /// Update a configuration's mutable fields (target, labels, priority, metrics), on
     /// the etag it was observed with.
-    Update { config: Configuration, etag: Option<String> },
+    Update {
+        config: Configuration,
+        etag: Option<String>,
+    },
     /// Delete a configuration.
     Delete { id: String },
 }
@@ -172,16 +175,49 @@ pub struct Decision {
 
 /// The status for a rollout that failed validation: nothing is written to the hub (bad
 /// input never costs data) and the rollout waits for a change.
-pub fn invalid(ro: &DeviceRollout, last: &DeviceRolloutStatus, errors: &[FieldError], now: Timestamp) -> Decision {
+pub fn invalid(
+    ro: &DeviceRollout,
+    last: &DeviceRolloutStatus,
+    errors: &[FieldError],
+    now: Timestamp,
+) -> Decision {
     let mut st = last.clone();
     let generation = ro.metadata.generation;
     st.observed_generation = generation;
     st.phase = Some(Phase::Failed);
-    let message = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+    let message = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
     st.message = Some(format!("invalid spec: {message}"));
-    status::set_condition(&mut st, STALLED, true, "InvalidSpec", &message, generation, now);
-    status::set_condition(&mut st, RECONCILING, false, "InvalidSpec", "waiting for a valid spec", generation, now);
-    status::set_condition(&mut st, READY, false, "InvalidSpec", &message, generation, now);
+    status::set_condition(
+        &mut st,
+        STALLED,
+        true,
+        "InvalidSpec",
+        &message,
+        generation,
+        now,
+    );
+    status::set_condition(
+        &mut st,
+        RECONCILING,
+        false,
+        "InvalidSpec",
+        "waiting for a valid spec",
+        generation,
+        now,
+    );
+    status::set_condition(
+        &mut st,
+        READY,
+        false,
+        "InvalidSpec",
+        &message,
+        generation,
+        now,
+    );
     Decision {
         actions: Vec::new(),
         status: st,
@@ -192,7 +228,12 @@ pub fn invalid(ro: &DeviceRollout, last: &DeviceRolloutStatus, errors: &[FieldEr
 }
 
 /// Decides the next step of a rollout that passed [`super::validate::validate_rollout`].
-pub fn decide(ro: &DeviceRollout, last: &DeviceRolloutStatus, obs: &Observation, now: Timestamp) -> Decision {
+pub fn decide(
+    ro: &DeviceRollout,
+    last: &DeviceRolloutStatus,
+    obs: &Observation,
+    now: Timestamp,
+) -> Decision {
     let plan = Plan::new(ro);
     let mut run = Run::new(ro, &plan, last, obs, now);
     run.run();
@@ -227,7 +268,12 @@ fn numbers(c: &Configuration) -> Numbers {
     Numbers {
         targeted: get("targetedCount"),
         applied: get("appliedCount"),
-        metrics: c.metrics.results.iter().map(|(k, v)| (k.clone(), (*v).max(0) as u64)).collect(),
+        metrics: c
+            .metrics
+            .results
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).max(0) as u64))
+            .collect(),
     }
 }
 
@@ -267,7 +313,13 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(ro: &'a DeviceRollout, plan: &'a Plan, last: &DeviceRolloutStatus, obs: &'a Observation, now: Timestamp) -> Self {
+    fn new(
+        ro: &'a DeviceRollout,
+        plan: &'a Plan,
+        last: &DeviceRolloutStatus,
+        obs: &'a Observation,
+        now: Timestamp,
+    ) -> Self {
         Run {
             ro,
             plan,
@@ -319,22 +371,34 @@ impl<'a> Run<'a> {
             return Err(self.budget_wait("query"));
         }
         self.queries_left -= 1;
-        self.counts_needed.push(CountRequest { key, condition: condition.text().to_string() });
+        self.counts_needed.push(CountRequest {
+            key,
+            condition: condition.text().to_string(),
+        });
         Err(Step::Wait(MIN_REQUEUE))
     }
 
-    fn history(&mut self, decision: &str, ring: Option<usize>, numbers: Option<&Numbers>, message: String) {
+    fn history(
+        &mut self,
+        decision: &str,
+        ring: Option<usize>,
+        numbers: Option<&Numbers>,
+        message: String,
+    ) {
         let n = numbers.cloned().unwrap_or_default();
-        status::push_history(&mut self.st, HistoryEntry {
-            time: Time(self.now),
-            decision: decision.to_string(),
-            revision: Some(self.plan.revision.clone()),
-            ring: ring.and_then(|i| self.ring_names.get(i).cloned()),
-            targeted: n.targeted,
-            applied: n.applied,
-            metrics: n.metrics,
-            message,
-        });
+        status::push_history(
+            &mut self.st,
+            HistoryEntry {
+                time: Time(self.now),
+                decision: decision.to_string(),
+                revision: Some(self.plan.revision.clone()),
+                ring: ring.and_then(|i| self.ring_names.get(i).cloned()),
+                targeted: n.targeted,
+                applied: n.applied,
+                metrics: n.metrics,
+                message,
+            },
+        );
     }
 
     fn set_ring(&mut self, index: usize, state: RingState) {
@@ -374,7 +438,12 @@ impl<'a> Run<'a> {
             .filter_map(|c| {
                 let l = ConfigLabels::read(c)?;
                 let revision = c.labels.get(super::revision::label::REVISION)?.as_str();
-                Some(Ours { config: c, revision, ring: l.ring, state: l.state })
+                Some(Ours {
+                    config: c,
+                    revision,
+                    ring: l.ring,
+                    state: l.state,
+                })
             })
             .collect();
 
@@ -382,7 +451,10 @@ impl<'a> Run<'a> {
             self.cleanup(&ours, deletion);
             return;
         }
-        let cur = ours.iter().copied().find(|o| o.revision == self.plan.revision);
+        let cur = ours
+            .iter()
+            .copied()
+            .find(|o| o.revision == self.plan.revision);
         self.new_revision_bookkeeping();
         // What the status lost, the configuration's marks give back; before the requests,
         // so that a request aimed at the current ring finds it.
@@ -423,23 +495,57 @@ impl<'a> Run<'a> {
                 break;
             }
             let why = match o.state {
-                ConfigState::Rolling => format!("revision {} superseded by {}", o.revision, self.plan.revision),
-                ConfigState::Held => format!("held revision {} replaced by {}", o.revision, self.plan.revision),
-                ConfigState::Stable => format!("revision {} replaced by stable {}", o.revision, self.st.stable_revision.clone().unwrap_or_default()),
+                ConfigState::Rolling => format!(
+                    "revision {} superseded by {}",
+                    o.revision, self.plan.revision
+                ),
+                ConfigState::Held => format!(
+                    "held revision {} replaced by {}",
+                    o.revision, self.plan.revision
+                ),
+                ConfigState::Stable => format!(
+                    "revision {} replaced by stable {}",
+                    o.revision,
+                    self.st.stable_revision.clone().unwrap_or_default()
+                ),
             };
-            self.history("Delete", None, Some(&numbers(o.config)), format!("{why}: deleting configuration {}", o.config.id));
-            self.actions.push(Action::Delete { id: o.config.id.clone() });
+            self.history(
+                "Delete",
+                None,
+                Some(&numbers(o.config)),
+                format!("{why}: deleting configuration {}", o.config.id),
+            );
+            self.actions.push(Action::Delete {
+                id: o.config.id.clone(),
+            });
         }
         // The stable configuration follows spec changes to target, rings, priority, metrics.
         if let Some(s) = keep_stable
-            && !self.plan.matches(s.config, s.revision, self.plan.last_ring(), ConfigState::Stable)
+            && !self.plan.matches(
+                s.config,
+                s.revision,
+                self.plan.last_ring(),
+                ConfigState::Stable,
+            )
             && self.take_write()
         {
-            let config = self.plan.retarget(s.config, s.revision, self.plan.last_ring(), ConfigState::Stable);
-            self.actions.push(Action::Update { config, etag: s.config.etag.clone() });
+            let config = self.plan.retarget(
+                s.config,
+                s.revision,
+                self.plan.last_ring(),
+                ConfigState::Stable,
+            );
+            self.actions.push(Action::Update {
+                config,
+                etag: s.config.etag.clone(),
+            });
         }
 
-        let deleted = self.actions.iter().filter(|a| matches!(a, Action::Delete { .. })).count();
+        let deleted = self
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Delete { .. }))
+            .count();
         match cur {
             Some(c) if c.state == ConfigState::Stable => self.healthy(c),
             Some(c) if c.state == ConfigState::Held => self.held(c, keep_stable),
@@ -455,14 +561,23 @@ impl<'a> Run<'a> {
     /// last request applied, a pause, and (for a rolling revision) where its ring is.
     fn restore(&mut self, c: Ours<'a>) {
         let marks = c.marks();
-        let known = |st: &DeviceRolloutStatus, id: &str| st.handled_operations.iter().any(|h| label_value(h) == id);
+        let known = |st: &DeviceRolloutStatus, id: &str| {
+            st.handled_operations.iter().any(|h| label_value(h) == id)
+        };
         // A pause the status has no record of at all: the status was lost, not resumed.
         if let Some(p) = &marks.paused
             && self.st.paused.is_none()
             && !known(&self.st, p)
         {
-            let since = c.config.last_updated_time_utc.unwrap_or(self.now).min(self.now);
-            self.st.paused = Some(PauseState { since: Time(since), operation: p.clone() });
+            let since = c
+                .config
+                .last_updated_time_utc
+                .unwrap_or(self.now)
+                .min(self.now);
+            self.st.paused = Some(PauseState {
+                since: Time(since),
+                operation: p.clone(),
+            });
         }
         if let Some(op) = &marks.operation
             && !known(&self.st, op)
@@ -483,10 +598,17 @@ impl<'a> Run<'a> {
         let consistent = match &self.st.ring {
             Some(r) if r.index as usize == k => matches!(
                 r.state,
-                RingState::Applying | RingState::Baking | RingState::Analyzing | RingState::Passed | RingState::Failed
+                RingState::Applying
+                    | RingState::Baking
+                    | RingState::Analyzing
+                    | RingState::Passed
+                    | RingState::Failed
             ),
             Some(r) if r.index as usize == k + 1 => {
-                matches!(r.state, RingState::WaitingForBaseline | RingState::AwaitingApproval)
+                matches!(
+                    r.state,
+                    RingState::WaitingForBaseline | RingState::AwaitingApproval
+                )
             }
             _ => false,
         };
@@ -523,13 +645,20 @@ impl<'a> Run<'a> {
         self.set_ring(index, state);
         if let Some(r) = self.st.ring.as_mut() {
             r.since = Time(since.min(self.now));
-            r.applied_at = if index == k { marks.applied.map(Time) } else { None };
+            r.applied_at = if index == k {
+                marks.applied.map(Time)
+            } else {
+                None
+            };
         }
         self.history(
             "Restored",
             Some(index),
             Some(&numbers(c.config)),
-            format!("status rebuilt from the labels of configuration {}: ring {} {state:?}", c.config.id, self.ring_names[index]),
+            format!(
+                "status rebuilt from the labels of configuration {}: ring {} {state:?}",
+                c.config.id, self.ring_names[index]
+            ),
         );
     }
 
@@ -549,7 +678,9 @@ impl<'a> Run<'a> {
             (None, Some(c)) => c.config.clone(),
             (None, None) => return,
         };
-        let Some(l) = ConfigLabels::read(&config) else { return };
+        let Some(l) = ConfigLabels::read(&config) else {
+            return;
+        };
         let want = self.marks_for(&l).write(&config.labels);
         if want == config.labels {
             return;
@@ -566,7 +697,10 @@ impl<'a> Run<'a> {
                 {
                     let mut config = config;
                     config.labels = want;
-                    self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+                    self.actions.push(Action::Update {
+                        config,
+                        etag: c.config.etag.clone(),
+                    });
                     self.marks_write = true;
                 }
             }
@@ -579,15 +713,26 @@ impl<'a> Run<'a> {
         let paused = self.st.paused.as_ref().map(|p| p.operation.clone());
         match l.state {
             ConfigState::Stable => Marks::default(),
-            ConfigState::Held => Marks { paused, operation, ..Default::default() },
+            ConfigState::Held => Marks {
+                paused,
+                operation,
+                ..Default::default()
+            },
             ConfigState::Rolling => {
                 let rec = self.st.rings.get(l.ring);
-                let passed = rec.filter(|r| r.verdict == Some(Verdict::Pass)).and_then(|r| r.passed_at.clone());
+                let passed = rec
+                    .filter(|r| r.verdict == Some(Verdict::Pass))
+                    .and_then(|r| r.passed_at.clone());
                 Marks {
                     started: rec.and_then(|r| r.started_at.clone()).map(|t| t.0),
                     applied: rec.and_then(|r| r.applied_at.clone()).map(|t| t.0),
                     passed: passed.map(|t| t.0),
-                    approved: self.st.rings.get(l.ring + 1).and_then(|r| r.approved_at.clone()).map(|t| t.0),
+                    approved: self
+                        .st
+                        .rings
+                        .get(l.ring + 1)
+                        .and_then(|r| r.approved_at.clone())
+                        .map(|t| t.0),
                     paused,
                     operation,
                 }
@@ -599,7 +744,12 @@ impl<'a> Run<'a> {
         let rev = self.plan.revision.clone();
         if self.st.revision.as_deref() != Some(rev.as_str()) {
             if let Some(old) = self.st.revision.clone() {
-                self.history("NewRevision", None, None, format!("content changed: revision {old} -> {rev}"));
+                self.history(
+                    "NewRevision",
+                    None,
+                    None,
+                    format!("content changed: revision {old} -> {rev}"),
+                );
             }
             self.st.ring = None;
             self.st.rings.clear();
@@ -617,27 +767,67 @@ impl<'a> Run<'a> {
         for op in &self.obs.operations {
             // An id restored from the `operation` mark is in its label form.
             let as_label = label_value(&op.id);
-            if self.st.handled_operations.iter().any(|h| *h == op.id || *h == as_label) {
+            if self
+                .st
+                .handled_operations
+                .iter()
+                .any(|h| *h == op.id || *h == as_label)
+            {
                 continue;
             }
             status::mark_handled(&mut self.st, &op.id);
             let kind = op.kind.name();
-            if op.revision.as_ref().is_some_and(|r| *r != self.plan.revision) {
-                self.history("IgnoredOperation", None, None, format!("{kind} {} was aimed at revision {}", op.id, op.revision.clone().unwrap_or_default()));
+            if op
+                .revision
+                .as_ref()
+                .is_some_and(|r| *r != self.plan.revision)
+            {
+                self.history(
+                    "IgnoredOperation",
+                    None,
+                    None,
+                    format!(
+                        "{kind} {} was aimed at revision {}",
+                        op.id,
+                        op.revision.clone().unwrap_or_default()
+                    ),
+                );
                 continue;
             }
             if op.ring.is_some() && op.ring != ring_name {
-                self.history("IgnoredOperation", None, None, format!("{kind} {} was aimed at ring {}", op.id, op.ring.clone().unwrap_or_default()));
+                self.history(
+                    "IgnoredOperation",
+                    None,
+                    None,
+                    format!(
+                        "{kind} {} was aimed at ring {}",
+                        op.id,
+                        op.ring.clone().unwrap_or_default()
+                    ),
+                );
                 continue;
             }
             match op.kind {
                 OperationKind::Pause => {
-                    self.st.paused = Some(PauseState { since: Time(self.now), operation: op.id.clone() });
-                    self.history("Pause", None, None, format!("paused by operator ({})", op.id));
+                    self.st.paused = Some(PauseState {
+                        since: Time(self.now),
+                        operation: op.id.clone(),
+                    });
+                    self.history(
+                        "Pause",
+                        None,
+                        None,
+                        format!("paused by operator ({})", op.id),
+                    );
                 }
                 OperationKind::Resume => {
                     if self.st.paused.take().is_some() {
-                        self.history("Resume", None, None, format!("resumed by operator ({})", op.id));
+                        self.history(
+                            "Resume",
+                            None,
+                            None,
+                            format!("resumed by operator ({})", op.id),
+                        );
                     }
                 }
                 OperationKind::Promote => self.requests.promote = true,
@@ -651,18 +841,37 @@ impl<'a> Run<'a> {
 
     fn healthy(&mut self, c: Ours<'a>) {
         let last = self.plan.last_ring();
-        if !self.plan.matches(c.config, c.revision, last, ConfigState::Stable) && self.take_write() {
-            let config = self.plan.retarget(c.config, c.revision, last, ConfigState::Stable);
-            self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+        if !self
+            .plan
+            .matches(c.config, c.revision, last, ConfigState::Stable)
+            && self.take_write()
+        {
+            let config = self
+                .plan
+                .retarget(c.config, c.revision, last, ConfigState::Stable);
+            self.actions.push(Action::Update {
+                config,
+                etag: c.config.etag.clone(),
+            });
         }
         let n = numbers(c.config);
-        if self.st.ring.as_ref().is_none_or(|r| r.state != RingState::Passed || r.index as usize != last) {
+        if self
+            .st
+            .ring
+            .as_ref()
+            .is_none_or(|r| r.state != RingState::Passed || r.index as usize != last)
+        {
             self.set_ring(last, RingState::Passed);
         }
         self.observe_numbers(last, &n);
         self.st.held_revision = None;
         if self.requests.promote || self.requests.abort || self.requests.retry {
-            self.history("IgnoredOperation", Some(last), Some(&n), "the revision is already stable".into());
+            self.history(
+                "IgnoredOperation",
+                Some(last),
+                Some(&n),
+                "the revision is already stable".into(),
+            );
         }
         self.message = format!("revision {} is stable on every ring", self.plan.revision);
         self.wait(IDLE_POLL);
@@ -671,23 +880,41 @@ impl<'a> Run<'a> {
     fn held(&mut self, c: Ours<'a>, stable: Option<Ours<'a>>) {
         let n = numbers(c.config);
         if self.requests.retry {
-            self.history("Retry", Some(0), Some(&n), "operator asked to retry the rolled-back revision from ring 0".into());
+            self.history(
+                "Retry",
+                Some(0),
+                Some(&n),
+                "operator asked to retry the rolled-back revision from ring 0".into(),
+            );
             self.st.held_revision = None;
             self.st.rings.clear();
             self.set_ring(0, RingState::WaitingForBaseline);
             self.machine(Some(c), None, stable, usize::MAX);
             return;
         }
-        if !self.plan.matches(c.config, c.revision, c.ring, ConfigState::Held) && self.take_write() {
-            let config = self.plan.retarget(c.config, c.revision, c.ring, ConfigState::Held);
-            self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+        if !self
+            .plan
+            .matches(c.config, c.revision, c.ring, ConfigState::Held)
+            && self.take_write()
+        {
+            let config = self
+                .plan
+                .retarget(c.config, c.revision, c.ring, ConfigState::Held);
+            self.actions.push(Action::Update {
+                config,
+                etag: c.config.etag.clone(),
+            });
         }
         self.st.held_revision = Some(self.plan.revision.clone());
         let ring = c.ring.min(self.plan.last_ring());
         let rolled_back = self.ring_state() == Some(RingState::RolledBack);
         if !rolled_back && self.ring_state() != Some(RingState::RollingBack) {
             // Rebuilt from the labels: the rollback was the configuration's last update.
-            let since = c.config.last_updated_time_utc.unwrap_or(self.now).min(self.now);
+            let since = c
+                .config
+                .last_updated_time_utc
+                .unwrap_or(self.now)
+                .min(self.now);
             self.set_ring(ring, RingState::RollingBack);
             if let Some(r) = self.st.ring.as_mut() {
                 r.since = Time(since);
@@ -734,7 +961,10 @@ impl<'a> Run<'a> {
                     self.plan.revision
                 );
                 if rolled_back {
-                    self.message = format!("revision {} was rolled back and is held", self.plan.revision);
+                    self.message = format!(
+                        "revision {} was rolled back and is held",
+                        self.plan.revision
+                    );
                 } else {
                     self.rolled_back(ring, &n, msg.clone());
                     self.message = msg;
@@ -794,18 +1024,29 @@ impl<'a> Run<'a> {
         if condition.text().len() > MAX_QUERY_LEN {
             return Ok(None);
         }
-        self.count(format!("rollback:{}", self.plan.revision), &condition).map(Some)
+        self.count(format!("rollback:{}", self.plan.revision), &condition)
+            .map(Some)
     }
 
     /// A revision without a configuration yet, or one moving through the rings.
-    fn progress(&mut self, cur: Option<Ours<'a>>, stable: Option<Ours<'a>>, configs_after_deletes: usize) {
+    fn progress(
+        &mut self,
+        cur: Option<Ours<'a>>,
+        stable: Option<Ours<'a>>,
+        configs_after_deletes: usize,
+    ) {
         match cur {
             None => {
-                if self.st.held_revision.as_deref() == Some(self.plan.revision.as_str()) && !self.requests.retry {
+                if self.st.held_revision.as_deref() == Some(self.plan.revision.as_str())
+                    && !self.requests.retry
+                {
                     if self.ring_state() != Some(RingState::RolledBack) {
                         self.set_ring(self.ring_index(), RingState::RolledBack);
                     }
-                    self.message = format!("revision {} is held after a rollback; its configuration is gone", self.plan.revision);
+                    self.message = format!(
+                        "revision {} is held after a rollback; its configuration is gone",
+                        self.plan.revision
+                    );
                     self.wait(IDLE_POLL);
                     return;
                 }
@@ -822,7 +1063,12 @@ impl<'a> Run<'a> {
                 if self.requests.abort {
                     self.st.held_revision = Some(self.plan.revision.clone());
                     self.set_ring(0, RingState::RolledBack);
-                    self.history("Abort", Some(0), None, "aborted by operator before ring 0 was targeted".into());
+                    self.history(
+                        "Abort",
+                        Some(0),
+                        None,
+                        "aborted by operator before ring 0 was targeted".into(),
+                    );
                     self.message = "aborted before anything was written to the hub".into();
                     self.wait(IDLE_POLL);
                     return;
@@ -833,10 +1079,24 @@ impl<'a> Run<'a> {
                 // `restore` made the status agree with the labels.
                 let k = c.ring.min(self.plan.last_ring());
                 // A spec change to targets, priority or metrics: bring the configuration in line.
-                if !self.plan.matches(c.config, c.revision, k, ConfigState::Rolling) && self.take_write() {
-                    let config = self.plan.retarget(c.config, c.revision, k, ConfigState::Rolling);
-                    self.history("Retarget", Some(k), Some(&numbers(c.config)), "the spec changed: configuration updated".into());
-                    self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+                if !self
+                    .plan
+                    .matches(c.config, c.revision, k, ConfigState::Rolling)
+                    && self.take_write()
+                {
+                    let config = self
+                        .plan
+                        .retarget(c.config, c.revision, k, ConfigState::Rolling);
+                    self.history(
+                        "Retarget",
+                        Some(k),
+                        Some(&numbers(c.config)),
+                        "the spec changed: configuration updated".into(),
+                    );
+                    self.actions.push(Action::Update {
+                        config,
+                        etag: c.config.etag.clone(),
+                    });
                 }
                 self.machine(Some(c), Some(k), stable, configs_after_deletes);
             }
@@ -845,13 +1105,22 @@ impl<'a> Run<'a> {
 
     /// Runs the ring state machine until it has to wait.
     /// `hub_ring`: the ring the configuration's target includes now (`None`: it reaches no device).
-    fn machine(&mut self, cur: Option<Ours<'a>>, hub_ring: Option<usize>, stable: Option<Ours<'a>>, configs: usize) {
+    fn machine(
+        &mut self,
+        cur: Option<Ours<'a>>,
+        hub_ring: Option<usize>,
+        stable: Option<Ours<'a>>,
+        configs: usize,
+    ) {
         let n = cur.map(|c| numbers(c.config)).unwrap_or_default();
         let mut promote = std::mem::take(&mut self.requests.promote);
         for _ in 0..8 {
             let state = self.ring_state().unwrap_or(RingState::WaitingForBaseline);
             let i = self.ring_index();
-            if matches!(state, RingState::Applying | RingState::Baking | RingState::Analyzing | RingState::Failed) {
+            if matches!(
+                state,
+                RingState::Applying | RingState::Baking | RingState::Analyzing | RingState::Failed
+            ) {
                 self.observe_numbers(i, &n);
             }
             if let (true, Some(c), Some(_)) = (self.requests.abort, cur, hub_ring) {
@@ -864,7 +1133,9 @@ impl<'a> Run<'a> {
                 return;
             }
             let step = match state {
-                RingState::WaitingForBaseline => self.guard(cur, hub_ring, i, stable, &mut promote, configs),
+                RingState::WaitingForBaseline => {
+                    self.guard(cur, hub_ring, i, stable, &mut promote, configs)
+                }
                 RingState::AwaitingApproval => {
                     if std::mem::take(&mut promote) {
                         // Approved; the guard runs again before widening: coverage may have
@@ -873,13 +1144,26 @@ impl<'a> Run<'a> {
                         self.enter(i, RingState::WaitingForBaseline);
                         Step::Continue
                     } else {
-                        self.message = format!("ring {} waits for an operator's promote", self.ring_names[i]);
+                        self.message = format!(
+                            "ring {} waits for an operator's promote",
+                            self.ring_names[i]
+                        );
                         Step::Wait(HUMAN_POLL)
                     }
                 }
-                RingState::Applying => self.applying(cur.expect("a targeted ring has a configuration"), i, &n, std::mem::take(&mut promote)),
+                RingState::Applying => self.applying(
+                    cur.expect("a targeted ring has a configuration"),
+                    i,
+                    &n,
+                    std::mem::take(&mut promote),
+                ),
                 RingState::Baking => {
-                    let applied_at = self.st.ring.as_ref().and_then(|r| r.applied_at.clone()).map_or(self.now, |t| t.0);
+                    let applied_at = self
+                        .st
+                        .ring
+                        .as_ref()
+                        .and_then(|r| r.applied_at.clone())
+                        .map_or(self.now, |t| t.0);
                     let bake = EffectiveGate::for_ring(&self.ro.spec, i).bake;
                     let done = applied_at.checked_add(bake).unwrap_or(applied_at);
                     if promote || self.now >= done {
@@ -887,19 +1171,38 @@ impl<'a> Run<'a> {
                         Step::Continue
                     } else {
                         let left = done.duration_since(self.now);
-                        self.message = format!("ring {} is baking: {}s left", self.ring_names[i], left.as_secs());
+                        self.message = format!(
+                            "ring {} is baking: {}s left",
+                            self.ring_names[i],
+                            left.as_secs()
+                        );
                         Step::Wait(left.min(BAKE_POLL))
                     }
                 }
-                RingState::Analyzing => self.analyze(cur.expect("a judged ring has a configuration"), i, &n, std::mem::take(&mut promote)),
-                RingState::Passed => self.passed(cur.expect("a passed ring has a configuration"), i, &n, stable),
+                RingState::Analyzing => self.analyze(
+                    cur.expect("a judged ring has a configuration"),
+                    i,
+                    &n,
+                    std::mem::take(&mut promote),
+                ),
+                RingState::Passed => self.passed(
+                    cur.expect("a passed ring has a configuration"),
+                    i,
+                    &n,
+                    stable,
+                ),
                 RingState::Failed => {
                     let c = cur.expect("a failed ring has a configuration");
                     if std::mem::take(&mut promote) {
                         self.pass(i, &n, "promoted by operator after the gate failed".into());
                         Step::Continue
                     } else if std::mem::take(&mut self.requests.retry) {
-                        self.history("Retry", Some(i), Some(&n), "operator asked to judge the ring again".into());
+                        self.history(
+                            "Retry",
+                            Some(i),
+                            Some(&n),
+                            "operator asked to judge the ring again".into(),
+                        );
                         self.enter(i, RingState::Applying);
                         // A new start: applied, baked and judged again, with a new deadline.
                         let now = Time(self.now);
@@ -967,16 +1270,33 @@ impl<'a> Run<'a> {
     ///
     /// `promote` on an approval ring approves it (and the guard still runs); on any other
     /// ring, or once approved, it widens past the guard.
-    fn guard(&mut self, cur: Option<Ours<'a>>, hub_ring: Option<usize>, next: usize, stable: Option<Ours<'a>>, promote: &mut bool, configs: usize) -> Step {
+    fn guard(
+        &mut self,
+        cur: Option<Ours<'a>>,
+        hub_ring: Option<usize>,
+        next: usize,
+        stable: Option<Ours<'a>>,
+        promote: &mut bool,
+        configs: usize,
+    ) -> Step {
         let needs_approval = |run: &Self| {
             run.ro.spec.rings.get(next).is_some_and(|r| r.approval)
-                && run.st.rings.get(next).is_none_or(|r| r.approved_at.is_none())
+                && run
+                    .st
+                    .rings
+                    .get(next)
+                    .is_none_or(|r| r.approved_at.is_none())
         };
         if std::mem::take(promote) {
             if needs_approval(self) {
                 self.approve(next);
             } else {
-                self.history("Promote", Some(next), None, "operator promoted past the baseline guard".into());
+                self.history(
+                    "Promote",
+                    Some(next),
+                    None,
+                    "operator promoted past the baseline guard".into(),
+                );
                 return self.widen(cur, next, configs);
             }
         }
@@ -987,7 +1307,10 @@ impl<'a> Run<'a> {
             if self.ring_state() != Some(RingState::AwaitingApproval) || self.ring_index() != next {
                 self.enter(next, RingState::AwaitingApproval);
             }
-            self.message = format!("ring {} waits for an operator's promote", self.ring_names[next]);
+            self.message = format!(
+                "ring {} waits for an operator's promote",
+                self.ring_names[next]
+            );
             return Step::Wait(HUMAN_POLL);
         }
         self.widen(cur, next, configs)
@@ -1002,7 +1325,13 @@ impl<'a> Run<'a> {
 
     /// The baseline count for ring `next`: `Some(step)` when widening must wait (for the
     /// count, or for a baseline), `None` when it may go on.
-    fn baseline_blocks(&mut self, cur: Option<Ours<'a>>, hub_ring: Option<usize>, next: usize, stable: Option<Ours<'a>>) -> Option<Step> {
+    fn baseline_blocks(
+        &mut self,
+        cur: Option<Ours<'a>>,
+        hub_ring: Option<usize>,
+        next: usize,
+        stable: Option<Ours<'a>>,
+    ) -> Option<Step> {
         if self.ro.spec.baseline == crate::resources::BaselinePolicy::Off {
             return None;
         }
@@ -1024,7 +1353,10 @@ impl<'a> Run<'a> {
             self.message = msg;
             return Some(Step::Wait(HUMAN_POLL));
         }
-        let uncovered = match self.count(format!("baseline:{}:{next}", self.plan.revision), &condition) {
+        let uncovered = match self.count(
+            format!("baseline:{}:{next}", self.plan.revision),
+            &condition,
+        ) {
             Ok(n) => n,
             Err(step) => return Some(step),
         };
@@ -1042,7 +1374,10 @@ impl<'a> Run<'a> {
         if self.ring_state() != Some(RingState::WaitingForBaseline) || self.ring_index() != next {
             self.enter(next, RingState::WaitingForBaseline);
         }
-        self.stalled = Some(("BaselineMissing".into(), format!("{msg}; add a baseline configuration, or promote to go on")));
+        self.stalled = Some((
+            "BaselineMissing".into(),
+            format!("{msg}; add a baseline configuration, or promote to go on"),
+        ));
         self.message = msg;
         Some(Step::Wait(HUMAN_POLL))
     }
@@ -1091,7 +1426,13 @@ impl<'a> Run<'a> {
 
     /// True when `c` writes a twin path the rollout's content writes too.
     fn writes_our_paths(&self, c: &Configuration) -> bool {
-        let ours = || self.plan.content.device_content.iter().flat_map(|m| m.keys());
+        let ours = || {
+            self.plan
+                .content
+                .device_content
+                .iter()
+                .flat_map(|m| m.keys())
+        };
         c.content
             .device_content
             .iter()
@@ -1102,7 +1443,10 @@ impl<'a> Run<'a> {
     /// Targets ring `next`: creates the configuration, or widens its target.
     fn widen(&mut self, cur: Option<Ours<'a>>, next: usize, configs: usize) -> Step {
         if let Some(p) = &self.st.paused {
-            self.message = format!("paused by operator ({}): ring {} is not targeted until resume", p.operation, self.ring_names[next]);
+            self.message = format!(
+                "paused by operator ({}): ring {} is not targeted until resume",
+                p.operation, self.ring_names[next]
+            );
             return Step::Wait(HUMAN_POLL);
         }
         match cur {
@@ -1120,7 +1464,15 @@ impl<'a> Run<'a> {
                     return self.budget_wait("configuration-write");
                 }
                 let config = self.plan.new_configuration(next, ConfigState::Rolling);
-                self.history("Create", Some(next), None, format!("configuration {} created for ring {}", self.plan.id, self.ring_names[next]));
+                self.history(
+                    "Create",
+                    Some(next),
+                    None,
+                    format!(
+                        "configuration {} created for ring {}",
+                        self.plan.id, self.ring_names[next]
+                    ),
+                );
                 self.actions.push(Action::Create(config));
             }
             Some(c) => {
@@ -1128,16 +1480,36 @@ impl<'a> Run<'a> {
                     return self.budget_wait("configuration-write");
                 }
                 // Drop an earlier drift update of the same configuration: this one supersedes it.
-                self.actions.retain(|a| !matches!(a, Action::Update { config, .. } if config.id == c.config.id));
-                let config = self.plan.retarget(c.config, c.revision, next, ConfigState::Rolling);
-                self.history("Widen", Some(next), Some(&numbers(c.config)), format!("target widened to ring {}: {}", self.ring_names[next], config.target_condition));
-                self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+                self.actions.retain(
+                    |a| !matches!(a, Action::Update { config, .. } if config.id == c.config.id),
+                );
+                let config = self
+                    .plan
+                    .retarget(c.config, c.revision, next, ConfigState::Rolling);
+                self.history(
+                    "Widen",
+                    Some(next),
+                    Some(&numbers(c.config)),
+                    format!(
+                        "target widened to ring {}: {}",
+                        self.ring_names[next], config.target_condition
+                    ),
+                );
+                self.actions.push(Action::Update {
+                    config,
+                    etag: c.config.etag.clone(),
+                });
             }
         }
         self.set_ring(next, RingState::Applying);
         let now = Time(self.now);
         let rec = self.record(next);
-        *rec = RingRecord { name: rec.name.clone(), started_at: Some(now), approved_at: rec.approved_at.clone(), ..Default::default() };
+        *rec = RingRecord {
+            name: rec.name.clone(),
+            started_at: Some(now),
+            approved_at: rec.approved_at.clone(),
+            ..Default::default()
+        };
         self.message = format!("ring {} targeted", self.ring_names[next]);
         Step::Wait(AFTER_WRITE)
     }
@@ -1145,10 +1517,17 @@ impl<'a> Run<'a> {
     /// Waits until the hub reports ring `i` applied.
     fn applying(&mut self, c: Ours<'a>, i: usize, n: &Numbers, promote: bool) -> Step {
         if promote {
-            self.pass(i, n, "promoted by operator before the ring was applied".into());
+            self.pass(
+                i,
+                n,
+                "promoted by operator before the ring was applied".into(),
+            );
             return Step::Continue;
         }
-        let expected = match self.count(format!("targeted:{}:{i}", self.plan.revision), &self.plan.target(i)) {
+        let expected = match self.count(
+            format!("targeted:{}:{i}", self.plan.revision),
+            &self.plan.target(i),
+        ) {
             Ok(e) => e,
             Err(step) => return step,
         };
@@ -1169,7 +1548,10 @@ impl<'a> Run<'a> {
             }
         }
         let shielded_note = if shielded > 0 {
-            format!("; {shielded} more are held by higher-priority configuration(s) {} and count as settled", shielding.join(", "))
+            format!(
+                "; {shielded} more are held by higher-priority configuration(s) {} and count as settled",
+                shielding.join(", ")
+            )
         } else {
             String::new()
         };
@@ -1187,7 +1569,15 @@ impl<'a> Run<'a> {
             rec.applied_at = Some(now);
             rec.shielded = shielded;
             let applied = n.applied.unwrap_or(0);
-            self.history("Applied", Some(i), Some(n), format!("the hub applied ring {} to {applied} devices{shielded_note}", self.ring_names[i]));
+            self.history(
+                "Applied",
+                Some(i),
+                Some(n),
+                format!(
+                    "the hub applied ring {} to {applied} devices{shielded_note}",
+                    self.ring_names[i]
+                ),
+            );
             return Step::Continue;
         }
         let since = self.st.ring.as_ref().map_or(self.now, |r| r.since.0);
@@ -1218,11 +1608,23 @@ impl<'a> Run<'a> {
         let inputs = GateInputs {
             targeted: n.targeted.unwrap_or(0),
             applied: n.applied.unwrap_or(0),
-            metrics: self.plan.metrics.keys().map(|k| (k.clone(), n.metrics.get(k).copied().unwrap_or(0))).collect(),
+            metrics: self
+                .plan
+                .metrics
+                .keys()
+                .map(|k| (k.clone(), n.metrics.get(k).copied().unwrap_or(0)))
+                .collect(),
         };
         let result = gate::evaluate(&g, &inputs);
         if promote {
-            self.pass(i, n, format!("promoted by operator (the gate said {:?}: {})", result.verdict, result.message));
+            self.pass(
+                i,
+                n,
+                format!(
+                    "promoted by operator (the gate said {:?}: {})",
+                    result.verdict, result.message
+                ),
+            );
             return Step::Continue;
         }
         let rec = self.record(i);
@@ -1235,13 +1637,30 @@ impl<'a> Run<'a> {
             }
             Verdict::Fail => {
                 self.history("Fail", Some(i), Some(n), result.message.clone());
-                self.failure(c, i, n, format!("ring {} failed its gate: {}", self.ring_names[i], result.message), false)
+                self.failure(
+                    c,
+                    i,
+                    n,
+                    format!(
+                        "ring {} failed its gate: {}",
+                        self.ring_names[i], result.message
+                    ),
+                    false,
+                )
             }
             Verdict::Inconclusive => {
                 let since = self.st.ring.as_ref().map_or(self.now, |r| r.since.0);
-                let started = self.st.rings.get(i).and_then(|r| r.started_at.clone()).map_or(since, |t| t.0);
+                let started = self
+                    .st
+                    .rings
+                    .get(i)
+                    .and_then(|r| r.started_at.clone())
+                    .map_or(since, |t| t.0);
                 if self.now >= started.checked_add(g.deadline).unwrap_or(started) {
-                    let reason = format!("ring {} reached its deadline without a verdict: {}", self.ring_names[i], result.message);
+                    let reason = format!(
+                        "ring {} reached its deadline without a verdict: {}",
+                        self.ring_names[i], result.message
+                    );
                     self.history("Deadline", Some(i), Some(n), reason.clone());
                     return self.failure(c, i, n, reason, true);
                 }
@@ -1272,31 +1691,69 @@ impl<'a> Run<'a> {
         }
         // The last ring passed: the revision becomes stable, the previous one goes.
         if let Some(p) = &self.st.paused {
-            self.message = format!("paused by operator ({}): the revision is not made stable until resume", p.operation);
+            self.message = format!(
+                "paused by operator ({}): the revision is not made stable until resume",
+                p.operation
+            );
             return Step::Wait(HUMAN_POLL);
         }
         if !self.take_write() {
             return self.budget_wait("configuration-write");
         }
-        self.actions.retain(|a| !matches!(a, Action::Update { config, .. } if config.id == c.config.id));
-        let config = self.plan.retarget(c.config, c.revision, i, ConfigState::Stable);
-        self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+        self.actions
+            .retain(|a| !matches!(a, Action::Update { config, .. } if config.id == c.config.id));
+        let config = self
+            .plan
+            .retarget(c.config, c.revision, i, ConfigState::Stable);
+        self.actions.push(Action::Update {
+            config,
+            etag: c.config.etag.clone(),
+        });
         self.st.stable_revision = Some(self.plan.revision.clone());
-        self.history("Complete", Some(i), Some(n), format!("revision {} passed every ring and is stable", self.plan.revision));
+        self.history(
+            "Complete",
+            Some(i),
+            Some(n),
+            format!(
+                "revision {} passed every ring and is stable",
+                self.plan.revision
+            ),
+        );
         if let Some(s) = stable
             && self.take_write()
         {
-            self.history("Delete", None, Some(&numbers(s.config)), format!("previous stable revision {}: deleting configuration {}", s.revision, s.config.id));
-            self.actions.push(Action::Delete { id: s.config.id.clone() });
+            self.history(
+                "Delete",
+                None,
+                Some(&numbers(s.config)),
+                format!(
+                    "previous stable revision {}: deleting configuration {}",
+                    s.revision, s.config.id
+                ),
+            );
+            self.actions.push(Action::Delete {
+                id: s.config.id.clone(),
+            });
         }
         self.message = format!("revision {} is stable on every ring", self.plan.revision);
         Step::Wait(AFTER_WRITE)
     }
 
     /// A ring failed (or timed out): apply `onFailure`.
-    fn failure(&mut self, c: Ours<'a>, i: usize, n: &Numbers, reason: String, deadline: bool) -> Step {
+    fn failure(
+        &mut self,
+        c: Ours<'a>,
+        i: usize,
+        n: &Numbers,
+        reason: String,
+        deadline: bool,
+    ) -> Step {
         let rec = self.record(i);
-        rec.verdict = Some(if deadline { Verdict::Inconclusive } else { Verdict::Fail });
+        rec.verdict = Some(if deadline {
+            Verdict::Inconclusive
+        } else {
+            Verdict::Fail
+        });
         rec.message = Some(reason.clone());
         if deadline {
             self.stalled = Some(("DeadlineExceeded".into(), reason.clone()));
@@ -1305,7 +1762,12 @@ impl<'a> Run<'a> {
             OnFailure::Rollback => self.rollback(c, reason),
             OnFailure::Pause => {
                 self.enter(i, RingState::Failed);
-                self.history("Hold", Some(i), Some(n), format!("{reason}; onFailure is pause: holding for an operator"));
+                self.history(
+                    "Hold",
+                    Some(i),
+                    Some(n),
+                    format!("{reason}; onFailure is pause: holding for an operator"),
+                );
                 self.message = reason.clone();
                 self.stalled = Some(("GateFailed".into(), reason));
                 Step::Wait(HUMAN_POLL)
@@ -1318,12 +1780,26 @@ impl<'a> Run<'a> {
         if !self.take_write() {
             return self.budget_wait("configuration-write");
         }
-        self.actions.retain(|a| !matches!(a, Action::Update { config, .. } if config.id == c.config.id));
+        self.actions
+            .retain(|a| !matches!(a, Action::Update { config, .. } if config.id == c.config.id));
         let ring = c.ring.min(self.plan.last_ring());
-        let config = self.plan.retarget(c.config, c.revision, ring, ConfigState::Held);
-        self.actions.push(Action::Update { config, etag: c.config.etag.clone() });
+        let config = self
+            .plan
+            .retarget(c.config, c.revision, ring, ConfigState::Held);
+        self.actions.push(Action::Update {
+            config,
+            etag: c.config.etag.clone(),
+        });
         self.st.held_revision = Some(self.plan.revision.clone());
-        self.history("Rollback", Some(ring), Some(&numbers(c.config)), format!("{reason}: narrowing revision {} to no device", self.plan.revision));
+        self.history(
+            "Rollback",
+            Some(ring),
+            Some(&numbers(c.config)),
+            format!(
+                "{reason}: narrowing revision {} to no device",
+                self.plan.revision
+            ),
+        );
         self.enter(ring, RingState::RollingBack);
         if let Some(r) = self.st.ring.as_mut() {
             r.index = ring as u32;
@@ -1377,13 +1853,19 @@ impl<'a> Run<'a> {
                 self.wait(self.obs.budget.refill);
                 break;
             }
-            self.actions.push(Action::Delete { id: o.config.id.clone() });
+            self.actions.push(Action::Delete {
+                id: o.config.id.clone(),
+            });
         }
         self.history(
             "Cleanup",
             None,
             None,
-            format!("rollout deleted{}: deleting {}", if deletion.force { " (forced)" } else { "" }, our_ids.join(", ")),
+            format!(
+                "rollout deleted{}: deleting {}",
+                if deletion.force { " (forced)" } else { "" },
+                our_ids.join(", ")
+            ),
         );
         self.message = "deleting the rollout's configurations".into();
         self.wait(AFTER_WRITE);
@@ -1407,10 +1889,16 @@ impl<'a> Run<'a> {
             match state {
                 Some(RingState::RolledBack) => Phase::RolledBack,
                 Some(RingState::Failed) => Phase::Failed,
-                _ if self.st.stable_revision.as_deref() == Some(self.plan.revision.as_str()) => Phase::Healthy,
+                _ if self.st.stable_revision.as_deref() == Some(self.plan.revision.as_str()) => {
+                    Phase::Healthy
+                }
                 Some(RingState::AwaitingApproval) => Phase::Paused,
                 _ if self.st.paused.is_some() => Phase::Paused,
-                Some(RingState::WaitingForBaseline) if self.st.rings.iter().all(|r| r.started_at.is_none()) => Phase::Pending,
+                Some(RingState::WaitingForBaseline)
+                    if self.st.rings.iter().all(|r| r.started_at.is_none()) =>
+                {
+                    Phase::Pending
+                }
                 None => Phase::Pending,
                 _ => Phase::Progressing,
             }
@@ -1433,13 +1921,37 @@ impl<'a> Run<'a> {
                 status::set_condition(&mut self.st, READY, true, "Healthy", &message, g, now);
             }
             (None, Phase::RolledBack) => {
-                status::set_condition(&mut self.st, STALLED, true, "RolledBack", &format!("{message}; new content or retry starts it again"), g, now);
-                status::set_condition(&mut self.st, RECONCILING, false, "RolledBack", &message, g, now);
+                status::set_condition(
+                    &mut self.st,
+                    STALLED,
+                    true,
+                    "RolledBack",
+                    &format!("{message}; new content or retry starts it again"),
+                    g,
+                    now,
+                );
+                status::set_condition(
+                    &mut self.st,
+                    RECONCILING,
+                    false,
+                    "RolledBack",
+                    &message,
+                    g,
+                    now,
+                );
                 status::set_condition(&mut self.st, READY, false, "RolledBack", &message, g, now);
             }
             (None, Phase::Paused) => {
-                let r = if self.ro.spec.suspend { "Suspended".to_string() } else { reason(state) };
-                let r = if self.st.paused.is_some() && !self.ro.spec.suspend { "Paused".to_string() } else { r };
+                let r = if self.ro.spec.suspend {
+                    "Suspended".to_string()
+                } else {
+                    reason(state)
+                };
+                let r = if self.st.paused.is_some() && !self.ro.spec.suspend {
+                    "Paused".to_string()
+                } else {
+                    r
+                };
                 status::set_condition(&mut self.st, STALLED, false, &r, "", g, now);
                 status::set_condition(&mut self.st, RECONCILING, false, &r, &message, g, now);
                 status::set_condition(&mut self.st, READY, false, &r, &message, g, now);

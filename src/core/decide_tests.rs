@@ -22,7 +22,10 @@ fn mins(m: i64) -> SignedDuration {
 use crate::core::fixtures::rollout;
 
 fn set_version(ro: &mut DeviceRollout, v: &str) {
-    ro.spec.content.device.insert("properties.desired.firmware".into(), serde_json::json!({"version": v}));
+    ro.spec.content.device.insert(
+        "properties.desired.firmware".into(),
+        serde_json::json!({"version": v}),
+    );
     ro.metadata.generation = Some(ro.metadata.generation.unwrap_or(0) + 1);
 }
 
@@ -33,7 +36,7 @@ fn baseline_config() -> Configuration {
         priority: 1,
         target_condition: "*".into(),
         created_time_utc: Some(t0() - mins(60 * 24)),
-        content: crate::hub::configuration::ConfigurationContent {
+        content: crate::iothub::configuration::ConfigurationContent {
             device_content: Some(serde_json::Map::from_iter([(
                 "properties.desired.firmware".to_string(),
                 serde_json::json!({"version": "1.0"}),
@@ -91,15 +94,26 @@ impl Sim {
     }
 
     fn version_of(c: &Configuration) -> String {
-        c.content.device_content.as_ref().and_then(|m| m.get("properties.desired.firmware")).and_then(|v| v.get("version")).and_then(|v| v.as_str()).unwrap_or("").to_string()
+        c.content
+            .device_content
+            .as_ref()
+            .and_then(|m| m.get("properties.desired.firmware"))
+            .and_then(|v| v.get("version"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
     }
 
     fn reach(&self, c: &Configuration) -> u64 {
-        let Some(l) = ConfigLabels::read(c) else { return self.ring_sizes.iter().sum() };
+        let Some(l) = ConfigLabels::read(c) else {
+            return self.ring_sizes.iter().sum();
+        };
         match l.state {
             ConfigState::Held => 0,
             ConfigState::Stable => self.ring_sizes.iter().sum(),
-            ConfigState::Rolling => self.ring_sizes[..=l.ring.min(self.ring_sizes.len() - 1)].iter().sum(),
+            ConfigState::Rolling => self.ring_sizes[..=l.ring.min(self.ring_sizes.len() - 1)]
+                .iter()
+                .sum(),
         }
     }
 
@@ -112,21 +126,46 @@ impl Sim {
             .filter(|(_, c)| ConfigLabels::read(c).is_some())
             .map(|(i, c)| (i, self.reach(c), c.created_time_utc))
             .collect();
-        let shielded = if self.configs.iter().any(|c| c.id == "hotfix") { self.shielded } else { 0 };
+        let shielded = if self.configs.iter().any(|c| c.id == "hotfix") {
+            self.shielded
+        } else {
+            0
+        };
         let results: Vec<(usize, u64, u64)> = ours
             .iter()
             .map(|&(i, reach, created)| {
                 // Newer configurations of the rollout outrank older ones where they reach.
-                let outranked: u64 = ours.iter().filter(|o| o.2 > created).map(|o| o.1).max().unwrap_or(0);
-                (i, reach, reach.saturating_sub(outranked).saturating_sub(shielded.min(reach)))
+                let outranked: u64 = ours
+                    .iter()
+                    .filter(|o| o.2 > created)
+                    .map(|o| o.1)
+                    .max()
+                    .unwrap_or(0);
+                (
+                    i,
+                    reach,
+                    reach
+                        .saturating_sub(outranked)
+                        .saturating_sub(shielded.min(reach)),
+                )
             })
             .collect();
         for (i, targeted, applied) in results {
-            let rate = self.fail_rate.get(&Self::version_of(&self.configs[i])).copied().unwrap_or(0.0);
+            let rate = self
+                .fail_rate
+                .get(&Self::version_of(&self.configs[i]))
+                .copied()
+                .unwrap_or(0.0);
             let failed = (applied as f64 * rate).round() as i64;
             let c = &mut self.configs[i];
-            c.system_metrics.results = BTreeMap::from([("targetedCount".into(), targeted as i64), ("appliedCount".into(), applied as i64)]);
-            c.metrics.results = BTreeMap::from([("failed".into(), failed), ("current".into(), applied as i64 - failed)]);
+            c.system_metrics.results = BTreeMap::from([
+                ("targetedCount".into(), targeted as i64),
+                ("appliedCount".into(), applied as i64),
+            ]);
+            c.metrics.results = BTreeMap::from([
+                ("failed".into(), failed),
+                ("current".into(), applied as i64 - failed),
+            ]);
         }
     }
 
@@ -181,15 +220,25 @@ impl Sim {
                 break;
             }
             assert!(d.actions.is_empty(), "no writes while counts are pending");
-            assert!(d.counts_needed.len() as u32 <= obs.budget.queries, "asked for more counts than the budget");
+            assert!(
+                d.counts_needed.len() as u32 <= obs.budget.queries,
+                "asked for more counts than the budget"
+            );
             for req in &d.counts_needed {
                 obs.counts.insert(req.key.clone(), self.count(req));
             }
             obs.budget.queries -= d.counts_needed.len() as u32;
             d = decide(&self.ro, &self.status, &obs, self.now);
         }
-        assert!(d.requeue_after >= MIN_REQUEUE, "requeue {:?} spins", d.requeue_after);
-        assert!(d.actions.len() as u32 <= self.budget.writes, "more writes than the budget");
+        assert!(
+            d.requeue_after >= MIN_REQUEUE,
+            "requeue {:?} spins",
+            d.requeue_after
+        );
+        assert!(
+            d.actions.len() as u32 <= self.budget.writes,
+            "more writes than the budget"
+        );
         for a in &d.actions {
             self.apply(a);
         }
@@ -202,7 +251,11 @@ impl Sim {
         self.etag += 1;
         match a {
             Action::Create(c) => {
-                assert!(!self.configs.iter().any(|x| x.id == c.id), "create of an existing id {}", c.id);
+                assert!(
+                    !self.configs.iter().any(|x| x.id == c.id),
+                    "create of an existing id {}",
+                    c.id
+                );
                 let mut c = c.clone();
                 c.created_time_utc = Some(self.now);
                 c.last_updated_time_utc = Some(self.now);
@@ -212,7 +265,11 @@ impl Sim {
             Action::Update { config, .. } => {
                 let now = self.now;
                 let etag = self.etag.to_string();
-                let c = self.configs.iter_mut().find(|x| x.id == config.id).expect("update of a missing configuration");
+                let c = self
+                    .configs
+                    .iter_mut()
+                    .find(|x| x.id == config.id)
+                    .expect("update of a missing configuration");
                 assert_eq!(c.content, config.content, "content is immutable");
                 c.labels = config.labels.clone();
                 c.target_condition = config.target_condition.clone();
@@ -230,7 +287,10 @@ impl Sim {
     }
 
     fn ours(&self) -> Vec<(ConfigLabels, &Configuration)> {
-        self.configs.iter().filter_map(|c| ConfigLabels::read(c).map(|l| (l, c))).collect()
+        self.configs
+            .iter()
+            .filter_map(|c| ConfigLabels::read(c).map(|l| (l, c)))
+            .collect()
     }
 
     fn ring_state(&self) -> (usize, RingState) {
@@ -261,7 +321,11 @@ impl Sim {
 }
 
 fn decisions(s: &Sim) -> Vec<String> {
-    s.status.history.iter().map(|h| h.decision.clone()).collect()
+    s.status
+        .history
+        .iter()
+        .map(|h| h.decision.clone())
+        .collect()
 }
 
 #[test]
@@ -269,8 +333,13 @@ fn a_good_revision_goes_through_every_ring_and_becomes_stable() {
     let mut s = Sim::new(rollout());
     let d = s.step();
     assert_eq!(d.actions.len(), 1);
-    let Action::Create(c) = &d.actions[0] else { panic!("create first: {:?}", d.actions) };
-    assert_eq!(c.target_condition, "(tags.environment='prod') AND (tags.ring='canary')");
+    let Action::Create(c) = &d.actions[0] else {
+        panic!("create first: {:?}", d.actions)
+    };
+    assert_eq!(
+        c.target_condition,
+        "(tags.environment='prod') AND (tags.ring='canary')"
+    );
     assert_eq!(c.priority, 20);
     assert_eq!(c.labels[label::RING], "0");
     assert_eq!(s.ring_state(), (0, RingState::Applying));
@@ -287,14 +356,23 @@ fn a_good_revision_goes_through_every_ring_and_becomes_stable() {
     assert_eq!(d.requeue_after, BAKE_POLL);
     s.advance(mins(9));
     s.step();
-    assert_eq!(s.ring_state(), (0, RingState::Baking), "no verdict before the bake time");
+    assert_eq!(
+        s.ring_state(),
+        (0, RingState::Baking),
+        "no verdict before the bake time"
+    );
     s.advance(mins(1));
     let d = s.step();
     // Passed and widened in one decision.
     assert_eq!(s.status.rings[0].verdict, Some(Verdict::Pass));
-    let Action::Update { config, .. } = &d.actions[0] else { panic!("{:?}", d.actions) };
+    let Action::Update { config, .. } = &d.actions[0] else {
+        panic!("{:?}", d.actions)
+    };
     assert_eq!(config.labels[label::RING], "1");
-    assert_eq!(config.target_condition, "(tags.environment='prod') AND ((tags.ring='canary') OR (tags.ring='early'))");
+    assert_eq!(
+        config.target_condition,
+        "(tags.environment='prod') AND ((tags.ring='canary') OR (tags.ring='early'))"
+    );
     assert_eq!(s.ring_state(), (1, RingState::Applying));
 
     s.run_until(40, |s| s.phase() == Phase::Healthy);
@@ -304,8 +382,17 @@ fn a_good_revision_goes_through_every_ring_and_becomes_stable() {
     assert_eq!(ours[0].1.target_condition, "tags.environment='prod'");
     assert_eq!(s.status.stable_revision, s.status.revision);
     assert_eq!(status::condition(&s.status, READY).unwrap().status, "True");
-    assert_eq!(status::condition(&s.status, RECONCILING).unwrap().status, "False");
-    assert_eq!(decisions(&s), ["Create", "Applied", "Pass", "Widen", "Applied", "Pass", "Widen", "Applied", "Pass", "Complete"]);
+    assert_eq!(
+        status::condition(&s.status, RECONCILING).unwrap().status,
+        "False"
+    );
+    assert_eq!(
+        decisions(&s),
+        [
+            "Create", "Applied", "Pass", "Widen", "Applied", "Pass", "Widen", "Applied", "Pass",
+            "Complete"
+        ]
+    );
     let last = s.status.history.last().unwrap();
     assert_eq!(last.targeted, Some(1110));
     // Healthy and idle: nothing more to write.
@@ -323,14 +410,18 @@ fn a_faulty_revision_is_rolled_back_before_it_leaves_the_canary_ring() {
     set_version(&mut s.ro, "2.5.0");
     s.fail_rate.insert("2.5.0".into(), 0.3);
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Create(c)] if c.priority == 20 && c.labels[label::RING] == "0"));
+    assert!(
+        matches!(&d.actions[..], [Action::Create(c)] if c.priority == 20 && c.labels[label::RING] == "0")
+    );
     assert_eq!(s.ours().len(), 2, "the stable revision stays underneath");
     s.refresh();
     s.step();
     s.advance(mins(10));
     let d = s.step();
     assert_eq!(s.status.rings[0].verdict, Some(Verdict::Fail));
-    let [Action::Update { config, .. }] = &d.actions[..] else { panic!("{:?}", d.actions) };
+    let [Action::Update { config, .. }] = &d.actions[..] else {
+        panic!("{:?}", d.actions)
+    };
     assert_eq!(config.target_condition, NO_DEVICE_TARGET);
     assert_eq!(config.labels[label::STATE], "held");
     assert_eq!(s.ring_state(), (0, RingState::RollingBack));
@@ -342,8 +433,15 @@ fn a_faulty_revision_is_rolled_back_before_it_leaves_the_canary_ring() {
     assert_eq!(s.ring_state(), (0, RingState::RolledBack));
     assert_eq!(s.phase(), Phase::RolledBack);
     assert_eq!(s.status.stable_revision.as_deref(), Some(stable.as_str()));
-    assert_eq!(status::condition(&s.status, STALLED).unwrap().status, "True");
-    assert!(decisions(&s).ends_with(&["Fail".into(), "Rollback".into(), "RolledBack".into()]), "{:?}", decisions(&s));
+    assert_eq!(
+        status::condition(&s.status, STALLED).unwrap().status,
+        "True"
+    );
+    assert!(
+        decisions(&s).ends_with(&["Fail".into(), "Rollback".into(), "RolledBack".into()]),
+        "{:?}",
+        decisions(&s)
+    );
     // Held until new content arrives: nothing changes.
     s.advance(mins(60));
     let d = s.step();
@@ -353,10 +451,18 @@ fn a_faulty_revision_is_rolled_back_before_it_leaves_the_canary_ring() {
     // New content: the held configuration goes, a new one starts at ring 0.
     set_version(&mut s.ro, "2.5.1");
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Delete { .. }, Action::Create(_)]), "{:?}", d.actions);
+    assert!(
+        matches!(&d.actions[..], [Action::Delete { .. }, Action::Create(_)]),
+        "{:?}",
+        d.actions
+    );
     assert_eq!(s.status.held_revision, None);
     s.run_until(40, |s| s.phase() == Phase::Healthy);
-    assert_eq!(s.ours().len(), 1, "the previous stable revision is deleted on completion");
+    assert_eq!(
+        s.ours().len(),
+        1,
+        "the previous stable revision is deleted on completion"
+    );
 }
 
 #[test]
@@ -367,7 +473,9 @@ fn retry_restarts_a_rolled_back_revision_at_ring_zero() {
     s.fail_rate.clear();
     s.op("retry-1", OperationKind::Retry);
     let d = s.step();
-    let [Action::Update { config, .. }] = &d.actions[..] else { panic!("{:?}", d.actions) };
+    let [Action::Update { config, .. }] = &d.actions[..] else {
+        panic!("{:?}", d.actions)
+    };
     assert_eq!(config.labels[label::STATE], "rolling");
     assert_eq!(config.labels[label::RING], "0");
     assert_eq!(s.status.held_revision, None);
@@ -383,20 +491,35 @@ fn on_failure_pause_holds_the_ring_for_a_human() {
     s.fail_rate.insert("2.4.0".into(), 0.5);
     s.run_until(20, |s| s.phase() == Phase::Failed);
     assert_eq!(s.ring_state(), (0, RingState::Failed));
-    assert_eq!(status::condition(&s.status, STALLED).unwrap().reason, "GateFailed");
+    assert_eq!(
+        status::condition(&s.status, STALLED).unwrap().reason,
+        "GateFailed"
+    );
     let d = s.step();
     assert!(d.actions.is_empty(), "held, not rolled back");
     // Promote moves on despite the failure, recorded as a Pass by the operator.
     s.op("p1", OperationKind::Promote);
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Update { config, .. }] if config.labels[label::RING] == "1"), "{:?}", d.actions);
-    assert!(s.status.rings[0].message.as_deref().unwrap().contains("promoted by operator"));
+    assert!(
+        matches!(&d.actions[..], [Action::Update { config, .. }] if config.labels[label::RING] == "1"),
+        "{:?}",
+        d.actions
+    );
+    assert!(
+        s.status.rings[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("promoted by operator")
+    );
     // The op is applied once: the next ring is judged normally, fails, holds again.
     s.run_until(20, |s| s.phase() == Phase::Failed);
     assert_eq!(s.ring_state(), (1, RingState::Failed));
     s.op("a1", OperationKind::Abort);
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Update { config, .. }] if config.target_condition == NO_DEVICE_TARGET));
+    assert!(
+        matches!(&d.actions[..], [Action::Update { config, .. }] if config.target_condition == NO_DEVICE_TARGET)
+    );
     s.refresh();
     s.step();
     assert_eq!(s.phase(), Phase::RolledBack);
@@ -410,7 +533,10 @@ fn no_verdict_by_the_deadline_stalls_then_applies_on_failure() {
     ro.spec.gate.failure = None;
     let mut s = Sim::new(ro);
     s.run_until(200, |s| s.status.held_revision.is_some());
-    assert_eq!(status::condition(&s.status, STALLED).unwrap().reason, "DeadlineExceeded");
+    assert_eq!(
+        status::condition(&s.status, STALLED).unwrap().reason,
+        "DeadlineExceeded"
+    );
     assert_eq!(s.status.rings[0].verdict, Some(Verdict::Inconclusive));
     assert!(decisions(&s).contains(&"Deadline".to_string()));
     let started = s.status.rings[0].started_at.clone().unwrap().0;
@@ -422,7 +548,12 @@ fn approval_rings_wait_for_promote() {
     let mut ro = rollout();
     ro.spec.rings[1].approval = true;
     let mut s = Sim::new(ro);
-    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::AwaitingApproval));
+    s.run_until(20, |s| {
+        s.status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.state == RingState::AwaitingApproval)
+    });
     assert_eq!(s.ring_state(), (1, RingState::AwaitingApproval));
     assert_eq!(s.phase(), Phase::Paused);
     s.advance(mins(600));
@@ -435,7 +566,9 @@ fn approval_rings_wait_for_promote() {
     s.ops.push(stale);
     let d = s.step();
     // Recorded on the hub too (so that it stays ignored after a restart), and nothing else.
-    let [Action::Update { config, .. }] = &d.actions[..] else { panic!("{:?}", d.actions) };
+    let [Action::Update { config, .. }] = &d.actions[..] else {
+        panic!("{:?}", d.actions)
+    };
     assert_eq!(config.labels[label::RING], "0");
     assert_eq!(config.labels[label::OPERATION], "old");
     assert_eq!(decisions(&s).last().unwrap(), "IgnoredOperation");
@@ -444,7 +577,9 @@ fn approval_rings_wait_for_promote() {
     op.revision = s.status.revision.clone();
     s.ops.push(op);
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Update { config, .. }] if config.labels[label::RING] == "1"));
+    assert!(
+        matches!(&d.actions[..], [Action::Update { config, .. }] if config.labels[label::RING] == "1")
+    );
     s.run_until(40, |s| s.phase() == Phase::Healthy);
 }
 
@@ -470,10 +605,17 @@ fn a_newer_revision_supersedes_an_unfinished_one() {
     let first = s.ours()[0].1.id.clone();
     set_version(&mut s.ro, "2.4.1");
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Delete { id }, Action::Create(c)] if *id == first && c.id != first), "{:?}", d.actions);
+    assert!(
+        matches!(&d.actions[..], [Action::Delete { id }, Action::Create(c)] if *id == first && c.id != first),
+        "{:?}",
+        d.actions
+    );
     assert_eq!(s.ours().len(), 1);
     assert_eq!(s.ring_state(), (0, RingState::Applying));
-    assert!(s.status.rings.len() == 1 && s.status.rings[0].verdict.is_none(), "ring records restart with the revision");
+    assert!(
+        s.status.rings.len() == 1 && s.status.rings[0].verdict.is_none(),
+        "ring records restart with the revision"
+    );
 }
 
 #[test]
@@ -481,16 +623,26 @@ fn the_baseline_guard_blocks_widening_until_devices_are_covered() {
     let mut s = Sim::new(rollout());
     s.uncovered = 7;
     let d = s.step();
-    assert!(d.actions.is_empty(), "nothing is created while ring 0 is uncovered");
+    assert!(
+        d.actions.is_empty(),
+        "nothing is created while ring 0 is uncovered"
+    );
     assert_eq!(s.ring_state(), (0, RingState::WaitingForBaseline));
     assert_eq!(s.phase(), Phase::Pending);
     let stalled = status::condition(&s.status, STALLED).unwrap();
     assert_eq!(stalled.reason, "BaselineMissing");
-    assert!(stalled.message.contains("7 devices of ring canary"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("7 devices of ring canary"),
+        "{}",
+        stalled.message
+    );
     s.uncovered = 0;
     let d = s.step();
     assert!(matches!(&d.actions[..], [Action::Create(_)]));
-    assert_eq!(status::condition(&s.status, STALLED).unwrap().status, "False");
+    assert_eq!(
+        status::condition(&s.status, STALLED).unwrap().status,
+        "False"
+    );
 }
 
 #[test]
@@ -498,25 +650,45 @@ fn the_baseline_guard_asks_for_the_right_count() {
     let mut s = Sim::new(rollout());
     let obs = s.observation();
     let d = decide(&s.ro, &s.status, &obs, s.now);
-    let [req] = &d.counts_needed[..] else { panic!("{:?}", d.counts_needed) };
+    let [req] = &d.counts_needed[..] else {
+        panic!("{:?}", d.counts_needed)
+    };
     assert!(req.key.starts_with("baseline:"));
     assert_eq!(
         req.condition,
         "((tags.environment='prod') AND (tags.ring='canary')) AND NOT (IS_DEFINED(configurations.[[baseline]]))"
     );
     // Widening from ring 0 to 1 counts only the new devices.
-    s.run_until(10, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::Baking));
+    s.run_until(10, |s| {
+        s.status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.state == RingState::Baking)
+    });
     s.advance(mins(10));
     let obs = s.observation();
     let d = decide(&s.ro, &s.status, &obs, s.now);
-    let req = d.counts_needed.iter().find(|r| r.key.starts_with("baseline:")).expect("a guard count");
-    assert!(req.condition.contains("AND NOT ((tags.environment='prod') AND (tags.ring='canary'))"), "{}", req.condition);
+    let req = d
+        .counts_needed
+        .iter()
+        .find(|r| r.key.starts_with("baseline:"))
+        .expect("a guard count");
+    assert!(
+        req.condition
+            .contains("AND NOT ((tags.environment='prod') AND (tags.ring='canary'))"),
+        "{}",
+        req.condition
+    );
     // A baseline of higher priority, or one writing other paths, does not cover.
     let mut s2 = Sim::new(rollout());
     s2.configs[0].priority = 50;
     let obs = s2.observation();
     let d = decide(&s2.ro, &s2.status, &obs, s2.now);
-    assert!(!d.counts_needed[0].condition.contains("baseline"), "{}", d.counts_needed[0].condition);
+    assert!(
+        !d.counts_needed[0].condition.contains("baseline"),
+        "{}",
+        d.counts_needed[0].condition
+    );
 }
 
 #[test]
@@ -540,18 +712,42 @@ fn baseline_warn_widens_and_records_a_warning_and_off_does_not_count() {
 #[test]
 fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
     let mut s = Sim::new(rollout());
-    s.budget = Budget { queries: 0, writes: 5, refill: SignedDuration::from_secs(40) };
+    s.budget = Budget {
+        queries: 0,
+        writes: 5,
+        refill: SignedDuration::from_secs(40),
+    };
     let d = s.step();
     assert!(d.actions.is_empty() && d.counts_needed.is_empty());
     assert_eq!(d.requeue_after, SignedDuration::from_secs(40));
-    assert!(s.status.message.as_deref().unwrap().contains("query budget"));
-    s.budget = Budget { queries: 5, writes: 0, refill: SignedDuration::from_secs(20) };
+    assert!(
+        s.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("query budget")
+    );
+    s.budget = Budget {
+        queries: 5,
+        writes: 0,
+        refill: SignedDuration::from_secs(20),
+    };
     let d = s.step();
     assert!(d.actions.is_empty());
     assert_eq!(d.requeue_after, SignedDuration::from_secs(20));
-    assert!(s.status.message.as_deref().unwrap().contains("configuration-write budget"));
+    assert!(
+        s.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("configuration-write budget")
+    );
     // A refill of zero still does not spin.
-    s.budget = Budget { queries: 5, writes: 0, refill: SignedDuration::ZERO };
+    s.budget = Budget {
+        queries: 5,
+        writes: 0,
+        refill: SignedDuration::ZERO,
+    };
     assert_eq!(s.step().requeue_after, MIN_REQUEUE);
 }
 
@@ -562,7 +758,11 @@ fn superseding_with_one_write_left_deletes_first_and_creates_next_time() {
     set_version(&mut s.ro, "2.4.1");
     s.budget.writes = 1;
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Delete { .. }]), "{:?}", d.actions);
+    assert!(
+        matches!(&d.actions[..], [Action::Delete { .. }]),
+        "{:?}",
+        d.actions
+    );
     assert!(s.ours().is_empty());
     let d = s.step();
     assert!(matches!(&d.actions[..], [Action::Create(_)]));
@@ -577,7 +777,10 @@ fn suspend_writes_nothing() {
     let d = s.step();
     assert!(d.actions.is_empty() && d.counts_needed.is_empty());
     assert_eq!(s.phase(), Phase::Paused);
-    assert_eq!(status::condition(&s.status, READY).unwrap().reason, "Suspended");
+    assert_eq!(
+        status::condition(&s.status, READY).unwrap().reason,
+        "Suspended"
+    );
     assert_eq!(d.requeue_after, IDLE_POLL);
     s.ro.spec.suspend = false;
     s.run_until(40, |s| s.phase() == Phase::Healthy);
@@ -596,15 +799,32 @@ fn pause_holds_widening_and_resume_lifts_it() {
     s.step();
     assert_eq!(s.ours().len(), 1);
     s.op("p2", OperationKind::Pause);
-    s.run_until(10, |s| s.status.rings.first().is_some_and(|r| r.verdict == Some(Verdict::Pass)));
-    assert_eq!(s.ours()[0].0.ring, 0, "ring 0 passed but ring 1 is not targeted");
-    assert!(s.status.message.as_deref().unwrap().contains("paused by operator"));
+    s.run_until(10, |s| {
+        s.status
+            .rings
+            .first()
+            .is_some_and(|r| r.verdict == Some(Verdict::Pass))
+    });
+    assert_eq!(
+        s.ours()[0].0.ring,
+        0,
+        "ring 0 passed but ring 1 is not targeted"
+    );
+    assert!(
+        s.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("paused by operator")
+    );
     let d = s.step();
     assert!(d.actions.is_empty(), "paused: no widening");
     assert_eq!(s.phase(), Phase::Paused);
     s.op("r2", OperationKind::Resume);
     let d = s.step();
-    assert!(matches!(&d.actions[..], [Action::Update { config, .. }] if config.labels[label::RING] == "1"));
+    assert!(
+        matches!(&d.actions[..], [Action::Update { config, .. }] if config.labels[label::RING] == "1")
+    );
 }
 
 #[test]
@@ -619,10 +839,19 @@ fn a_pause_does_not_stop_a_rollback() {
 #[test]
 fn a_lost_status_is_rebuilt_from_the_labels() {
     let mut s = Sim::new(rollout());
-    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.index == 1 && r.state == RingState::Baking));
+    s.run_until(20, |s| {
+        s.status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.index == 1 && r.state == RingState::Baking)
+    });
     s.status = DeviceRolloutStatus::default();
     let d = s.step();
-    assert!(d.actions.is_empty(), "no create, no regression: {:?}", d.actions);
+    assert!(
+        d.actions.is_empty(),
+        "no create, no regression: {:?}",
+        d.actions
+    );
     assert_eq!(s.status.ring.as_ref().unwrap().index, 1);
     s.run_until(40, |s| s.phase() == Phase::Healthy);
     assert_eq!(decisions(&s).iter().filter(|d| *d == "Create").count(), 0);
@@ -691,10 +920,17 @@ fn a_status_lost_before_every_step_reaches_the_same_outcome_as_an_uninterrupted_
 #[test]
 fn a_pause_outlives_a_lost_status() {
     let mut s = Sim::new(rollout());
-    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::Baking));
+    s.run_until(20, |s| {
+        s.status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.state == RingState::Baking)
+    });
     s.op("p", OperationKind::Pause);
     let d = s.step();
-    let [Action::Update { config, .. }] = &d.actions[..] else { panic!("the pause is written to the hub: {:?}", d.actions) };
+    let [Action::Update { config, .. }] = &d.actions[..] else {
+        panic!("the pause is written to the hub: {:?}", d.actions)
+    };
     assert_eq!(config.labels[label::PAUSED], "p");
     for _ in 0..20 {
         forgetful_step(&mut s);
@@ -728,7 +964,11 @@ fn an_operation_is_not_applied_again_after_the_status_is_lost() {
     for _ in 0..30 {
         forgetful_step(&mut s);
     }
-    assert_eq!(s.ours()[0].0.ring, 1, "the same promote does not pass ring 1 too");
+    assert_eq!(
+        s.ours()[0].0.ring,
+        1,
+        "the same promote does not pass ring 1 too"
+    );
     assert_eq!(s.ring_state(), (1, RingState::Failed));
     assert!(s.ours()[0].0.marks.is_operation(id));
 }
@@ -741,7 +981,11 @@ fn devices_a_higher_priority_configuration_holds_count_as_settled() {
     // counted: the ring waits.
     s.step();
     s.refresh();
-    assert!(s.counts_asked().iter().all(|r| !r.key.starts_with("shielded:")));
+    assert!(
+        s.counts_asked()
+            .iter()
+            .all(|r| !r.key.starts_with("shielded:"))
+    );
     let mut hotfix = baseline_config();
     hotfix.id = "hotfix".into();
     hotfix.priority = 50;
@@ -749,16 +993,29 @@ fn devices_a_higher_priority_configuration_holds_count_as_settled() {
     s.configs.push(hotfix);
     s.refresh();
     let asked = s.counts_asked();
-    let req = asked.iter().find(|r| r.key.starts_with("shielded:")).expect("a shielded count");
+    let req = asked
+        .iter()
+        .find(|r| r.key.starts_with("shielded:"))
+        .expect("a shielded count");
     assert_eq!(
         req.condition,
-        format!("(configurations.[[{}]].status='Targeted') AND (configurations.[[hotfix]].status='Applied')", s.ours()[0].1.id)
+        format!(
+            "(configurations.[[{}]].status='Targeted') AND (configurations.[[hotfix]].status='Applied')",
+            s.ours()[0].1.id
+        )
     );
     s.step();
     assert_eq!(s.ring_state(), (0, RingState::Baking));
     assert_eq!(s.status.ring.as_ref().unwrap().shielded, Some(3));
     assert_eq!(s.status.rings[0].shielded, Some(3));
-    assert!(s.status.history.last().unwrap().message.contains("3 more are held by higher-priority configuration(s) hotfix"));
+    assert!(
+        s.status
+            .history
+            .last()
+            .unwrap()
+            .message
+            .contains("3 more are held by higher-priority configuration(s) hotfix")
+    );
 }
 
 #[test]
@@ -766,11 +1023,18 @@ fn a_rollback_is_confirmed_only_when_the_devices_have_other_settings() {
     let mut s = Sim::new(rollout());
     s.fail_rate.insert("2.4.0".into(), 0.5);
     s.rollback_uncovered = 4;
-    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::RollingBack));
+    s.run_until(20, |s| {
+        s.status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.state == RingState::RollingBack)
+    });
     let started = s.now;
     s.refresh();
     let asked = s.counts_asked();
-    let [req] = &asked[..] else { panic!("{asked:?}") };
+    let [req] = &asked[..] else {
+        panic!("{asked:?}")
+    };
     assert!(req.key.starts_with("rollback:"));
     assert_eq!(
         req.condition,
@@ -789,7 +1053,10 @@ fn a_rollback_is_confirmed_only_when_the_devices_have_other_settings() {
     // A baseline that covers them clears it.
     s.rollback_uncovered = 0;
     s.step();
-    assert_eq!(status::condition(&s.status, STALLED).unwrap().reason, "RolledBack");
+    assert_eq!(
+        status::condition(&s.status, STALLED).unwrap().reason,
+        "RolledBack"
+    );
 }
 
 #[test]
@@ -797,23 +1064,39 @@ fn an_approval_runs_the_baseline_guard_again() {
     let mut ro = rollout();
     ro.spec.rings[1].approval = true;
     let mut s = Sim::new(ro);
-    s.run_until(20, |s| s.status.ring.as_ref().is_some_and(|r| r.state == RingState::AwaitingApproval));
+    s.run_until(20, |s| {
+        s.status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.state == RingState::AwaitingApproval)
+    });
     // Coverage went away while the ring waited for its approval.
     s.uncovered = 5;
     s.op("go", OperationKind::Promote);
     let d = s.step();
     assert!(
-        d.actions.iter().all(|a| !matches!(a, Action::Update { config, .. } if config.labels[label::RING] == "1")),
+        d.actions.iter().all(
+            |a| !matches!(a, Action::Update { config, .. } if config.labels[label::RING] == "1")
+        ),
         "no widening onto uncovered devices: {:?}",
         d.actions
     );
     assert_eq!(s.ring_state(), (1, RingState::WaitingForBaseline));
-    assert_eq!(status::condition(&s.status, STALLED).unwrap().reason, "BaselineMissing");
+    assert_eq!(
+        status::condition(&s.status, STALLED).unwrap().reason,
+        "BaselineMissing"
+    );
     assert!(s.status.rings[1].approved_at.is_some());
     // Covered again: it widens without asking for a second approval.
     s.uncovered = 0;
     let d = s.step();
-    assert!(d.actions.iter().any(|a| matches!(a, Action::Update { config, .. } if config.labels[label::RING] == "1")), "{:?}", d.actions);
+    assert!(
+        d.actions.iter().any(
+            |a| matches!(a, Action::Update { config, .. } if config.labels[label::RING] == "1")
+        ),
+        "{:?}",
+        d.actions
+    );
 }
 
 #[test]
@@ -823,8 +1106,13 @@ fn spec_changes_that_keep_the_content_retarget_in_place() {
     s.ro.spec.target = "tags.environment='prod' AND tags.site='lyon'".into();
     s.ro.spec.priority = 30;
     let d = s.step();
-    let [Action::Update { config, .. }] = &d.actions[..] else { panic!("{:?}", d.actions) };
-    assert_eq!(config.target_condition, "tags.environment='prod' AND tags.site='lyon'");
+    let [Action::Update { config, .. }] = &d.actions[..] else {
+        panic!("{:?}", d.actions)
+    };
+    assert_eq!(
+        config.target_condition,
+        "tags.environment='prod' AND tags.site='lyon'"
+    );
     assert_eq!(config.priority, 30);
     assert!(s.step().actions.is_empty());
 }
@@ -835,7 +1123,10 @@ fn the_quota_is_respected() {
     s.max_configurations = 1;
     let d = s.step();
     assert!(d.actions.is_empty());
-    assert_eq!(status::condition(&s.status, STALLED).unwrap().reason, "ConfigurationQuota");
+    assert_eq!(
+        status::condition(&s.status, STALLED).unwrap().reason,
+        "ConfigurationQuota"
+    );
 }
 
 #[test]
@@ -847,12 +1138,22 @@ fn deleting_a_rollout_refuses_to_strip_settings_unless_forced() {
     let obs = s.observation();
     let d = decide(&s.ro, &s.status, &obs, s.now);
     assert_eq!(d.counts_needed[0].key, "cleanup");
-    assert!(d.counts_needed[0].condition.contains("AND NOT (IS_DEFINED(configurations.[[baseline]]))"), "{}", d.counts_needed[0].condition);
+    assert!(
+        d.counts_needed[0]
+            .condition
+            .contains("AND NOT (IS_DEFINED(configurations.[[baseline]]))"),
+        "{}",
+        d.counts_needed[0].condition
+    );
     let d = s.step();
     assert!(d.actions.is_empty() && !d.finalized);
     let stalled = status::condition(&s.status, STALLED).unwrap();
     assert_eq!(stalled.reason, "CleanupBlocked");
-    assert!(stalled.message.contains("12 devices") && stalled.message.contains("force-delete"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("12 devices") && stalled.message.contains("force-delete"),
+        "{}",
+        stalled.message
+    );
     s.cleanup_uncovered = 0;
     let d = s.step();
     assert!(matches!(&d.actions[..], [Action::Delete { .. }]));
@@ -872,7 +1173,10 @@ fn deleting_a_rollout_refuses_to_strip_settings_unless_forced() {
 #[test]
 fn an_invalid_spec_writes_nothing_and_says_why() {
     let s = Sim::new(rollout());
-    let errors = vec![FieldError { path: "spec.rings[1].target".into(), message: "column 5: unexpected token".into() }];
+    let errors = vec![FieldError {
+        path: "spec.rings[1].target".into(),
+        message: "column 5: unexpected token".into(),
+    }];
     let d = invalid(&s.ro, &s.status, &errors, s.now);
     assert!(d.actions.is_empty());
     assert_eq!(d.status.phase, Some(Phase::Failed));
@@ -885,13 +1189,21 @@ fn an_invalid_spec_writes_nothing_and_says_why() {
 fn conditions_keep_their_transition_time_while_nothing_flips() {
     let mut s = Sim::new(rollout());
     s.step();
-    let t = status::condition(&s.status, RECONCILING).unwrap().last_transition_time.clone();
+    let t = status::condition(&s.status, RECONCILING)
+        .unwrap()
+        .last_transition_time
+        .clone();
     s.advance(mins(1));
     s.step();
     s.refresh();
     s.advance(mins(1));
     s.step();
-    assert_eq!(status::condition(&s.status, RECONCILING).unwrap().last_transition_time, t);
+    assert_eq!(
+        status::condition(&s.status, RECONCILING)
+            .unwrap()
+            .last_transition_time,
+        t
+    );
     assert_eq!(s.status.observed_generation, Some(1));
 }
 
@@ -1032,6 +1344,9 @@ proptest! {
 struct SimVersion;
 impl SimVersion {
     fn of(ro: &DeviceRollout) -> String {
-        ro.spec.content.device["properties.desired.firmware"]["version"].as_str().unwrap().to_string()
+        ro.spec.content.device["properties.desired.firmware"]["version"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 }

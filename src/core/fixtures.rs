@@ -1,6 +1,8 @@
 //! Test fixtures shared by the decision core's and the driver's tests.
 
-use crate::resources::{BaselinePolicy, DeviceRollout, DeviceRolloutSpec, GateSpec, OnFailure, Ring, RolloutContent};
+use crate::resources::{
+    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, GateSpec, OnFailure, Ring, RolloutContent,
+};
 use std::collections::BTreeMap;
 
 /// A firmware rollout over three rings (canary, early, broad) with a baseline required
@@ -13,11 +15,20 @@ pub fn rollout() -> DeviceRollout {
             target: "tags.environment='prod'".into(),
             priority: 20,
             content: RolloutContent {
-                device: BTreeMap::from([("properties.desired.firmware".to_string(), serde_json::json!({"version": "2.4.0"}))]),
+                device: BTreeMap::from([(
+                    "properties.desired.firmware".to_string(),
+                    serde_json::json!({"version": "2.4.0"}),
+                )]),
             },
             metrics: BTreeMap::from([
-                ("current".to_string(), "properties.reported.firmware.version='2.4.0'".to_string()),
-                ("failed".to_string(), "properties.reported.firmware.status='Error'".to_string()),
+                (
+                    "current".to_string(),
+                    "properties.reported.firmware.version='2.4.0'".to_string(),
+                ),
+                (
+                    "failed".to_string(),
+                    "properties.reported.firmware.status='Error'".to_string(),
+                ),
             ]),
             gate: GateSpec {
                 min_applied: Some(5),
@@ -27,9 +38,21 @@ pub fn rollout() -> DeviceRollout {
                 deadline: Some("2h".parse().unwrap()),
             },
             rings: vec![
-                Ring { name: "canary".into(), target: "tags.ring='canary'".into(), ..Default::default() },
-                Ring { name: "early".into(), target: "tags.ring='early'".into(), ..Default::default() },
-                Ring { name: "broad".into(), target: "*".into(), ..Default::default() },
+                Ring {
+                    name: "canary".into(),
+                    target: "tags.ring='canary'".into(),
+                    ..Default::default()
+                },
+                Ring {
+                    name: "early".into(),
+                    target: "tags.ring='early'".into(),
+                    ..Default::default()
+                },
+                Ring {
+                    name: "broad".into(),
+                    target: "*".into(),
+                    ..Default::default()
+                },
             ],
             on_failure: OnFailure::Rollback,
             baseline: BaselinePolicy::Required,

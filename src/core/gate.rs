@@ -123,7 +123,9 @@ pub fn evaluate(gate: &EffectiveGate, inputs: &GateInputs) -> GateResult {
                 };
             }
             Ok(false) => {}
-            Err(e) => return inconclusive(format!("failure condition could not be evaluated: {e}")),
+            Err(e) => {
+                return inconclusive(format!("failure condition could not be evaluated: {e}"));
+            }
         }
     }
     match &gate.success {
@@ -209,7 +211,12 @@ fn parse_message(e: &cel::ParseErrors) -> String {
 pub fn check(expr: &str, metric_names: &BTreeSet<String>) -> Result<(), String> {
     let program = Program::compile(expr).map_err(|e| parse_message(&e))?;
     let mut problems = Vec::new();
-    walk(program.expression(), metric_names, &mut Vec::new(), &mut problems);
+    walk(
+        program.expression(),
+        metric_names,
+        &mut Vec::new(),
+        &mut problems,
+    );
     if let Some(p) = problems.first() {
         return Err(p.clone());
     }
@@ -235,7 +242,9 @@ const VARIABLES: [&str; 3] = ["targeted", "applied", "metrics"];
 fn walk(e: &IdedExpr, metrics: &BTreeSet<String>, scope: &mut Vec<String>, out: &mut Vec<String>) {
     match &e.expr {
         Expr::Ident(name) if !VARIABLES.contains(&name.as_str()) && !scope.contains(name) => {
-            out.push(format!("unknown variable `{name}`; conditions can use targeted, applied and metrics.<name>"));
+            out.push(format!(
+                "unknown variable `{name}`; conditions can use targeted, applied and metrics.<name>"
+            ));
         }
         Expr::Select(sel) => {
             if let Expr::Ident(root) = &sel.operand.expr
@@ -247,7 +256,11 @@ fn walk(e: &IdedExpr, metrics: &BTreeSet<String>, scope: &mut Vec<String>, out: 
                     out.push(format!(
                         "unknown metric `metrics.{}`; declared metrics: {}",
                         sel.field,
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ));
                 }
                 return;
@@ -293,12 +306,32 @@ mod tests {
     #[test]
     fn wilson_bounds_match_known_values() {
         // Reference values: Wilson score interval, z = 1.96.
-        assert!(close(wilson_lower(95.0, 100.0), 0.8882), "{}", wilson_lower(95.0, 100.0));
-        assert!(close(wilson_upper(95.0, 100.0), 0.9785), "{}", wilson_upper(95.0, 100.0));
-        assert!(close(wilson_lower(10.0, 10.0), 0.7225), "{}", wilson_lower(10.0, 10.0));
-        assert!(close(wilson_upper(0.0, 10.0), 0.2775), "{}", wilson_upper(0.0, 10.0));
+        assert!(
+            close(wilson_lower(95.0, 100.0), 0.8882),
+            "{}",
+            wilson_lower(95.0, 100.0)
+        );
+        assert!(
+            close(wilson_upper(95.0, 100.0), 0.9785),
+            "{}",
+            wilson_upper(95.0, 100.0)
+        );
+        assert!(
+            close(wilson_lower(10.0, 10.0), 0.7225),
+            "{}",
+            wilson_lower(10.0, 10.0)
+        );
+        assert!(
+            close(wilson_upper(0.0, 10.0), 0.2775),
+            "{}",
+            wilson_upper(0.0, 10.0)
+        );
         assert!(close(wilson_lower(0.0, 10.0), 0.0));
-        assert!(close(wilson_lower(50.0, 100.0), 0.4038), "{}", wilson_lower(50.0, 100.0));
+        assert!(
+            close(wilson_lower(50.0, 100.0), 0.4038),
+            "{}",
+            wilson_lower(50.0, 100.0)
+        );
         assert_eq!(wilson_lower(0.0, 0.0), 0.0);
         assert_eq!(wilson_upper(0.0, 0.0), 1.0);
         // More successes than total are clamped, never above 1.
@@ -333,7 +366,11 @@ mod tests {
 
     #[test]
     fn small_samples_do_not_pass_by_luck() {
-        let g = gate(Some("lowerBound(metrics.current, applied) >= 0.95"), Some("lowerBound(metrics.failed, applied) > 0.02"), 5);
+        let g = gate(
+            Some("lowerBound(metrics.current, applied) >= 0.95"),
+            Some("lowerBound(metrics.failed, applied) > 0.02"),
+            5,
+        );
         // 10 of 10: the lower bound is 0.72, not enough.
         let r = evaluate(&g, &inputs(10, 10, &[("current", 10), ("failed", 0)]));
         assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
@@ -354,8 +391,14 @@ mod tests {
         let g = gate(Some("true"), Some("true"), 0);
         assert_eq!(evaluate(&g, &inputs(1, 1, &[])).verdict, Verdict::Fail);
         let g = gate(None, Some("metrics.failed > 0.0"), 1);
-        assert_eq!(evaluate(&g, &inputs(5, 5, &[("failed", 0)])).verdict, Verdict::Pass);
-        assert_eq!(evaluate(&g, &inputs(5, 5, &[("failed", 1)])).verdict, Verdict::Fail);
+        assert_eq!(
+            evaluate(&g, &inputs(5, 5, &[("failed", 0)])).verdict,
+            Verdict::Pass
+        );
+        assert_eq!(
+            evaluate(&g, &inputs(5, 5, &[("failed", 1)])).verdict,
+            Verdict::Fail
+        );
         let g = gate(None, None, 1);
         assert_eq!(evaluate(&g, &inputs(5, 5, &[])).verdict, Verdict::Pass);
     }
@@ -371,10 +414,19 @@ mod tests {
     #[test]
     fn check_finds_unknown_names_and_syntax_errors() {
         let metrics: BTreeSet<String> = ["current".to_string(), "failed".to_string()].into();
-        assert_eq!(check("lowerBound(metrics.current, applied) >= 0.95", &metrics), Ok(()));
-        assert_eq!(check("metrics.failed / targeted < 0.1 && applied > 2.0", &metrics), Ok(()));
+        assert_eq!(
+            check("lowerBound(metrics.current, applied) >= 0.95", &metrics),
+            Ok(())
+        );
+        assert_eq!(
+            check("metrics.failed / targeted < 0.1 && applied > 2.0", &metrics),
+            Ok(())
+        );
         let e = check("metrics.curent > 1.0", &metrics).unwrap_err();
-        assert!(e.contains("unknown metric `metrics.curent`") && e.contains("current, failed"), "{e}");
+        assert!(
+            e.contains("unknown metric `metrics.curent`") && e.contains("current, failed"),
+            "{e}"
+        );
         let e = check("appled > 1.0", &metrics).unwrap_err();
         assert!(e.contains("unknown variable `appled`"), "{e}");
         let e = check("applied >", &metrics).unwrap_err();

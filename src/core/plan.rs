@@ -6,7 +6,7 @@
 //! is narrowed to [`NO_DEVICE_TARGET`], a condition no twin can satisfy.
 
 use super::revision::{self, ConfigState};
-use crate::hub::configuration::{Configuration, ConfigurationContent, ConfigurationMetrics};
+use crate::iothub::configuration::{Configuration, ConfigurationContent, ConfigurationMetrics};
 use crate::resources::DeviceRollout;
 use std::collections::BTreeMap;
 
@@ -30,7 +30,11 @@ pub enum Cond {
 
 impl Cond {
     pub fn parse(text: &str) -> Cond {
-        if text.trim() == "*" { Cond::All } else { Cond::Expr(text.trim().to_string()) }
+        if text.trim() == "*" {
+            Cond::All
+        } else {
+            Cond::Expr(text.trim().to_string())
+        }
     }
 
     /// `self AND other`.
@@ -77,7 +81,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(ro: &DeviceRollout) -> Plan {
-        let namespace = ro.metadata.namespace.clone().unwrap_or_else(|| "default".to_string());
+        let namespace = ro
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
         let name = ro.metadata.name.clone().unwrap_or_default();
         let revision = revision::revision(&ro.spec.content);
         let id = revision::configuration_id(&namespace, &name, &revision);
@@ -86,7 +94,12 @@ impl Plan {
             revision,
             priority: ro.spec.priority,
             base: Cond::parse(&ro.spec.target),
-            rings: ro.spec.rings.iter().map(|r| Cond::parse(&r.target)).collect(),
+            rings: ro
+                .spec
+                .rings
+                .iter()
+                .map(|r| Cond::parse(&r.target))
+                .collect(),
             metrics: ro.spec.metrics.clone(),
             content: ConfigurationContent {
                 device_content: Some(ro.spec.content.device.clone().into_iter().collect()),
@@ -146,7 +159,12 @@ impl Plan {
     }
 
     /// The labels of configuration of `revision` in `state` at `ring`.
-    pub fn labels(&self, revision: &str, ring: usize, state: ConfigState) -> BTreeMap<String, String> {
+    pub fn labels(
+        &self,
+        revision: &str,
+        ring: usize,
+        state: ConfigState,
+    ) -> BTreeMap<String, String> {
         revision::labels(&self.namespace, &self.name, revision, ring, state)
     }
 
@@ -180,7 +198,13 @@ impl Plan {
     /// fields set as they should be for `state` at `ring`; content, id and the hub's
     /// read-only fields are kept. The labels are the base labels alone: the decision adds
     /// the [`revision::Marks`] the status calls for.
-    pub fn retarget(&self, existing: &Configuration, revision: &str, ring: usize, state: ConfigState) -> Configuration {
+    pub fn retarget(
+        &self,
+        existing: &Configuration,
+        revision: &str,
+        ring: usize,
+        state: ConfigState,
+    ) -> Configuration {
         let mut c = existing.clone();
         c.labels = self.labels(revision, ring, state);
         c.target_condition = self.target_for(ring, state);
@@ -191,7 +215,13 @@ impl Plan {
 
     /// True when `existing` already has the mutable fields `retarget` would give it
     /// (marks aside: they follow the status, not the spec).
-    pub fn matches(&self, existing: &Configuration, revision: &str, ring: usize, state: ConfigState) -> bool {
+    pub fn matches(
+        &self,
+        existing: &Configuration,
+        revision: &str,
+        ring: usize,
+        state: ConfigState,
+    ) -> bool {
         let want = self.retarget(existing, revision, ring, state);
         revision::Marks::default().write(&existing.labels) == want.labels
             && want.target_condition == existing.target_condition
@@ -249,14 +279,24 @@ mod tests {
                 target: target.into(),
                 priority: 20,
                 content: RolloutContent {
-                    device: BTreeMap::from([("properties.desired.fw".to_string(), serde_json::json!({"v": "2"}))]),
+                    device: BTreeMap::from([(
+                        "properties.desired.fw".to_string(),
+                        serde_json::json!({"v": "2"}),
+                    )]),
                 },
-                metrics: BTreeMap::from([("failed".to_string(), "properties.reported.fw.status='Error'".to_string())]),
+                metrics: BTreeMap::from([(
+                    "failed".to_string(),
+                    "properties.reported.fw.status='Error'".to_string(),
+                )]),
                 gate: Default::default(),
                 rings: rings
                     .iter()
                     .enumerate()
-                    .map(|(i, t)| Ring { name: format!("r{i}"), target: t.to_string(), ..Default::default() })
+                    .map(|(i, t)| Ring {
+                        name: format!("r{i}"),
+                        target: t.to_string(),
+                        ..Default::default()
+                    })
                     .collect(),
                 on_failure: Default::default(),
                 baseline: Default::default(),
@@ -269,8 +309,14 @@ mod tests {
 
     #[test]
     fn rings_compose_cumulatively() {
-        let p = Plan::new(&rollout("tags.env='prod'", &["tags.ring='canary'", "tags.ring='early'", "*"]));
-        assert_eq!(p.target(0).text(), "(tags.env='prod') AND (tags.ring='canary')");
+        let p = Plan::new(&rollout(
+            "tags.env='prod'",
+            &["tags.ring='canary'", "tags.ring='early'", "*"],
+        ));
+        assert_eq!(
+            p.target(0).text(),
+            "(tags.env='prod') AND (tags.ring='canary')"
+        );
         assert_eq!(
             p.target(1).text(),
             "(tags.env='prod') AND ((tags.ring='canary') OR (tags.ring='early'))"
@@ -286,8 +332,11 @@ mod tests {
 
     #[test]
     fn every_generated_condition_and_query_parses() {
-        use crate::hub::query::{Condition, Query};
-        let p = Plan::new(&rollout("tags.env='prod'", &["tags.ring='canary'", "tags.ring='early'", "*"]));
+        use crate::iothub::query::{Condition, Query};
+        let p = Plan::new(&rollout(
+            "tags.env='prod'",
+            &["tags.ring='canary'", "tags.ring='early'", "*"],
+        ));
         let ids = vec!["fleet_a_01234567".to_string(), "baseline".to_string()];
         let mut conds = vec![NO_DEVICE_TARGET.to_string()];
         for i in 0..3 {
@@ -295,8 +344,21 @@ mod tests {
         }
         let fresh = p.new_devices(Some(0), 1).unwrap();
         conds.push(fresh.text().to_string());
-        conds.push(fresh.and_not(&any_configuration(&ids).unwrap()).unwrap().text().to_string());
-        conds.push(applied_any(&ids).unwrap().and_not(&any_configuration(&ids).unwrap()).unwrap().text().to_string());
+        conds.push(
+            fresh
+                .and_not(&any_configuration(&ids).unwrap())
+                .unwrap()
+                .text()
+                .to_string(),
+        );
+        conds.push(
+            applied_any(&ids)
+                .unwrap()
+                .and_not(&any_configuration(&ids).unwrap())
+                .unwrap()
+                .text()
+                .to_string(),
+        );
         for c in &conds {
             Condition::parse(c).unwrap_or_else(|e| panic!("{c}: {e}"));
         }
@@ -311,7 +373,10 @@ mod tests {
         let p = Plan::new(&rollout("*", &["tags.ring='canary'", "*"]));
         assert_eq!(p.target(0).text(), "tags.ring='canary'");
         assert_eq!(p.target(1), Cond::All);
-        assert_eq!(p.new_devices(Some(0), 1).unwrap().text(), "NOT (tags.ring='canary')");
+        assert_eq!(
+            p.new_devices(Some(0), 1).unwrap().text(),
+            "NOT (tags.ring='canary')"
+        );
         assert_eq!(p.new_devices(Some(1), 1), None);
     }
 
@@ -323,11 +388,20 @@ mod tests {
         assert!(c.id.starts_with("fleet_chiller-fw_"));
         assert_eq!(
             c.metrics.queries["failed"],
-            format!("SELECT deviceId FROM devices WHERE configurations.[[{}]].status='Applied' AND (properties.reported.fw.status='Error')", p.id)
+            format!(
+                "SELECT deviceId FROM devices WHERE configurations.[[{}]].status='Applied' AND (properties.reported.fw.status='Error')",
+                p.id
+            )
         );
         assert_eq!(c.labels[revision::label::RING], "0");
         assert_eq!(c.labels[revision::label::STATE], "rolling");
-        assert!(c.content.device_content.as_ref().unwrap().contains_key("properties.desired.fw"));
+        assert!(
+            c.content
+                .device_content
+                .as_ref()
+                .unwrap()
+                .contains_key("properties.desired.fw")
+        );
         let held = p.retarget(&c, &p.revision, 0, ConfigState::Held);
         assert_eq!(held.target_condition, NO_DEVICE_TARGET);
         assert!(p.matches(&held, &p.revision, 0, ConfigState::Held));

@@ -14,7 +14,7 @@
 //! CR's status, a wiped state store) resumes where it was instead of re-baking a ring,
 //! forgetting a pause, or applying a `promote` a second time.
 
-use crate::hub::configuration::{Configuration, MAX_ID_LEN};
+use crate::iothub::configuration::{Configuration, MAX_ID_LEN};
 use crate::resources::RolloutContent;
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
@@ -144,7 +144,13 @@ pub fn configuration_id(namespace: &str, name: &str, revision: &str) -> String {
     let clean = |s: &str| -> String {
         s.to_ascii_lowercase()
             .chars()
-            .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect()
     };
     let stem = format!("{}_{}", clean(namespace), clean(name));
@@ -163,7 +169,13 @@ pub fn label_value(s: &str) -> String {
     const SPECIALS: &str = "-:.+%_#*?!(),=@;'";
     let clean: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || SPECIALS.contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || SPECIALS.contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if clean.len() <= MAX_LABEL_LEN && clean == s {
         return clean;
@@ -174,9 +186,18 @@ pub fn label_value(s: &str) -> String {
 }
 
 /// The labels of one configuration of a rollout.
-pub fn labels(namespace: &str, name: &str, revision: &str, ring: usize, state: ConfigState) -> BTreeMap<String, String> {
+pub fn labels(
+    namespace: &str,
+    name: &str,
+    revision: &str,
+    ring: usize,
+    state: ConfigState,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (label::MANAGED_BY.to_string(), label::MANAGED_BY_VALUE.to_string()),
+        (
+            label::MANAGED_BY.to_string(),
+            label::MANAGED_BY_VALUE.to_string(),
+        ),
         (label::NAMESPACE.to_string(), label_value(namespace)),
         (label::ROLLOUT.to_string(), label_value(name)),
         (label::REVISION.to_string(), revision.to_string()),
@@ -269,7 +290,10 @@ impl Marks {
                 out.insert(k.to_string(), t.as_second().to_string());
             }
         }
-        for (k, v) in [(label::PAUSED, &self.paused), (label::OPERATION, &self.operation)] {
+        for (k, v) in [
+            (label::PAUSED, &self.paused),
+            (label::OPERATION, &self.operation),
+        ] {
             if let Some(v) = v {
                 out.insert(k.to_string(), label_value(v));
             }
@@ -286,7 +310,7 @@ impl Marks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::configuration::validate_id;
+    use crate::iothub::configuration::validate_id;
     use proptest::prelude::*;
 
     fn content(json: &str) -> RolloutContent {
@@ -295,12 +319,18 @@ mod tests {
 
     #[test]
     fn revision_is_stable_under_key_order_and_formatting() {
-        let a = content(r#"{"device": {"properties.desired.fw": {"version": "2.4.0", "url": "u"}, "properties.desired.x": 1}}"#);
-        let b = content(r#"{ "device": { "properties.desired.x": 1,
-            "properties.desired.fw": { "url": "u", "version": "2.4.0" } } }"#);
+        let a = content(
+            r#"{"device": {"properties.desired.fw": {"version": "2.4.0", "url": "u"}, "properties.desired.x": 1}}"#,
+        );
+        let b = content(
+            r#"{ "device": { "properties.desired.x": 1,
+            "properties.desired.fw": { "url": "u", "version": "2.4.0" } } }"#,
+        );
         assert_eq!(revision(&a), revision(&b));
         assert_eq!(revision(&a).len(), REVISION_LEN);
-        let c = content(r#"{"device": {"properties.desired.fw": {"version": "2.4.1", "url": "u"}, "properties.desired.x": 1}}"#);
+        let c = content(
+            r#"{"device": {"properties.desired.fw": {"version": "2.4.1", "url": "u"}, "properties.desired.x": 1}}"#,
+        );
         assert_ne!(revision(&a), revision(&c));
         // Arrays keep their order: it is content.
         let d = content(r#"{"device": {"properties.desired.a": [1, 2]}}"#);
@@ -320,8 +350,14 @@ mod tests {
         assert!(long.len() <= MAX_ID_LEN);
         validate_id(&long).unwrap();
         assert!(long.ends_with("_3f9a2c1d"));
-        assert_eq!(long, configuration_id("fleet", &"n".repeat(250), "3f9a2c1d"));
-        assert_ne!(long, configuration_id("fleet", &"n".repeat(249), "3f9a2c1d"));
+        assert_eq!(
+            long,
+            configuration_id("fleet", &"n".repeat(250), "3f9a2c1d")
+        );
+        assert_ne!(
+            long,
+            configuration_id("fleet", &"n".repeat(249), "3f9a2c1d")
+        );
     }
 
     #[test]
@@ -334,7 +370,12 @@ mod tests {
         assert!(!belongs_to(&c, "fleet", "chiller"));
         assert_eq!(
             ConfigLabels::read(&c),
-            Some(ConfigLabels { revision: "3f9a2c1d".into(), ring: 2, state: ConfigState::Held, marks: Marks::default() })
+            Some(ConfigLabels {
+                revision: "3f9a2c1d".into(),
+                ring: 2,
+                state: ConfigState::Held,
+                marks: Marks::default()
+            })
         );
         let long = label_value(&"x".repeat(300));
         assert!(long.len() <= MAX_LABEL_LEN);
@@ -356,10 +397,18 @@ mod tests {
         assert_eq!(with[label::STARTED], "1767225900");
         assert_eq!(with[label::PAUSED], label_value("pause/1"));
         let back = Marks::read(&with);
-        assert_eq!(back.started, Some(Timestamp::from_second(1767225900).unwrap()), "seconds are kept");
+        assert_eq!(
+            back.started,
+            Some(Timestamp::from_second(1767225900).unwrap()),
+            "seconds are kept"
+        );
         assert_eq!(back.passed, None);
         assert!(back.is_operation("op-7"));
-        assert_eq!(Marks::default().write(&with), base, "no marks: the base labels alone");
+        assert_eq!(
+            Marks::default().write(&with),
+            base,
+            "no marks: the base labels alone"
+        );
         for v in with.values() {
             assert_eq!(&label_value(v), v, "every value is a valid label value");
         }

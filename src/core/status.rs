@@ -69,12 +69,19 @@ pub fn push_history(status: &mut DeviceRolloutStatus, entry: HistoryEntry) {
 /// Records an operation id as handled, keeping the newest [`MAX_HANDLED_OPERATIONS`].
 pub fn mark_handled(status: &mut DeviceRolloutStatus, id: &str) {
     status.handled_operations.push(id.to_string());
-    let excess = status.handled_operations.len().saturating_sub(MAX_HANDLED_OPERATIONS);
+    let excess = status
+        .handled_operations
+        .len()
+        .saturating_sub(MAX_HANDLED_OPERATIONS);
     status.handled_operations.drain(..excess);
 }
 
 /// The record of ring `index`, created (with the records before it) when missing.
-pub fn ring_record<'a>(status: &'a mut DeviceRolloutStatus, index: usize, names: &[String]) -> &'a mut RingRecord {
+pub fn ring_record<'a>(
+    status: &'a mut DeviceRolloutStatus,
+    index: usize,
+    names: &[String],
+) -> &'a mut RingRecord {
     while status.rings.len() <= index {
         let i = status.rings.len();
         status.rings.push(RingRecord {
@@ -109,16 +116,19 @@ mod tests {
     fn history_is_bounded() {
         let mut s = DeviceRolloutStatus::default();
         for i in 0..30 {
-            push_history(&mut s, HistoryEntry {
-                time: Time(Timestamp::UNIX_EPOCH),
-                decision: format!("d{i}"),
-                revision: None,
-                ring: None,
-                targeted: None,
-                applied: None,
-                metrics: Default::default(),
-                message: String::new(),
-            });
+            push_history(
+                &mut s,
+                HistoryEntry {
+                    time: Time(Timestamp::UNIX_EPOCH),
+                    decision: format!("d{i}"),
+                    revision: None,
+                    ring: None,
+                    targeted: None,
+                    applied: None,
+                    metrics: Default::default(),
+                    message: String::new(),
+                },
+            );
         }
         assert_eq!(s.history.len(), MAX_HISTORY);
         assert_eq!(s.history.last().unwrap().decision, "d29");

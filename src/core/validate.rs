@@ -8,8 +8,8 @@
 
 use super::gate;
 use super::plan::{Plan, metric_query};
-use crate::hub::configuration::{MAX_CUSTOM_METRICS, MAX_QUERY_LEN, validate_id};
-use crate::hub::query::Condition;
+use crate::iothub::configuration::{MAX_CUSTOM_METRICS, MAX_QUERY_LEN, validate_id};
+use crate::iothub::query::Condition;
 use crate::resources::{DeviceRollout, GateSpec, Hub, HubType};
 use std::collections::{BTreeSet, HashSet};
 
@@ -34,9 +34,15 @@ impl std::fmt::Display for FieldError {
 /// How a map key appears in a field path: `.name` for plain names, `["a.b"]` otherwise.
 pub fn key_segment(key: &str) -> String {
     let plain = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && !key.starts_with(|c: char| c.is_ascii_digit());
-    if plain { format!(".{key}") } else { format!("[{}]", serde_json::to_string(key).expect("string")) }
+    if plain {
+        format!(".{key}")
+    } else {
+        format!("[{}]", serde_json::to_string(key).expect("string"))
+    }
 }
 
 struct Problems(Vec<FieldError>);
@@ -53,7 +59,8 @@ impl Problems {
 fn dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -68,7 +75,13 @@ fn check_condition(p: &mut Problems, path: &str, text: &str) {
         return;
     }
     if text.len() > MAX_QUERY_LEN {
-        p.add(path, format!("is {} characters; IoT Hub takes at most {MAX_QUERY_LEN}", text.len()));
+        p.add(
+            path,
+            format!(
+                "is {} characters; IoT Hub takes at most {MAX_QUERY_LEN}",
+                text.len()
+            ),
+        );
         return;
     }
     if let Err(e) = Condition::parse(text) {
@@ -103,12 +116,18 @@ pub fn validate_rollout(ro: &DeviceRollout) -> Vec<FieldError> {
     }
     check_condition(&mut p, "spec.target", &spec.target);
     if spec.priority < 0 {
-        p.add("spec.priority", format!("is {}; IoT Hub priorities are 0 or more", spec.priority));
+        p.add(
+            "spec.priority",
+            format!("is {}; IoT Hub priorities are 0 or more", spec.priority),
+        );
     }
 
     // Content.
     if spec.content.device.is_empty() {
-        p.add("spec.content.device", "is empty; give at least one path under properties.desired.");
+        p.add(
+            "spec.content.device",
+            "is empty; give at least one path under properties.desired.",
+        );
     }
     for (key, value) in &spec.content.device {
         let path = format!("spec.content.device{}", key_segment(key));
@@ -123,17 +142,28 @@ pub fn validate_rollout(ro: &DeviceRollout) -> Vec<FieldError> {
             }
         }
         if value.is_null() {
-            p.add(&path, "is null; a configuration cannot remove a property by rolling out null");
+            p.add(
+                &path,
+                "is null; a configuration cannot remove a property by rolling out null",
+            );
         }
     }
-    let size = serde_json::to_string(&spec.content.device).map(|s| s.len()).unwrap_or(0);
+    let size = serde_json::to_string(&spec.content.device)
+        .map(|s| s.len())
+        .unwrap_or(0);
     if size > MAX_CONTENT_BYTES {
         p.add("spec.content.device", format!("is {size} bytes of JSON; a twin's desired properties hold at most {MAX_CONTENT_BYTES}"));
     }
 
     // Metrics.
     if spec.metrics.len() > MAX_CUSTOM_METRICS {
-        p.add("spec.metrics", format!("has {} metrics; IoT Hub allows at most {MAX_CUSTOM_METRICS} per configuration", spec.metrics.len()));
+        p.add(
+            "spec.metrics",
+            format!(
+                "has {} metrics; IoT Hub allows at most {MAX_CUSTOM_METRICS} per configuration",
+                spec.metrics.len()
+            ),
+        );
     }
     let plan = Plan::new(ro);
     for (name, cond) in &spec.metrics {
@@ -146,7 +176,13 @@ pub fn validate_rollout(ro: &DeviceRollout) -> Vec<FieldError> {
         check_condition(&mut p, &path, cond);
         let q = metric_query(&plan.id, cond);
         if q.len() > MAX_QUERY_LEN {
-            p.add(&path, format!("the scoped query is {} characters; IoT Hub takes at most {MAX_QUERY_LEN}", q.len()));
+            p.add(
+                &path,
+                format!(
+                    "the scoped query is {} characters; IoT Hub takes at most {MAX_QUERY_LEN}",
+                    q.len()
+                ),
+            );
         }
     }
 
@@ -158,9 +194,18 @@ pub fn validate_rollout(ro: &DeviceRollout) -> Vec<FieldError> {
     for (i, ring) in spec.rings.iter().enumerate() {
         let path = format!("spec.rings[{i}]");
         if ring.name.trim().is_empty() || ring.name.chars().any(char::is_whitespace) {
-            p.add(format!("{path}.name"), "must be a non-empty name without spaces");
+            p.add(
+                format!("{path}.name"),
+                "must be a non-empty name without spaces",
+            );
         } else if !names.insert(ring.name.as_str()) {
-            p.add(format!("{path}.name"), format!("`{}` is used by an earlier ring; ring names must be unique", ring.name));
+            p.add(
+                format!("{path}.name"),
+                format!(
+                    "`{}` is used by an earlier ring; ring names must be unique",
+                    ring.name
+                ),
+            );
         }
         check_condition(&mut p, &format!("{path}.target"), &ring.target);
         if let Some(g) = &ring.gate {
@@ -176,12 +221,22 @@ pub fn validate_rollout(ro: &DeviceRollout) -> Vec<FieldError> {
         for i in 0..spec.rings.len() {
             let g = gate::EffectiveGate::for_ring(spec, i);
             if g.deadline <= g.bake {
-                p.add(format!("spec.rings[{i}]"), format!("the gate's deadline ({}) must be longer than its bake time ({})", fmt_dur(g.deadline), fmt_dur(g.bake)));
+                p.add(
+                    format!("spec.rings[{i}]"),
+                    format!(
+                        "the gate's deadline ({}) must be longer than its bake time ({})",
+                        fmt_dur(g.deadline),
+                        fmt_dur(g.bake)
+                    ),
+                );
             }
         }
     }
     if let Err(e) = validate_id(&plan.id) {
-        p.add("metadata.name", format!("gives configuration id `{}`: {}", plan.id, e.message));
+        p.add(
+            "metadata.name",
+            format!("gives configuration id `{}`: {}", plan.id, e.message),
+        );
     }
     p.0
 }
@@ -190,7 +245,12 @@ fn fmt_dur(d: jiff::SignedDuration) -> String {
     format!("{}s", d.as_secs())
 }
 
-fn check_gate(p: &mut Problems, path: &str, g: &GateSpec, spec: &crate::resources::DeviceRolloutSpec) {
+fn check_gate(
+    p: &mut Problems,
+    path: &str,
+    g: &GateSpec,
+    spec: &crate::resources::DeviceRolloutSpec,
+) {
     let metrics: BTreeSet<String> = spec.metrics.keys().cloned().collect();
     for (field, expr) in [("success", &g.success), ("failure", &g.failure)] {
         if let Some(expr) = expr
@@ -211,8 +271,16 @@ fn check_gate(p: &mut Problems, path: &str, g: &GateSpec, spec: &crate::resource
 /// Every problem with a Hub.
 pub fn validate_hub(hub: &Hub) -> Vec<FieldError> {
     let mut p = Problems(Vec::new());
-    if hub.metadata.name.as_deref().is_none_or(|n| !dns_subdomain(n)) {
-        p.add("metadata.name", "is missing or not a valid name (lowercase letters, digits, '-' and '.')");
+    if hub
+        .metadata
+        .name
+        .as_deref()
+        .is_none_or(|n| !dns_subdomain(n))
+    {
+        p.add(
+            "metadata.name",
+            "is missing or not a valid name (lowercase letters, digits, '-' and '.')",
+        );
     }
     let s = &hub.spec;
     match s.type_ {
@@ -230,7 +298,10 @@ pub fn validate_hub(hub: &Hub) -> Vec<FieldError> {
             if let Some(url) = &s.url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                p.add("spec.url", format!("`{url}` is not an http:// or https:// URL"));
+                p.add(
+                    "spec.url",
+                    format!("`{url}` is not an http:// or https:// URL"),
+                );
             }
             if s.connection_string_secret.is_some() {
                 p.add("spec.connectionStringSecret", "is only for type: azure");
@@ -239,7 +310,10 @@ pub fn validate_hub(hub: &Hub) -> Vec<FieldError> {
     }
     for (field, v) in [
         ("queriesPerMinute", s.limits.queries_per_minute),
-        ("configurationWritesPerMinute", s.limits.configuration_writes_per_minute),
+        (
+            "configurationWritesPerMinute",
+            s.limits.configuration_writes_per_minute,
+        ),
         ("maxConfigurations", s.limits.max_configurations),
     ] {
         if v == 0 {
@@ -255,7 +329,6 @@ mod tests {
     use crate::resources::{DeviceRolloutSpec, Ring, RolloutContent};
     use std::collections::BTreeMap;
 
-
     fn good() -> DeviceRollout {
         let mut ro = DeviceRollout::new(
             "chiller-fw",
@@ -264,9 +337,15 @@ mod tests {
                 target: "tags.environment='prod'".into(),
                 priority: 20,
                 content: RolloutContent {
-                    device: BTreeMap::from([("properties.desired.firmware".to_string(), serde_json::json!({"version": "2.4.0"}))]),
+                    device: BTreeMap::from([(
+                        "properties.desired.firmware".to_string(),
+                        serde_json::json!({"version": "2.4.0"}),
+                    )]),
                 },
-                metrics: BTreeMap::from([("failed".to_string(), "properties.reported.firmware.status='Error'".to_string())]),
+                metrics: BTreeMap::from([(
+                    "failed".to_string(),
+                    "properties.reported.firmware.status='Error'".to_string(),
+                )]),
                 gate: GateSpec {
                     failure: Some("lowerBound(metrics.failed, applied) > 0.02".into()),
                     bake: Some("10m".parse().unwrap()),
@@ -274,8 +353,16 @@ mod tests {
                     ..Default::default()
                 },
                 rings: vec![
-                    Ring { name: "canary".into(), target: "tags.ring='canary'".into(), ..Default::default() },
-                    Ring { name: "broad".into(), target: "*".into(), ..Default::default() },
+                    Ring {
+                        name: "canary".into(),
+                        target: "tags.ring='canary'".into(),
+                        ..Default::default()
+                    },
+                    Ring {
+                        name: "broad".into(),
+                        target: "*".into(),
+                        ..Default::default()
+                    },
                 ],
                 on_failure: Default::default(),
                 baseline: Default::default(),
@@ -293,7 +380,10 @@ mod tests {
     #[test]
     fn key_segments() {
         assert_eq!(key_segment("rings"), ".rings");
-        assert_eq!(key_segment("properties.desired.fw"), "[\"properties.desired.fw\"]");
+        assert_eq!(
+            key_segment("properties.desired.fw"),
+            "[\"properties.desired.fw\"]"
+        );
         assert_eq!(key_segment("1x"), "[\"1x\"]");
     }
 
@@ -306,10 +396,20 @@ mod tests {
     fn every_problem_is_reported_with_its_path() {
         let mut ro = good();
         ro.metadata.name = Some("Chiller FW".into());
-        ro.spec.rings.push(Ring { name: "canary".into(), target: "tags.ring = = 'x' !!".into(), ..Default::default() });
-        ro.spec.content.device.insert("tags.x".into(), serde_json::json!(1));
+        ro.spec.rings.push(Ring {
+            name: "canary".into(),
+            target: "tags.ring = = 'x' !!".into(),
+            ..Default::default()
+        });
+        ro.spec
+            .content
+            .device
+            .insert("tags.x".into(), serde_json::json!(1));
         ro.spec.gate.success = Some("metrics.curent > 1.0".into());
-        ro.spec.rings[0].gate = Some(GateSpec { bake: Some("3h".parse().unwrap()), ..Default::default() });
+        ro.spec.rings[0].gate = Some(GateSpec {
+            bake: Some("3h".parse().unwrap()),
+            ..Default::default()
+        });
         for i in 0..5 {
             ro.spec.metrics.insert(format!("m{i}"), "*".into());
         }
@@ -326,11 +426,20 @@ mod tests {
         ] {
             assert!(p.contains(&want), "missing {want} in {errors:#?}");
         }
-        let target = errors.iter().find(|e| e.path == "spec.rings[2].target").unwrap();
+        let target = errors
+            .iter()
+            .find(|e| e.path == "spec.rings[2].target")
+            .unwrap();
         assert!(target.message.contains("column"), "{target}");
-        let dup = errors.iter().find(|e| e.path == "spec.rings[2].name").unwrap();
+        let dup = errors
+            .iter()
+            .find(|e| e.path == "spec.rings[2].name")
+            .unwrap();
         assert!(dup.message.contains("unique"), "{dup}");
-        let success = errors.iter().find(|e| e.path == "spec.gate.success").unwrap();
+        let success = errors
+            .iter()
+            .find(|e| e.path == "spec.gate.success")
+            .unwrap();
         assert!(success.message.contains("metrics.curent"), "{success}");
     }
 
@@ -340,7 +449,10 @@ mod tests {
         ro.spec.rings.clear();
         assert!(paths(&ro).contains(&"spec.rings".to_string()));
         let mut ro = good();
-        ro.spec.content.device.insert("properties.desired.blob".into(), serde_json::json!("x".repeat(40_000)));
+        ro.spec.content.device.insert(
+            "properties.desired.blob".into(),
+            serde_json::json!("x".repeat(40_000)),
+        );
         assert!(paths(&ro).contains(&"spec.content.device".to_string()));
         let mut ro = good();
         ro.spec.target = format!("tags.x IN [{}]", vec!["'abcdefgh'"; 1000].join(","));
@@ -349,17 +461,33 @@ mod tests {
         ro.spec.metrics.insert("bad-name".into(), "*".into());
         assert!(paths(&ro).contains(&"spec.metrics.bad-name".to_string()));
         let mut ro = good();
-        ro.spec.content.device.insert("properties.desired.a$b".into(), serde_json::json!(1));
-        assert!(paths(&ro).contains(&"spec.content.device[\"properties.desired.a$b\"]".to_string()));
+        ro.spec
+            .content
+            .device
+            .insert("properties.desired.a$b".into(), serde_json::json!(1));
+        assert!(
+            paths(&ro).contains(&"spec.content.device[\"properties.desired.a$b\"]".to_string())
+        );
     }
 
     #[test]
     fn hubs_are_checked() {
         use crate::resources::{HubSpec, SecretKeyRef};
-        let mut hub = Hub::new("prod", HubSpec { type_: HubType::Azure, connection_string_secret: None, url: None, limits: Default::default() });
+        let mut hub = Hub::new(
+            "prod",
+            HubSpec {
+                type_: HubType::Azure,
+                connection_string_secret: None,
+                url: None,
+                limits: Default::default(),
+            },
+        );
         let e = validate_hub(&hub);
         assert_eq!(e[0].path, "spec.connectionStringSecret");
-        hub.spec.connection_string_secret = Some(SecretKeyRef { name: "conn".into(), key: None });
+        hub.spec.connection_string_secret = Some(SecretKeyRef {
+            name: "conn".into(),
+            key: None,
+        });
         assert_eq!(validate_hub(&hub), vec![]);
         hub.spec.type_ = HubType::Embedded;
         hub.spec.url = Some("ftp://x".into());

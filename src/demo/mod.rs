@@ -31,8 +31,9 @@ use crate::clock::{Clock, ManualClock};
 use crate::driver::{Driver, ReconcileInput};
 use crate::hub::EmbeddedHub;
 use crate::hub::fleet::{FleetAgent, FleetSpec};
+use crate::manifest::{Document, load_manifests};
 use crate::resources::{
-    DeviceRollout, DeviceRolloutStatus, Document, Operation, OperationKind, Phase, RingState, load_manifests,
+    DeviceRollout, DeviceRolloutStatus, Operation, OperationKind, Phase, RingState,
 };
 use anyhow::{Context, Result, bail};
 use jiff::{SignedDuration, Timestamp};
@@ -45,16 +46,37 @@ use view::View;
 
 /// The examples shipped in the binary: (file name, text).
 const EXAMPLE_ROLLOUTS: [(&str, &str); 5] = [
-    ("examples/rollouts/00-hub.yaml", include_str!("../../examples/rollouts/00-hub.yaml")),
-    ("examples/rollouts/10-baseline.yaml", include_str!("../../examples/rollouts/10-baseline.yaml")),
-    ("examples/rollouts/20-chiller-firmware.yaml", include_str!("../../examples/rollouts/20-chiller-firmware.yaml")),
-    ("examples/rollouts/30-chiller-firmware-rc.yaml", include_str!("../../examples/rollouts/30-chiller-firmware-rc.yaml")),
-    ("examples/rollouts/40-network.yaml", include_str!("../../examples/rollouts/40-network.yaml")),
+    (
+        "examples/rollouts/00-hub.yaml",
+        include_str!("../../examples/rollouts/00-hub.yaml"),
+    ),
+    (
+        "examples/rollouts/10-baseline.yaml",
+        include_str!("../../examples/rollouts/10-baseline.yaml"),
+    ),
+    (
+        "examples/rollouts/20-chiller-firmware.yaml",
+        include_str!("../../examples/rollouts/20-chiller-firmware.yaml"),
+    ),
+    (
+        "examples/rollouts/30-chiller-firmware-rc.yaml",
+        include_str!("../../examples/rollouts/30-chiller-firmware-rc.yaml"),
+    ),
+    (
+        "examples/rollouts/40-network.yaml",
+        include_str!("../../examples/rollouts/40-network.yaml"),
+    ),
 ];
-const EXAMPLE_FLEET: (&str, &str) = ("examples/fleet.yaml", include_str!("../../examples/fleet.yaml"));
+const EXAMPLE_FLEET: (&str, &str) = (
+    "examples/fleet.yaml",
+    include_str!("../../examples/fleet.yaml"),
+);
 
 /// What the demo expects of the example rollouts: (name, final phase).
-const EXPECTED: [(&str, Phase); 2] = [("chiller-fw", Phase::Healthy), ("chiller-fw-rc", Phase::RolledBack)];
+const EXPECTED: [(&str, Phase); 2] = [
+    ("chiller-fw", Phase::Healthy),
+    ("chiller-fw-rc", Phase::RolledBack),
+];
 
 /// Below this many devices the examples' canary rings are too small to pass their gates.
 const SMALL_FLEET: usize = 5000;
@@ -95,7 +117,10 @@ pub struct DemoArgs {
 }
 
 fn parse_duration(s: &str) -> std::result::Result<SignedDuration, String> {
-    let d: SignedDuration = s.trim().parse().map_err(|e| format!("'{s}' is not a duration like 5s or 2h: {e}"))?;
+    let d: SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("'{s}' is not a duration like 5s or 2h: {e}"))?;
     if d.is_negative() || d.is_zero() {
         return Err(format!("'{s}': the duration must be positive"));
     }
@@ -128,22 +153,34 @@ impl Tracked {
     /// Healthy, RolledBack, Failed, or held at a failed ring: nothing more will happen
     /// without a human.
     fn settled(&self) -> bool {
-        matches!(self.status.phase, Some(Phase::Healthy | Phase::RolledBack | Phase::Failed))
-            || self.status.ring.as_ref().is_some_and(|r| r.state == RingState::Failed)
+        matches!(
+            self.status.phase,
+            Some(Phase::Healthy | Phase::RolledBack | Phase::Failed)
+        ) || self
+            .status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.state == RingState::Failed)
     }
 }
 
 /// Runs `ringmaster demo`.
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let setup = prepare(&args)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(play(args, setup))
 }
 
 /// Reads the fleet and the rollouts (files or the built-in examples) and checks the flags.
 fn prepare(args: &DemoArgs) -> Result<Setup> {
     if args.speed.is_nan() || args.speed <= 0.0 {
-        bail!("--speed {}: give the virtual seconds per wall second, a number above 0", args.speed);
+        bail!(
+            "--speed {}: give the virtual seconds per wall second, a number above 0",
+            args.speed
+        );
     }
     let (fleet_name, fleet_text) = match &args.fleet {
         Some(p) => (p.display().to_string(), read(p)?),
@@ -157,7 +194,10 @@ fn prepare(args: &DemoArgs) -> Result<Setup> {
         fleet.devices = n;
     }
     let files: Vec<(String, String)> = match &args.rollouts {
-        None => EXAMPLE_ROLLOUTS.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
+        None => EXAMPLE_ROLLOUTS
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect(),
         Some(p) if p.is_dir() => {
             let mut paths: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("--rollouts {}: cannot list it", p.display()))?
@@ -165,7 +205,10 @@ fn prepare(args: &DemoArgs) -> Result<Setup> {
                 .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
                 .collect();
             paths.sort();
-            paths.iter().map(|p| Ok((p.display().to_string(), read(p)?))).collect::<Result<_>>()?
+            paths
+                .iter()
+                .map(|p| Ok((p.display().to_string(), read(p)?)))
+                .collect::<Result<_>>()?
         }
         Some(p) => vec![(p.display().to_string(), read(p)?)],
     };
@@ -173,19 +216,39 @@ fn prepare(args: &DemoArgs) -> Result<Setup> {
     let mut hubs = Vec::new();
     for (name, text) in &files {
         let docs = load_manifests(name, text).map_err(|errs| {
-            anyhow::anyhow!(errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+            anyhow::anyhow!(
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         })?;
         for d in docs {
             match d {
                 Document::DeviceRollout(ro) => rollouts.push(*ro),
-                Document::Hub(h) => hubs.push(format!("{} ({:?})", h.metadata.name.as_deref().unwrap_or(""), h.spec.type_)),
+                Document::Hub(h) => hubs.push(format!(
+                    "{} ({:?})",
+                    h.metadata.name.as_deref().unwrap_or(""),
+                    h.spec.type_
+                )),
             }
         }
     }
     if rollouts.is_empty() {
-        bail!("no DeviceRollout found in {}", files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "no DeviceRollout found in {}",
+            files
+                .iter()
+                .map(|f| f.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
-    Ok(Setup { fleet, rollouts, hubs })
+    Ok(Setup {
+        fleet,
+        rollouts,
+        hubs,
+    })
 }
 
 fn read(p: &Path) -> Result<String> {
@@ -202,13 +265,22 @@ async fn play(args: DemoArgs, setup: Setup) -> Result<ExitCode> {
     if args.rollouts.is_none() && setup.fleet.devices < SMALL_FLEET {
         view.note(start, "demo", &format!("{} devices: the canary rings are too small for the examples' gates to pass (lowerBound >= 0.90 needs 35 devices); expect deadlines, use about {SMALL_FLEET} or more", setup.fleet.devices));
     }
-    let mut agent = FleetAgent::create(&hub, setup.fleet.clone()).context("cannot create the simulated fleet")?;
+    let mut agent = FleetAgent::create(&hub, setup.fleet.clone())
+        .context("cannot create the simulated fleet")?;
     hub.run_cycle()?;
-    let driver = Driver::new(Arc::new(hub.clone()) as Arc<dyn Hub>, Arc::new(clock.clone()));
+    let driver = Driver::new(
+        Arc::new(hub.clone()) as Arc<dyn Hub>,
+        Arc::new(clock.clone()),
+    );
     let mut tracked: Vec<Tracked> = setup
         .rollouts
         .into_iter()
-        .map(|ro| Tracked { ro, status: DeviceRolloutStatus::default(), due: start, settled_at: None })
+        .map(|ro| Tracked {
+            ro,
+            status: DeviceRolloutStatus::default(),
+            due: start,
+            settled_at: None,
+        })
         .collect();
 
     let wall_start = Instant::now();
@@ -232,7 +304,8 @@ async fn play(args: DemoArgs, setup: Setup) -> Result<ExitCode> {
         }
         clock.advance(args.step);
         agent.tick().context("the simulated fleet failed")?;
-        hub.run_cycle().context("the hub's configuration cycle failed")?;
+        hub.run_cycle()
+            .context("the hub's configuration cycle failed")?;
     }
     let end = clock.now();
     view.frame(&hub, &tracked, end);
@@ -242,15 +315,36 @@ async fn play(args: DemoArgs, setup: Setup) -> Result<ExitCode> {
     if args.keep_running {
         keep_running(&args, hub, clock, agent, driver, tracked, view).await?;
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Reconciles every rollout whose requeue is due, reporting what changed.
-async fn reconcile_due(driver: &Driver, tracked: &mut [Tracked], now: Timestamp, step: SignedDuration, view: &mut View) {
+async fn reconcile_due(
+    driver: &Driver,
+    tracked: &mut [Tracked],
+    now: Timestamp,
+    step: SignedDuration,
+    view: &mut View,
+) {
     for t in tracked.iter_mut().filter(|t| t.due <= now) {
-        let input = ReconcileInput { operations: auto_approval(&t.status).into_iter().collect(), ..Default::default() };
+        let input = ReconcileInput {
+            operations: auto_approval(&t.status).into_iter().collect(),
+            ..Default::default()
+        };
         if let Some(op) = input.operations.first() {
-            view.note(now, t.name(), &format!("ring {} needs approval: the demo promotes it ({})", op.ring.as_deref().unwrap_or("?"), op.id));
+            view.note(
+                now,
+                t.name(),
+                &format!(
+                    "ring {} needs approval: the demo promotes it ({})",
+                    op.ring.as_deref().unwrap_or("?"),
+                    op.id
+                ),
+            );
         }
         let out = driver.reconcile_with(&t.ro, &t.status, &input).await;
         if let Some(e) = &out.error {
@@ -274,10 +368,17 @@ async fn reconcile_due(driver: &Driver, tracked: &mut [Tracked], now: Timestamp,
 
 /// The promote request a human would send for a ring waiting for approval.
 fn auto_approval(status: &DeviceRolloutStatus) -> Option<Operation> {
-    let ring = status.ring.as_ref().filter(|r| r.state == RingState::AwaitingApproval)?;
+    let ring = status
+        .ring
+        .as_ref()
+        .filter(|r| r.state == RingState::AwaitingApproval)?;
     let revision = status.revision.clone();
     Some(Operation {
-        id: format!("demo-approve-{}-{}", revision.as_deref().unwrap_or("x"), ring.name),
+        id: format!(
+            "demo-approve-{}-{}",
+            revision.as_deref().unwrap_or("x"),
+            ring.name
+        ),
         kind: OperationKind::Promote,
         revision,
         ring: Some(ring.name.clone()),
@@ -288,10 +389,17 @@ fn auto_approval(status: &DeviceRolloutStatus) -> Option<Operation> {
 fn outcome_ok(tracked: &[Tracked]) -> bool {
     let expected: Vec<(&Tracked, Phase)> = tracked
         .iter()
-        .filter_map(|t| EXPECTED.iter().find(|(n, _)| *n == t.name()).map(|(_, p)| (t, *p)))
+        .filter_map(|t| {
+            EXPECTED
+                .iter()
+                .find(|(n, _)| *n == t.name())
+                .map(|(_, p)| (t, *p))
+        })
         .collect();
     if expected.is_empty() {
-        return tracked.iter().all(|t| matches!(t.status.phase, Some(Phase::Healthy | Phase::RolledBack)));
+        return tracked
+            .iter()
+            .all(|t| matches!(t.status.phase, Some(Phase::Healthy | Phase::RolledBack)));
     }
     expected.iter().all(|(t, p)| t.status.phase == Some(*p))
 }
@@ -307,9 +415,9 @@ async fn keep_running(
     mut tracked: Vec<Tracked>,
     mut view: View,
 ) -> Result<()> {
-    use crate::client::sas::{ConnectionString, SasKey};
-    use crate::server::auth::{Authenticator, DEFAULT_POLICIES, Policy};
-    use crate::server::{ServerOptions, router};
+    use crate::hub::server::auth::{Authenticator, DEFAULT_POLICIES, Policy};
+    use crate::hub::server::{ServerOptions, router};
+    use crate::iothub::sas::{ConnectionString, SasKey};
 
     let tcp = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -318,11 +426,25 @@ async fn keep_running(
     let host_name = local.to_string();
     let policies: Vec<Policy> = DEFAULT_POLICIES
         .iter()
-        .map(|(name, rights)| Policy { name: name.to_string(), key: SasKey::generate(), rights: *rights })
+        .map(|(name, rights)| Policy {
+            name: name.to_string(),
+            key: SasKey::generate(),
+            rights: *rights,
+        })
         .collect();
-    let owner = policies.iter().find(|p| p.name == "iothubowner").expect("iothubowner is a default policy");
-    let cs = ConnectionString { host_name: host_name.clone(), key_name: owner.name.clone(), key: owner.key.clone() };
-    let app = router(hub.clone(), ServerOptions::new(Authenticator::new(&host_name, policies.clone())));
+    let owner = policies
+        .iter()
+        .find(|p| p.name == "iothubowner")
+        .expect("iothubowner is a default policy");
+    let cs = ConnectionString {
+        host_name: host_name.clone(),
+        key_name: owner.name.clone(),
+        key: owner.key.clone(),
+    };
+    let app = router(
+        hub.clone(),
+        ServerOptions::new(Authenticator::new(&host_name, policies.clone())),
+    );
     let server = tokio::spawn(async move { axum::serve(tcp, app).await });
     view.serving(&format!("http://{local}"), &cs.expose());
 
@@ -366,8 +488,15 @@ mod tests {
         };
         let s = prepare(&args).unwrap();
         assert_eq!(s.fleet.devices, 100);
-        let names: Vec<_> = s.rollouts.iter().map(|r| r.metadata.name.clone().unwrap()).collect();
-        assert_eq!(names, ["fleet-baseline", "chiller-fw", "chiller-fw-rc", "jumbo-mtu"]);
+        let names: Vec<_> = s
+            .rollouts
+            .iter()
+            .map(|r| r.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["fleet-baseline", "chiller-fw", "chiller-fw-rc", "jumbo-mtu"]
+        );
         assert_eq!(s.hubs.len(), 2);
         let bad = DemoArgs { speed: 0.0, ..args };
         assert!(prepare(&bad).unwrap_err().to_string().contains("--speed"));
@@ -375,7 +504,10 @@ mod tests {
 
     #[test]
     fn an_approval_ring_gets_one_promote_per_revision_and_ring() {
-        let mut st = DeviceRolloutStatus { revision: Some("abcd1234".into()), ..Default::default() };
+        let mut st = DeviceRolloutStatus {
+            revision: Some("abcd1234".into()),
+            ..Default::default()
+        };
         assert!(auto_approval(&st).is_none());
         st.ring = Some(crate::resources::RingStatus {
             index: 1,

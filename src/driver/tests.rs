@@ -5,7 +5,7 @@ use super::*;
 use crate::client::{QueryPage, TestQueriesResult};
 use crate::clock::ManualClock;
 use crate::core::revision::{ConfigLabels, ConfigState};
-use crate::hub::configuration::Configuration;
+use crate::iothub::configuration::Configuration;
 use crate::resources::{BaselinePolicy, GateSpec, OperationKind, Phase};
 use async_trait::async_trait;
 
@@ -50,8 +50,12 @@ impl FakeHub {
                 Some(l) => ring_sizes[..=l.ring].iter().sum(),
                 None => 0,
             };
-            c.system_metrics.results = BTreeMap::from([("targetedCount".into(), reach as i64), ("appliedCount".into(), reach as i64)]);
-            c.metrics.results = BTreeMap::from([("current".into(), reach as i64), ("failed".into(), 0)]);
+            c.system_metrics.results = BTreeMap::from([
+                ("targetedCount".into(), reach as i64),
+                ("appliedCount".into(), reach as i64),
+            ]);
+            c.metrics.results =
+                BTreeMap::from([("current".into(), reach as i64), ("failed".into(), 0)]);
         }
     }
 }
@@ -66,11 +70,17 @@ impl Hub for FakeHub {
         self.call("get")?;
         Ok(self.configs.lock().iter().find(|c| c.id == id).cloned())
     }
-    async fn create_configuration(&self, config: &Configuration) -> Result<Configuration, HubError> {
+    async fn create_configuration(
+        &self,
+        config: &Configuration,
+    ) -> Result<Configuration, HubError> {
         self.call(&format!("create {}", config.id))?;
         let mut configs = self.configs.lock();
         if configs.iter().any(|c| c.id == config.id) {
-            return Err(HubError::new(ErrorCode::ConfigurationAlreadyExists, "exists"));
+            return Err(HubError::new(
+                ErrorCode::ConfigurationAlreadyExists,
+                "exists",
+            ));
         }
         let mut c = config.clone();
         c.created_time_utc = self.now();
@@ -79,11 +89,18 @@ impl Hub for FakeHub {
         configs.push(c.clone());
         Ok(c)
     }
-    async fn update_configuration(&self, config: &Configuration, etag: Option<&str>) -> Result<Configuration, HubError> {
+    async fn update_configuration(
+        &self,
+        config: &Configuration,
+        etag: Option<&str>,
+    ) -> Result<Configuration, HubError> {
         self.call(&format!("update {} {}", config.id, etag.unwrap_or("*")))?;
         let new_etag = self.next_etag();
         let mut configs = self.configs.lock();
-        let c = configs.iter_mut().find(|c| c.id == config.id).ok_or_else(|| HubError::new(ErrorCode::ConfigurationNotFound, "gone"))?;
+        let c = configs
+            .iter_mut()
+            .find(|c| c.id == config.id)
+            .ok_or_else(|| HubError::new(ErrorCode::ConfigurationNotFound, "gone"))?;
         if let Some(e) = etag
             && e != format!("\"{}\"", c.etag.clone().unwrap_or_default())
         {
@@ -107,19 +124,40 @@ impl Hub for FakeHub {
         }
         Ok(())
     }
-    async fn query(&self, query: &str, _page_size: Option<usize>, _continuation: Option<&str>) -> Result<QueryPage, HubError> {
+    async fn query(
+        &self,
+        query: &str,
+        _page_size: Option<usize>,
+        _continuation: Option<&str>,
+    ) -> Result<QueryPage, HubError> {
         self.call("query")?;
-        let cond = query.split_once(" WHERE ").map(|(_, c)| c.to_string()).unwrap_or_else(|| "*".into());
+        let cond = query
+            .split_once(" WHERE ")
+            .map(|(_, c)| c.to_string())
+            .unwrap_or_else(|| "*".into());
         let n = self.counts.lock().get(&cond).copied().unwrap_or(0);
-        Ok(QueryPage { item_type: "raw".into(), items: vec![serde_json::json!({"n": n})], continuation: None })
+        Ok(QueryPage {
+            item_type: "raw".into(),
+            items: vec![serde_json::json!({"n": n})],
+            continuation: None,
+        })
     }
-    async fn test_queries(&self, _t: &str, _m: &BTreeMap<String, String>) -> Result<TestQueriesResult, HubError> {
+    async fn test_queries(
+        &self,
+        _t: &str,
+        _m: &BTreeMap<String, String>,
+    ) -> Result<TestQueriesResult, HubError> {
         Ok(TestQueriesResult::default())
     }
     async fn get_twin(&self, _id: &str) -> Result<Option<serde_json::Value>, HubError> {
         Ok(None)
     }
-    async fn update_twin(&self, _id: &str, _p: &serde_json::Value, _e: Option<&str>) -> Result<serde_json::Value, HubError> {
+    async fn update_twin(
+        &self,
+        _id: &str,
+        _p: &serde_json::Value,
+        _e: Option<&str>,
+    ) -> Result<serde_json::Value, HubError> {
         Err(HubError::new(ErrorCode::DeviceNotFound, "no twins here"))
     }
 }
@@ -145,16 +183,31 @@ const SIZES: [u64; 2] = [10, 100];
 
 fn setup() -> (Arc<FakeHub>, ManualClock, Driver) {
     let clock = ManualClock::at_epoch();
-    let hub = Arc::new(FakeHub { clock: Some(clock.clone()), ..Default::default() });
-    hub.counts.lock().insert("(tags.environment='prod') AND (tags.ring='canary')".into(), 10);
-    hub.counts.lock().insert("tags.environment='prod'".into(), 110);
+    let hub = Arc::new(FakeHub {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    });
+    hub.counts.lock().insert(
+        "(tags.environment='prod') AND (tags.ring='canary')".into(),
+        10,
+    );
+    hub.counts
+        .lock()
+        .insert("tags.environment='prod'".into(), 110);
     let driver = Driver::new(hub.clone(), Arc::new(clock.clone()));
     (hub, clock, driver)
 }
 
-
 /// Reconciles until `pred` holds, letting the hub settle and the clock follow the requeue.
-async fn drive(d: &Driver, hub: &FakeHub, clock: &ManualClock, ro: &DeviceRollout, st: &mut DeviceRolloutStatus, n: usize, pred: impl Fn(&DeviceRolloutStatus) -> bool) {
+async fn drive(
+    d: &Driver,
+    hub: &FakeHub,
+    clock: &ManualClock,
+    ro: &DeviceRollout,
+    st: &mut DeviceRolloutStatus,
+    n: usize,
+    pred: impl Fn(&DeviceRolloutStatus) -> bool,
+) {
     for _ in 0..n {
         if pred(st) {
             return;
@@ -175,18 +228,29 @@ async fn drives_a_rollout_to_healthy_with_counts_from_the_hub() {
     let mut st = DeviceRolloutStatus::default();
     let out = d.reconcile(&ro, &st).await;
     assert!(matches!(&out.performed[..], [Action::Create(_)]));
-    assert!(out.counts.is_empty(), "baseline off: no count before creating");
+    assert!(
+        out.counts.is_empty(),
+        "baseline off: no count before creating"
+    );
     st = out.status;
     hub.settle(&SIZES);
     let out = d.reconcile(&ro, &st).await;
     assert_eq!(out.counts.len(), 1, "the ring's expected size was counted");
     st = out.status;
-    drive(&d, &hub, &clock, &ro, &mut st, 30, |s| s.phase == Some(Phase::Healthy)).await;
+    drive(&d, &hub, &clock, &ro, &mut st, 30, |s| {
+        s.phase == Some(Phase::Healthy)
+    })
+    .await;
     let configs = hub.configs.lock().clone();
     assert_eq!(configs.len(), 1);
     assert_eq!(configs[0].target_condition, "tags.environment='prod'");
     // Updates carry a quoted etag.
-    assert!(hub.calls.lock().iter().any(|c| c.starts_with("update ") && c.ends_with('"')));
+    assert!(
+        hub.calls
+            .lock()
+            .iter()
+            .any(|c| c.starts_with("update ") && c.ends_with('"'))
+    );
 }
 
 #[tokio::test]
@@ -196,7 +260,9 @@ async fn writes_are_idempotent() {
     let st = DeviceRolloutStatus::default();
     // Another controller created the configuration between our list and our create.
     let first = d.reconcile(&ro, &st).await;
-    let Action::Create(c) = &first.performed[0] else { panic!() };
+    let Action::Create(c) = &first.performed[0] else {
+        panic!()
+    };
     hub.configs.lock().clear();
     hub.configs.lock().push(c.clone());
     let again = d.reconcile(&ro, &st).await;
@@ -204,7 +270,10 @@ async fn writes_are_idempotent() {
     // A delete of something already gone is fine too.
     assert!(d.hub().delete_configuration("nope", None).await.is_err());
     let mut ro2 = ro.clone();
-    ro2.spec.content.device.insert("properties.desired.firmware".into(), serde_json::json!({"version": "9"}));
+    ro2.spec.content.device.insert(
+        "properties.desired.firmware".into(),
+        serde_json::json!({"version": "9"}),
+    );
     *hub.fail_next.lock() = Some(("delete".into(), ErrorCode::ConfigurationNotFound));
     let out = d.reconcile(&ro2, &first.status).await;
     assert!(out.error.is_none(), "{:?}", out.error);
@@ -215,9 +284,15 @@ async fn a_failed_write_keeps_the_previous_status() {
     let (hub, _clock, d) = setup();
     let ro = rollout();
     let st = DeviceRolloutStatus::default();
-    *hub.fail_next.lock() = Some(("create".into(), ErrorCode::InvalidConfigurationTargetCondition));
+    *hub.fail_next.lock() = Some((
+        "create".into(),
+        ErrorCode::InvalidConfigurationTargetCondition,
+    ));
     let out = d.reconcile(&ro, &st).await;
-    assert_eq!(out.error.as_ref().unwrap().code, ErrorCode::InvalidConfigurationTargetCondition);
+    assert_eq!(
+        out.error.as_ref().unwrap().code,
+        ErrorCode::InvalidConfigurationTargetCondition
+    );
     assert!(out.performed.is_empty());
     assert_eq!(out.status.ring, None, "the status did not advance");
     let stalled = status::condition(&out.status, STALLED).unwrap();
@@ -226,7 +301,10 @@ async fn a_failed_write_keeps_the_previous_status() {
     *hub.fail_next.lock() = Some(("list".into(), ErrorCode::ThrottlingException));
     let out = d.reconcile(&ro, &st).await;
     assert_eq!(out.requeue_after, std::time::Duration::from_secs(60));
-    assert_eq!(status::condition(&out.status, RECONCILING).unwrap().status, "True");
+    assert_eq!(
+        status::condition(&out.status, RECONCILING).unwrap().status,
+        "True"
+    );
 }
 
 #[tokio::test]
@@ -234,20 +312,39 @@ async fn restart_without_status_reaches_the_same_outcome() {
     let (hub, clock, d) = setup();
     let ro = rollout();
     let mut st = DeviceRolloutStatus::default();
-    drive(&d, &hub, &clock, &ro, &mut st, 10, |s| s.ring.as_ref().is_some_and(|r| r.index == 1)).await;
+    drive(&d, &hub, &clock, &ro, &mut st, 10, |s| {
+        s.ring.as_ref().is_some_and(|r| r.index == 1)
+    })
+    .await;
     // A new driver, no status.
     let d2 = Driver::new(hub.clone(), Arc::new(clock.clone()));
     let mut st2 = DeviceRolloutStatus::default();
-    drive(&d2, &hub, &clock, &ro, &mut st2, 30, |s| s.phase == Some(Phase::Healthy)).await;
+    drive(&d2, &hub, &clock, &ro, &mut st2, 30, |s| {
+        s.phase == Some(Phase::Healthy)
+    })
+    .await;
     assert_eq!(hub.configs.lock().len(), 1);
-    assert_eq!(hub.calls.lock().iter().filter(|c| c.starts_with("create")).count(), 1);
+    assert_eq!(
+        hub.calls
+            .lock()
+            .iter()
+            .filter(|c| c.starts_with("create"))
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn the_write_budget_is_shared_and_never_exceeded() {
     let clock = ManualClock::at_epoch();
-    let hub = Arc::new(FakeHub { clock: Some(clock.clone()), ..Default::default() });
-    let limits = HubLimits { configuration_writes_per_minute: 3, ..Default::default() };
+    let hub = Arc::new(FakeHub {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    });
+    let limits = HubLimits {
+        configuration_writes_per_minute: 3,
+        ..Default::default()
+    };
     let d = Driver::with_limits(hub.clone(), Arc::new(clock.clone()), limits);
     let mut statuses = Vec::new();
     for i in 0..4 {
@@ -282,14 +379,25 @@ async fn operations_and_deletion_come_from_the_object() {
     let mut ro = rollout();
     let op = Operation::new("x", OperationKind::Promote);
     ro.metadata.annotations = Some(BTreeMap::from([
-        (crate::resources::operation::OPERATION_ANNOTATION.to_string(), op.to_annotation()),
-        (crate::resources::operation::FORCE_DELETE_ANNOTATION.to_string(), "true".to_string()),
+        (
+            crate::resources::operation::OPERATION_ANNOTATION.to_string(),
+            op.to_annotation(),
+        ),
+        (
+            crate::resources::operation::FORCE_DELETE_ANNOTATION.to_string(),
+            "true".to_string(),
+        ),
     ]));
     let input = ReconcileInput::from_object(&ro);
     assert_eq!(input.operations, vec![op]);
     assert!(input.deletion.is_none());
-    ro.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH));
-    assert_eq!(ReconcileInput::from_object(&ro).deletion, Some(Deletion { force: true }));
+    ro.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::UNIX_EPOCH,
+    ));
+    assert_eq!(
+        ReconcileInput::from_object(&ro).deletion,
+        Some(Deletion { force: true })
+    );
 }
 
 #[test]

@@ -7,14 +7,14 @@
 //! changes are picked up by the periodic cycle ([`EmbeddedHub::spawn_cycles`] or an explicit
 //! [`EmbeddedHub::run_cycle`] in virtual time).
 
-use super::configuration::{Configuration, DEFAULT_MAX_CONFIGURATIONS};
-use super::device::Device;
 use super::engine::{Changes, CycleStats, HubState, Limits};
-use super::error::{ErrorCode, HubError, Result};
-use super::query::{Condition, ItemType, Query};
 use super::store::{Durability, Store};
 use crate::client::{QueryPage, TestQueriesResult};
 use crate::clock::Clock;
+use crate::iothub::configuration::{Configuration, DEFAULT_MAX_CONFIGURATIONS};
+use crate::iothub::device::Device;
+use crate::iothub::error::{ErrorCode, HubError, Result};
+use crate::iothub::query::{Condition, ItemType, Query};
 use jiff::Timestamp;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
@@ -116,7 +116,10 @@ impl EmbeddedHub {
     }
 
     /// Runs a mutation under the write lock and commits what it changed before returning.
-    fn write<T>(&self, f: impl FnOnce(&mut HubState, Timestamp, &mut Changes) -> Result<T>) -> Result<T> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut HubState, Timestamp, &mut Changes) -> Result<T>,
+    ) -> Result<T> {
         let mut st = self.inner.state.write();
         let mut ch = Changes::default();
         let out = f(&mut st, self.inner.clock.now(), &mut ch)?;
@@ -188,7 +191,10 @@ impl EmbeddedHub {
     pub fn get_device(&self, device_id: &str) -> Result<Device> {
         self.read(|st| {
             st.slot(device_id).map(|s| s.device.clone()).ok_or_else(|| {
-                HubError::new(ErrorCode::DeviceNotFound, format!("Device {device_id} not registered"))
+                HubError::new(
+                    ErrorCode::DeviceNotFound,
+                    format!("Device {device_id} not registered"),
+                )
             })
         })
     }
@@ -261,9 +267,14 @@ impl EmbeddedHub {
 
     pub fn get_configuration(&self, id: &str) -> Result<Configuration> {
         self.read(|st| {
-            st.configuration(id).map(|c| c.config.clone()).ok_or_else(|| {
-                HubError::new(ErrorCode::ConfigurationNotFound, format!("configuration '{id}' does not exist"))
-            })
+            st.configuration(id)
+                .map(|c| c.config.clone())
+                .ok_or_else(|| {
+                    HubError::new(
+                        ErrorCode::ConfigurationNotFound,
+                        format!("configuration '{id}' does not exist"),
+                    )
+                })
         })
     }
 
@@ -272,16 +283,26 @@ impl EmbeddedHub {
         self.write(|st, now, ch| {
             let c = st.create_configuration(config, now, ch)?;
             st.run_cycle(now, ch);
-            Ok(st.configuration(&c.id).map(|s| s.config.clone()).unwrap_or(c))
+            Ok(st
+                .configuration(&c.id)
+                .map(|s| s.config.clone())
+                .unwrap_or(c))
         })
     }
 
     /// Updates the mutable fields and applies the change at once.
-    pub fn update_configuration(&self, config: &Configuration, etag: Option<&str>) -> Result<Configuration> {
+    pub fn update_configuration(
+        &self,
+        config: &Configuration,
+        etag: Option<&str>,
+    ) -> Result<Configuration> {
         self.write(|st, now, ch| {
             let c = st.update_configuration(config, etag, now, ch)?;
             st.run_cycle(now, ch);
-            Ok(st.configuration(&c.id).map(|s| s.config.clone()).unwrap_or(c))
+            Ok(st
+                .configuration(&c.id)
+                .map(|s| s.config.clone())
+                .unwrap_or(c))
         })
     }
 
@@ -295,7 +316,11 @@ impl EmbeddedHub {
     }
 
     /// Validates a target condition and metric queries (`POST /configurations/testQueries`).
-    pub fn test_queries(&self, target: &str, metrics: &BTreeMap<String, String>) -> TestQueriesResult {
+    pub fn test_queries(
+        &self,
+        target: &str,
+        metrics: &BTreeMap<String, String>,
+    ) -> TestQueriesResult {
         let mut r = TestQueriesResult::default();
         if !target.trim().is_empty()
             && let Err(e) = Condition::parse(target)
@@ -304,7 +329,8 @@ impl EmbeddedHub {
         }
         for (name, q) in metrics {
             if let Err(e) = Query::parse(q) {
-                r.custom_metric_query_errors.insert(name.clone(), e.to_string());
+                r.custom_metric_query_errors
+                    .insert(name.clone(), e.to_string());
             }
         }
         r
@@ -313,7 +339,12 @@ impl EmbeddedHub {
     // ----- queries and the engine -------------------------------------------------
 
     /// One page of a twin query.
-    pub fn query(&self, query: &str, page_size: Option<usize>, continuation: Option<&str>) -> Result<QueryPage> {
+    pub fn query(
+        &self,
+        query: &str,
+        page_size: Option<usize>,
+        continuation: Option<&str>,
+    ) -> Result<QueryPage> {
         let (ty, items, continuation) = self.read(|st| st.query(query, page_size, continuation))?;
         Ok(QueryPage {
             item_type: match ty {

@@ -18,15 +18,15 @@
 //! does not fight operators (the real hub's behaviour here is undocumented).
 
 use super::bitset::BitSet;
-use super::configuration::{
+use crate::iothub::configuration::{
     Configuration, ConfigurationMetrics, DEFAULT_MAX_CONFIGURATIONS, MAX_CUSTOM_METRICS,
     MAX_QUERY_LEN, validate_id,
 };
-use super::device::{Device, device_etag, generate_key};
-use super::error::{ErrorCode, HubError, Result};
-use super::query::{Condition, Query};
-use super::twin::{Section, Twin, TwinRow, merge_patch, strip_system_keys};
-use super::value::Row;
+use crate::iothub::device::{Device, device_etag, generate_key};
+use crate::iothub::error::{ErrorCode, HubError, Result};
+use crate::iothub::query::{Condition, Query};
+use crate::iothub::twin::{Section, Twin, TwinRow, merge_patch, strip_system_keys};
+use crate::iothub::value::Row;
 use base64::Engine as _;
 use jiff::Timestamp;
 use serde_json::{Map, Value};
@@ -61,7 +61,12 @@ impl Slot {
             .map(|(id, v)| (id.clone(), v["status"].as_str() == Some(STATUS_APPLIED)))
             .collect();
         statuses.sort();
-        Slot { device, twin, owners, statuses }
+        Slot {
+            device,
+            twin,
+            owners,
+            statuses,
+        }
     }
 
     pub fn row(&self) -> TwinRow<'_> {
@@ -192,13 +197,19 @@ pub fn if_match(etag: Option<&str>) -> Option<&str> {
         .strip_prefix('"')
         .and_then(|x| x.strip_suffix('"'))
         .unwrap_or(e);
-    if e == "*" || e.is_empty() { None } else { Some(e) }
+    if e == "*" || e.is_empty() {
+        None
+    } else {
+        Some(e)
+    }
 }
 
 fn precondition_failed(what: &str) -> HubError {
     HubError::new(
         ErrorCode::PreconditionFailed,
-        format!("The etag in the request does not match the etag of the existing {what}, as per RFC7232; read it again and retry with its current etag"),
+        format!(
+            "The etag in the request does not match the etag of the existing {what}, as per RFC7232; read it again and retry with its current etag"
+        ),
     )
 }
 
@@ -223,7 +234,10 @@ fn compile_target(text: &str) -> Result<Condition> {
     if text.len() > MAX_QUERY_LEN {
         return Err(HubError::new(
             ErrorCode::InvalidConfigurationTargetCondition,
-            format!("targetCondition is {} characters long; at most {MAX_QUERY_LEN} are allowed", text.len()),
+            format!(
+                "targetCondition is {} characters long; at most {MAX_QUERY_LEN} are allowed",
+                text.len()
+            ),
         ));
     }
     Condition::parse(text).map_err(|e| {
@@ -273,17 +287,21 @@ fn compile_content(c: &Configuration) -> Result<Vec<(String, Value)>> {
     };
     let mut out = Vec::new();
     for (path, value) in dc {
-        let rel = path.strip_prefix("properties.desired.").filter(|r| !r.is_empty());
+        let rel = path
+            .strip_prefix("properties.desired.")
+            .filter(|r| !r.is_empty());
         let Some(rel) = rel else {
             return Err(HubError::new(
                 ErrorCode::InvalidConfigurationContent,
-                format!("content path '{path}' must start with 'properties.desired.' (device configurations write desired properties)"),
+                format!(
+                    "content path '{path}' must start with 'properties.desired.' (device configurations write desired properties)"
+                ),
             ));
         };
         // Validate the path and value as the twin would hold them.
         let mut probe = Map::new();
         set_path(&mut probe, rel, value.clone());
-        super::twin::validate_section(Section::Desired, &probe).map_err(|e| {
+        crate::iothub::twin::validate_section(Section::Desired, &probe).map_err(|e| {
             HubError::new(
                 ErrorCode::InvalidConfigurationContent,
                 format!("content path '{path}': {}", e.message),
@@ -381,8 +399,16 @@ impl HubState {
     }
 
     fn slot_mut(&mut self, device_id: &str) -> Result<(u32, &mut Slot)> {
-        let i = *self.index.get(device_id).ok_or_else(|| not_found(device_id))?;
-        Ok((i, self.slots[i as usize].as_mut().expect("indexed slot exists")))
+        let i = *self
+            .index
+            .get(device_id)
+            .ok_or_else(|| not_found(device_id))?;
+        Ok((
+            i,
+            self.slots[i as usize]
+                .as_mut()
+                .expect("indexed slot exists"),
+        ))
     }
 
     /// Creates a device and its twin. The twin may start with tags and desired properties
@@ -398,7 +424,10 @@ impl HubState {
         if self.index.contains_key(&device.device_id) {
             return Err(HubError::new(
                 ErrorCode::DeviceAlreadyExists,
-                format!("A device with ID '{}' is already registered", device.device_id),
+                format!(
+                    "A device with ID '{}' is already registered",
+                    device.device_id
+                ),
             ));
         }
         if device.authentication.kind == "sas" {
@@ -478,7 +507,12 @@ impl HubState {
     }
 
     /// Deletes a device and its twin.
-    pub fn delete_device(&mut self, device_id: &str, etag: Option<&str>, changes: &mut Changes) -> Result<()> {
+    pub fn delete_device(
+        &mut self,
+        device_id: &str,
+        etag: Option<&str>,
+        changes: &mut Changes,
+    ) -> Result<()> {
         let (i, slot) = self.slot_mut(device_id)?;
         if let Some(want) = if_match(etag) {
             if want != slot.device.etag {
@@ -520,7 +554,9 @@ impl HubState {
         changes: &mut Changes,
     ) -> Result<Value> {
         if !patch.is_object() {
-            return Err(HubError::invalid("the twin patch must be a JSON object with tags and/or properties.desired"));
+            return Err(HubError::invalid(
+                "the twin patch must be a JSON object with tags and/or properties.desired",
+            ));
         }
         let e = self.next_etag();
         let (i, slot) = self.slot_mut(device_id)?;
@@ -556,7 +592,9 @@ impl HubState {
         changes: &mut Changes,
     ) -> Result<i64> {
         let Some(p) = patch.as_object() else {
-            return Err(HubError::invalid("a reported-properties patch must be a JSON object"));
+            return Err(HubError::invalid(
+                "a reported-properties patch must be a JSON object",
+            ));
         };
         let e = self.next_etag();
         let (i, slot) = self.slot_mut(device_id)?;
@@ -602,7 +640,10 @@ impl HubState {
         if self.configuration(&config.id).is_some() {
             return Err(HubError::new(
                 ErrorCode::ConfigurationAlreadyExists,
-                format!("configuration '{}' already exists; update it with If-Match, or pick another id", config.id),
+                format!(
+                    "configuration '{}' already exists; update it with If-Match, or pick another id",
+                    config.id
+                ),
             ));
         }
         if self.configs.len() >= self.limits.max_configurations {
@@ -627,7 +668,8 @@ impl HubState {
         c.system_metrics = system_metrics(&c.id, &c.target_condition);
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.configs.push(ConfigState::new(c.clone(), seq, target, metrics, content));
+        self.configs
+            .push(ConfigState::new(c.clone(), seq, target, metrics, content));
         changes.configurations.push(c.id.clone());
         Ok(c)
     }
@@ -655,7 +697,10 @@ impl HubState {
         if config.content != cs.config.content {
             return Err(HubError::new(
                 ErrorCode::CannotModifyImmutableConfigurationContent,
-                format!("the content of configuration '{}' cannot be changed after creation; create a configuration with a new id (only targetCondition, priority, labels and metrics may change)", config.id),
+                format!(
+                    "the content of configuration '{}' cannot be changed after creation; create a configuration with a new id (only targetCondition, priority, labels and metrics may change)",
+                    config.id
+                ),
             ));
         }
         let target = if config.target_condition != cs.config.target_condition {
@@ -694,7 +739,12 @@ impl HubState {
     }
 
     /// Deletes a configuration; its twins fall back to the next configuration in line.
-    pub fn delete_configuration(&mut self, id: &str, etag: Option<&str>, changes: &mut Changes) -> Result<()> {
+    pub fn delete_configuration(
+        &mut self,
+        id: &str,
+        etag: Option<&str>,
+        changes: &mut Changes,
+    ) -> Result<()> {
         let Some(pos) = self.configs.iter().position(|c| c.config.id == id) else {
             return Err(HubError::new(
                 ErrorCode::ConfigurationNotFound,
@@ -812,8 +862,12 @@ impl HubState {
             return false;
         };
         // With their indexes: the applied bits below are set by index, not found by id.
-        let mut targeting: Vec<(usize, &ConfigState)> =
-            self.configs.iter().enumerate().filter(|(_, c)| c.targeted.contains(s)).collect();
+        let mut targeting: Vec<(usize, &ConfigState)> = self
+            .configs
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.targeted.contains(s))
+            .collect();
         targeting.sort_by(|(_, a), (_, b)| {
             b.config
                 .priority
@@ -823,7 +877,9 @@ impl HubState {
         let mut winners: BTreeMap<&str, (&str, &Value)> = BTreeMap::new();
         for (_, c) in &targeting {
             for (p, v) in &c.content {
-                winners.entry(p.as_str()).or_insert((c.config.id.as_str(), v));
+                winners
+                    .entry(p.as_str())
+                    .or_insert((c.config.id.as_str(), v));
             }
         }
         let new_owners: Vec<(String, String)> = winners
@@ -849,9 +905,12 @@ impl HubState {
                 .any(|(a, b)| a.0 != b.0 || a.1 != b.1);
         // The configurations whose applied bit may differ: those named now (by index), and
         // those named before that no longer target the twin (found by id: rare).
-        let mut applied_bits: Vec<(usize, bool)> = indexed.iter().map(|(_, on, i)| (*i, *on)).collect();
+        let mut applied_bits: Vec<(usize, bool)> =
+            indexed.iter().map(|(_, on, i)| (*i, *on)).collect();
         for (id, _) in &slot.statuses {
-            if statuses.binary_search_by(|(x, _)| x.cmp(&id.as_str())).is_err()
+            if statuses
+                .binary_search_by(|(x, _)| x.cmp(&id.as_str()))
+                .is_err()
                 && let Some(i) = self.configs.iter().position(|c| c.config.id == *id)
             {
                 applied_bits.push((i, false));
@@ -877,7 +936,11 @@ impl HubState {
                 }
             }
             for (p, (id, v)) in &winners {
-                let prev = slot.owners.iter().find(|(op, _)| op == p).map(|(_, o)| o.as_str());
+                let prev = slot
+                    .owners
+                    .iter()
+                    .find(|(op, _)| op == p)
+                    .map(|(_, o)| o.as_str());
                 if prev != Some(*id) {
                     set_path(&mut desired, p, (*v).clone());
                     desired_changed = true;
@@ -893,7 +956,11 @@ impl HubState {
             section = statuses
                 .iter()
                 .map(|(id, applied)| {
-                    let st = if *applied { STATUS_APPLIED } else { STATUS_TARGETED };
+                    let st = if *applied {
+                        STATUS_APPLIED
+                    } else {
+                        STATUS_TARGETED
+                    };
                     (id.to_string(), serde_json::json!({ "status": st }))
                 })
                 .collect();
@@ -904,8 +971,10 @@ impl HubState {
             // Content that would push the twin over its limits is not applied.
             Err(_) => return false,
         };
-        let new_statuses: Vec<(String, bool)> =
-            statuses.iter().map(|(id, a)| (id.to_string(), *a)).collect();
+        let new_statuses: Vec<(String, bool)> = statuses
+            .iter()
+            .map(|(id, a)| (id.to_string(), *a))
+            .collect();
         if desired_changed {
             twin.version += 1;
             twin.desired_version += 1;
@@ -931,14 +1000,18 @@ impl HubState {
         text: &str,
         page_size: Option<usize>,
         continuation: Option<&str>,
-    ) -> Result<(super::query::ItemType, Vec<Value>, Option<String>)> {
+    ) -> Result<(crate::iothub::query::ItemType, Vec<Value>, Option<String>)> {
         if text.len() > MAX_QUERY_LEN {
             return Err(HubError::new(
                 ErrorCode::BadRequest,
-                format!("query is {} characters long; at most {MAX_QUERY_LEN} are allowed", text.len()),
+                format!(
+                    "query is {} characters long; at most {MAX_QUERY_LEN} are allowed",
+                    text.len()
+                ),
             ));
         }
-        let q = Query::parse(text).map_err(|e| HubError::new(ErrorCode::BadRequest, format!("query: {e}")))?;
+        let q = Query::parse(text)
+            .map_err(|e| HubError::new(ErrorCode::BadRequest, format!("query: {e}")))?;
         let cond = q.condition();
         if q.is_aggregate() {
             let rows: Vec<TwinRow<'_>> = self
@@ -987,7 +1060,11 @@ impl HubState {
 }
 
 /// See [`HubState::scan`].
-fn scan_slots<'a>(slots: &'a [Option<Slot>], cond: Option<&Condition>, mut f: impl FnMut(u32, &'a Slot)) {
+fn scan_slots<'a>(
+    slots: &'a [Option<Slot>],
+    cond: Option<&Condition>,
+    mut f: impl FnMut(u32, &'a Slot),
+) {
     const AHEAD: usize = 12;
     for i in 0..slots.len() {
         if let Some(Some(next)) = slots.get(i + AHEAD) {
@@ -1006,8 +1083,15 @@ fn encode_continuation(slot: u32, emitted: usize) -> String {
 }
 
 fn decode_continuation(tok: &str) -> Result<(u32, usize)> {
-    let bad = || HubError::new(ErrorCode::BadRequest, "x-ms-continuation is not a token this hub issued; start the query again without it");
-    let raw = base64::engine::general_purpose::STANDARD.decode(tok.trim()).map_err(|_| bad())?;
+    let bad = || {
+        HubError::new(
+            ErrorCode::BadRequest,
+            "x-ms-continuation is not a token this hub issued; start the query again without it",
+        )
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(tok.trim())
+        .map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let mut it = s.split(':');
     if it.next() != Some("rm1") {
@@ -1048,7 +1132,11 @@ fn apply_twin_sections(twin: &mut Twin, patch: &Value, replace: bool) -> Result<
         let Some(t) = t.as_object() else {
             return Err(HubError::invalid("'tags' must be a JSON object"));
         };
-        let mut cur = if replace { Map::new() } else { work.section(Section::Tags) };
+        let mut cur = if replace {
+            Map::new()
+        } else {
+            work.section(Section::Tags)
+        };
         merge_patch(&mut cur, t);
         if cur != work.section(Section::Tags) {
             work.set_section(Section::Tags, &cur)?;
@@ -1063,11 +1151,17 @@ fn apply_twin_sections(twin: &mut Twin, patch: &Value, replace: bool) -> Result<
     let desired = patch.get("properties").and_then(|p| p.get("desired"));
     if let Some(d) = desired.filter(|d| !d.is_null()) {
         let Some(d) = d.as_object() else {
-            return Err(HubError::invalid("'properties.desired' must be a JSON object"));
+            return Err(HubError::invalid(
+                "'properties.desired' must be a JSON object",
+            ));
         };
         let mut d = d.clone();
         strip_system_keys(&mut d);
-        let mut cur = if replace { Map::new() } else { work.section(Section::Desired) };
+        let mut cur = if replace {
+            Map::new()
+        } else {
+            work.section(Section::Desired)
+        };
         merge_patch(&mut cur, &d);
         if cur != work.section(Section::Desired) {
             work.set_section(Section::Desired, &cur)?;
@@ -1077,7 +1171,11 @@ fn apply_twin_sections(twin: &mut Twin, patch: &Value, replace: bool) -> Result<
         work.set_section(Section::Desired, &Map::new())?;
         desired_changed = true;
     }
-    if patch.get("properties").and_then(|p| p.get("reported")).is_some_and(|r| !r.is_null() && r.as_object().is_some_and(|m| !m.is_empty())) {
+    if patch
+        .get("properties")
+        .and_then(|p| p.get("reported"))
+        .is_some_and(|r| !r.is_null() && r.as_object().is_some_and(|m| !m.is_empty()))
+    {
         return Err(HubError::invalid(
             "reported properties are written by the device; a service twin update may change tags and properties.desired only",
         ));
@@ -1108,7 +1206,8 @@ impl HubState {
         let metrics = check_metrics(&config.metrics)?;
         let content = compile_content(&config)?;
         self.next_seq = self.next_seq.max(seq + 1);
-        self.configs.push(ConfigState::new(config, seq, target, metrics, content));
+        self.configs
+            .push(ConfigState::new(config, seq, target, metrics, content));
         self.configs.sort_by_key(|c| c.seq);
         Ok(())
     }

@@ -12,11 +12,11 @@
 //! demo: [`FleetAgent::tick`] does whatever is due at the clock's current instant.
 
 use super::EmbeddedHub;
-use super::device::Device;
-use super::error::Result;
-use super::path::intern_lc;
-use super::twin::Section;
-use super::value::{Row, Val};
+use crate::iothub::device::Device;
+use crate::iothub::error::Result;
+use crate::iothub::path::intern_lc;
+use crate::iothub::twin::Section;
+use crate::iothub::value::{Row, Val};
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -123,28 +123,44 @@ pub struct FailureRate {
 impl FleetSpec {
     /// Parses a fleet spec; the error names the file and what is wrong.
     pub fn parse(file: &str, text: &str) -> std::result::Result<FleetSpec, String> {
-        let spec: FleetSpec =
-            serde_saphyr::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+        let spec: FleetSpec = serde_saphyr::from_str(text).map_err(|e| format!("{file}: {e}"))?;
         spec.validate().map_err(|e| format!("{file}: {e}"))?;
         Ok(spec)
     }
 
     /// Checks shares and rates.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        for (field, shares) in [("rings", &self.rings), ("models", &self.models), ("regions", &self.regions)] {
-            if shares.values().any(|s| !(0.0..=1.0).contains(s) || s.is_nan()) {
+        for (field, shares) in [
+            ("rings", &self.rings),
+            ("models", &self.models),
+            ("regions", &self.regions),
+        ] {
+            if shares
+                .values()
+                .any(|s| !(0.0..=1.0).contains(s) || s.is_nan())
+            {
                 return Err(format!("{field}: every share must be between 0 and 1"));
             }
             let total: f64 = shares.values().sum();
             if !shares.is_empty() && (total - 1.0).abs() > 0.001 {
-                return Err(format!("{field}: shares add up to {total}; they must add up to 1"));
+                return Err(format!(
+                    "{field}: shares add up to {total}; they must add up to 1"
+                ));
             }
         }
         if !(0.0..=1.0).contains(&self.offline) {
             return Err("offline: must be a share between 0 and 1".into());
         }
-        if let Some(f) = self.firmware.failures.iter().find(|f| !(0.0..=1.0).contains(&f.rate)) {
-            return Err(format!("firmware.failures: rate {} for version {} must be between 0 and 1", f.rate, f.version));
+        if let Some(f) = self
+            .firmware
+            .failures
+            .iter()
+            .find(|f| !(0.0..=1.0).contains(&f.rate))
+        {
+            return Err(format!(
+                "firmware.failures: rate {} for version {} must be between 0 and 1",
+                f.rate, f.version
+            ));
         }
         if self.firmware.download_seconds < 0.0 || self.firmware.apply_seconds < 0.0 {
             return Err("firmware: downloadSeconds and applySeconds must not be negative".into());
@@ -175,7 +191,12 @@ fn unit(seed: u64, id: &str, salt: &str) -> f64 {
 }
 
 /// Assigns exactly round(share × n) members to each key, spread evenly through the fleet.
-fn apportion(shares: &BTreeMap<String, f64>, n: usize, seed: u64, salt: &str) -> Vec<Option<String>> {
+fn apportion(
+    shares: &BTreeMap<String, f64>,
+    n: usize,
+    seed: u64,
+    salt: &str,
+) -> Vec<Option<String>> {
     if shares.is_empty() {
         return vec![None; n];
     }
@@ -192,7 +213,11 @@ fn apportion(shares: &BTreeMap<String, f64>, n: usize, seed: u64, salt: &str) ->
     let mut acc = 0.0;
     for (k, (name, share)) in keys.iter().enumerate() {
         acc += **share;
-        let end = if k + 1 == keys.len() { n } else { ((acc * n as f64).round() as usize).min(n) };
+        let end = if k + 1 == keys.len() {
+            n
+        } else {
+            ((acc * n as f64).round() as usize).min(n)
+        };
         for &d in &order[pos..end.max(pos)] {
             out[d] = Some((*name).clone());
         }
@@ -244,12 +269,17 @@ impl FleetAgent {
             for (k, v) in &spec.tags {
                 tags.insert(k.clone(), v.clone());
             }
-            for (k, v) in [("ring", &rings[i]), ("model", &models[i]), ("region", &regions[i])] {
+            for (k, v) in [
+                ("ring", &rings[i]),
+                ("model", &models[i]),
+                ("region", &regions[i]),
+            ] {
                 if let Some(v) = v {
                     tags.insert(k.into(), Value::String(v.clone()));
                 }
             }
-            let mut rep = json!({"firmware": {"version": spec.firmware.initial, "status": "Current"}});
+            let mut rep =
+                json!({"firmware": {"version": spec.firmware.initial, "status": "Current"}});
             if let Some(m) = &models[i] {
                 rep["model"] = Value::String(m.clone());
             }
@@ -373,7 +403,8 @@ impl FleetAgent {
             // Firmware.
             match (&d.want, &d.have) {
                 (Some(want), have) if Some(want) != have.as_ref() => {
-                    let failed_here = d.status.as_deref() == Some("Error") && d.target.as_deref() == Some(want);
+                    let failed_here =
+                        d.status.as_deref() == Some("Error") && d.target.as_deref() == Some(want);
                     let p = self.progress.get(&d.id).cloned();
                     match p {
                         _ if failed_here => {
@@ -383,8 +414,17 @@ impl FleetAgent {
                             let dl = self.latency(&d.id, download, "download");
                             let ap = self.latency(&d.id, apply, "apply");
                             if !p.applying && now >= p.started + dl {
-                                patches.push((d.id.clone(), json!({"firmware": {"status": "Applying", "target": want}})));
-                                self.progress.insert(d.id.clone(), Progress { applying: true, ..p });
+                                patches.push((
+                                    d.id.clone(),
+                                    json!({"firmware": {"status": "Applying", "target": want}}),
+                                ));
+                                self.progress.insert(
+                                    d.id.clone(),
+                                    Progress {
+                                        applying: true,
+                                        ..p
+                                    },
+                                );
                             } else if p.applying && now >= p.started + dl + ap {
                                 if self.fails(&d.id, d.model.as_deref(), want) {
                                     patches.push((d.id.clone(), json!({"firmware": {"status": "Error", "target": want, "error": format!("install of {want} failed verification")}})));
@@ -396,7 +436,14 @@ impl FleetAgent {
                         }
                         _ => {
                             patches.push((d.id.clone(), json!({"firmware": {"status": "Downloading", "target": want, "error": null}})));
-                            self.progress.insert(d.id.clone(), Progress { target: want.clone(), started: now, applying: false });
+                            self.progress.insert(
+                                d.id.clone(),
+                                Progress {
+                                    target: want.clone(),
+                                    started: now,
+                                    applying: false,
+                                },
+                            );
                         }
                     }
                 }
@@ -478,7 +525,8 @@ mod tests {
 
     #[test]
     fn spec_errors_name_the_file_and_field() {
-        let e = FleetSpec::parse("fleet.yaml", "devices: 10\nrings: {a: 0.5, b: 0.2}\n").unwrap_err();
+        let e =
+            FleetSpec::parse("fleet.yaml", "devices: 10\nrings: {a: 0.5, b: 0.2}\n").unwrap_err();
         assert!(e.contains("fleet.yaml") && e.contains("rings"), "{e}");
         let e = FleetSpec::parse("fleet.yaml", "devices: 10\nbogus: 1\n").unwrap_err();
         assert!(e.contains("fleet.yaml") && e.contains("bogus"), "{e}");

@@ -8,18 +8,12 @@
 //! - [`embedded`]: all of it behind one lock, as [`EmbeddedHub`].
 //! - [`fleet`]: simulated devices that react to desired properties.
 
+pub mod bench;
 pub mod bitset;
-pub mod configuration;
-pub mod device;
 pub mod embedded;
 pub mod engine;
-pub mod error;
 pub mod fleet;
-pub mod path;
-pub mod query;
+pub mod server;
 pub mod store;
-pub mod twin;
-pub mod value;
 
 pub use embedded::{EmbeddedHub, HubOptions};
-pub use error::{ErrorCode, HubError};

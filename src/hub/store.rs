@@ -9,11 +9,11 @@
 //! The schema carries a version in `meta`; opening a file with a newer version is refused
 //! rather than guessed at.
 
-use super::configuration::Configuration;
-use super::device::Device;
 use super::engine::{Changes, HubState, Slot};
-use super::error::{ErrorCode, HubError, Result};
-use super::twin::{Section, Twin};
+use crate::iothub::configuration::Configuration;
+use crate::iothub::device::Device;
+use crate::iothub::error::{ErrorCode, HubError, Result};
+use crate::iothub::twin::{Section, Twin};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -57,16 +57,21 @@ impl Store {
 
     /// A store that lives in memory only (tests).
     pub fn in_memory() -> Result<Store> {
-        Self::init(Connection::open_in_memory().map_err(db_err)?, Durability::Normal)
+        Self::init(
+            Connection::open_in_memory().map_err(db_err)?,
+            Durability::Normal,
+        )
     }
 
     fn init(conn: Connection, durability: Durability) -> Result<Store> {
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
         let sync = match durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
         };
-        conn.pragma_update(None, "synchronous", sync).map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(db_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, device TEXT NOT NULL, twin TEXT NOT NULL, owners TEXT NOT NULL);
@@ -81,7 +86,9 @@ impl Store {
                 if v > SCHEMA_VERSION {
                     return Err(HubError::new(
                         ErrorCode::ServerError,
-                        format!("hub store has schema version {v}; this ringmaster understands up to {SCHEMA_VERSION}: upgrade ringmaster"),
+                        format!(
+                            "hub store has schema version {v}; this ringmaster understands up to {SCHEMA_VERSION}: upgrade ringmaster"
+                        ),
                     ));
                 }
                 if v < SCHEMA_VERSION {
@@ -129,10 +136,15 @@ impl Store {
         for row in rows {
             let (id, device, twin, owners) = row.map_err(db_err)?;
             let corrupt = |what: &str, e: String| {
-                HubError::new(ErrorCode::ServerError, format!("hub store: device '{id}': bad {what}: {e}"))
+                HubError::new(
+                    ErrorCode::ServerError,
+                    format!("hub store: device '{id}': bad {what}: {e}"),
+                )
             };
-            let device: Device = serde_json::from_str(&device).map_err(|e| corrupt("identity", e.to_string()))?;
-            let twin_doc: Value = serde_json::from_str(&twin).map_err(|e| corrupt("twin", e.to_string()))?;
+            let device: Device =
+                serde_json::from_str(&device).map_err(|e| corrupt("identity", e.to_string()))?;
+            let twin_doc: Value =
+                serde_json::from_str(&twin).map_err(|e| corrupt("twin", e.to_string()))?;
             let twin = twin_from_stored(&twin_doc).map_err(|e| corrupt("twin", e.message))?;
             let owners: Vec<(String, String)> =
                 serde_json::from_str(&owners).map_err(|e| corrupt("owners", e.to_string()))?;
@@ -147,8 +159,12 @@ impl Store {
             .map_err(db_err)?;
         for row in rows {
             let (seq, doc) = row.map_err(db_err)?;
-            let config: Configuration = serde_json::from_str(&doc)
-                .map_err(|e| HubError::new(ErrorCode::ServerError, format!("hub store: bad configuration: {e}")))?;
+            let config: Configuration = serde_json::from_str(&doc).map_err(|e| {
+                HubError::new(
+                    ErrorCode::ServerError,
+                    format!("hub store: bad configuration: {e}"),
+                )
+            })?;
             state.restore_configuration(config, seq as u64)?;
         }
         if let Some(n) = self.meta("etag_counter")? {
@@ -180,7 +196,9 @@ impl Store {
                         .map_err(db_err)?;
                 }
             }
-            let mut del_dev = tx.prepare_cached("DELETE FROM devices WHERE id = ?1").map_err(db_err)?;
+            let mut del_dev = tx
+                .prepare_cached("DELETE FROM devices WHERE id = ?1")
+                .map_err(db_err)?;
             for id in &changes.deleted_devices {
                 del_dev.execute([id]).map_err(db_err)?;
             }
@@ -194,11 +212,17 @@ impl Store {
                     c.system_metrics.results.clear();
                     c.metrics.results.clear();
                     put_cfg
-                        .execute(params![id, cs.seq as i64, serde_json::to_string(&c).expect("configuration serializes")])
+                        .execute(params![
+                            id,
+                            cs.seq as i64,
+                            serde_json::to_string(&c).expect("configuration serializes")
+                        ])
                         .map_err(db_err)?;
                 }
             }
-            let mut del_cfg = tx.prepare_cached("DELETE FROM configurations WHERE id = ?1").map_err(db_err)?;
+            let mut del_cfg = tx
+                .prepare_cached("DELETE FROM configurations WHERE id = ?1")
+                .map_err(db_err)?;
             for id in &changes.deleted_configurations {
                 del_cfg.execute([id]).map_err(db_err)?;
             }
@@ -220,7 +244,12 @@ fn twin_to_stored<'b>(t: &Twin, buf: &'b mut Vec<u8>) -> &'b str {
     let _ = write!(
         buf,
         r#"{{"version":{},"desiredVersion":{},"reportedVersion":{},"desiredUpdated":"{}","reportedUpdated":"{}","etag":{},"nodes":"#,
-        t.version, t.desired_version, t.reported_version, t.desired_updated, t.reported_updated, t.etag_counter
+        t.version,
+        t.desired_version,
+        t.reported_version,
+        t.desired_updated,
+        t.reported_updated,
+        t.etag_counter
     );
     t.write_nodes(buf);
     buf.push(b'}');

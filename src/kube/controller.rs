@@ -56,8 +56,22 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, hubs: Arc<dyn HubClients>, recorder: Recorder, metrics: Arc<Metrics>, leader: Leadership) -> Context {
-        Context { client, hubs, recorder, metrics, leader, clock: Arc::new(SystemClock), failures: Mutex::default() }
+    pub fn new(
+        client: Client,
+        hubs: Arc<dyn HubClients>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        leader: Leadership,
+    ) -> Context {
+        Context {
+            client,
+            hubs,
+            recorder,
+            metrics,
+            leader,
+            clock: Arc::new(SystemClock),
+            failures: Mutex::default(),
+        }
     }
 
     /// The same context on another clock (tests).
@@ -79,7 +93,9 @@ pub async fn reconcile(ro: Arc<DeviceRollout>, ctx: Arc<Context>) -> Result<Acti
     }
     let _timer = ctx.metrics.reconcile_started();
     let key = key(&ro);
-    let ns = ro.namespace().ok_or_else(|| Error::NoNamespace(ro.name_any()))?;
+    let ns = ro
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(ro.name_any()))?;
     let api: Api<DeviceRollout> = Api::namespaced(ctx.client.clone(), &ns);
     let deleting = ro.metadata.deletion_timestamp.is_some();
     let finalizer_at = ro.finalizers().iter().position(|f| f == FINALIZER);
@@ -100,15 +116,29 @@ pub async fn reconcile(ro: Arc<DeviceRollout>, ctx: Arc<Context>) -> Result<Acti
 
     // Dereference and drive.
     let last = ro.status.clone().unwrap_or_default();
-    let driver: Arc<Driver> = match ctx.hubs.driver(&ns, ro.spec.hub.as_deref().unwrap_or("default")).await {
+    let driver: Arc<Driver> = match ctx
+        .hubs
+        .driver(&ns, ro.spec.hub.as_deref().unwrap_or("default"))
+        .await
+    {
         Ok(driver) => driver,
-        Err(Error::HubConfig { hub, problem, message }) => {
+        Err(Error::HubConfig {
+            hub,
+            problem,
+            message,
+        }) => {
             let message = if deleting {
                 format!("{message}; the finalizer {FINALIZER} stays until the Hub can be reached")
             } else {
                 message
             };
-            let (next, event) = hub_stalled(&last, problem, &message, ro.metadata.generation, ctx.clock.now());
+            let (next, event) = hub_stalled(
+                &last,
+                problem,
+                &message,
+                ro.metadata.generation,
+                ctx.clock.now(),
+            );
             if next != last {
                 patch_status(&api, &ro.name_any(), &next).await?;
             }
@@ -118,14 +148,23 @@ pub async fn reconcile(ro: Arc<DeviceRollout>, ctx: Arc<Context>) -> Result<Acti
                 tracing::warn!(rollout = %key, reason = %event.reason, error = %e, "cannot publish an event");
             }
             // Failed: retried with the backoff of `error_policy`, and whenever the Hub changes.
-            return Err(Error::HubConfig { hub, problem, message });
+            return Err(Error::HubConfig {
+                hub,
+                problem,
+                message,
+            });
         }
         Err(e) => return Err(e),
     };
     // A stall for want of a usable Hub is over: the driver's own conditions replace it.
     // (Cleared here too, so that a hub error on this pass, which keeps the previous
     // conditions, does not leave a stale `HubNotFound` behind.)
-    let outcome = driver.reconcile(&ro, &hub_resolved(&last, ro.metadata.generation, ctx.clock.now())).await;
+    let outcome = driver
+        .reconcile(
+            &ro,
+            &hub_resolved(&last, ro.metadata.generation, ctx.clock.now()),
+        )
+        .await;
     if let Some(e) = &outcome.error {
         tracing::warn!(rollout = %key, error = %e, "hub error; the status records it");
     }
@@ -182,24 +221,45 @@ pub fn backoff(failures: u32) -> Duration {
 async fn add_finalizer(api: &Api<DeviceRollout>, ro: &DeviceRollout) -> Result<()> {
     let mut finalizers = ro.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": ro.resource_version()}});
-    api.patch(&ro.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": ro.resource_version()}});
+    api.patch(
+        &ro.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
 /// Removes the finalizer (same concurrency guard as [`add_finalizer`]).
 async fn remove_finalizer(api: &Api<DeviceRollout>, ro: &DeviceRollout) -> Result<()> {
     let finalizers: Vec<&String> = ro.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": ro.resource_version()}});
-    api.patch(&ro.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": ro.resource_version()}});
+    api.patch(
+        &ro.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
 /// Server-side apply of the whole status, as field manager `ringmaster`. The status types
 /// skip every `None` (trap 4: a `null` would delete the field).
-async fn patch_status(api: &Api<DeviceRollout>, name: &str, status: &DeviceRolloutStatus) -> Result<()> {
+async fn patch_status(
+    api: &Api<DeviceRollout>,
+    name: &str,
+    status: &DeviceRolloutStatus,
+) -> Result<()> {
     let patch = status_patch(status);
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -226,11 +286,23 @@ pub fn hub_stalled(
     next.observed_generation = generation;
     status::set_condition(&mut next, STALLED, true, reason, message, generation, now);
     status::set_condition(&mut next, READY, false, reason, message, generation, now);
-    status::set_condition(&mut next, RECONCILING, false, reason, message, generation, now);
+    status::set_condition(
+        &mut next,
+        RECONCILING,
+        false,
+        reason,
+        message,
+        generation,
+        now,
+    );
     // News when the stall starts or its reason changes. A new message under the same
     // reason (another key missing, say) updates the status only: the Recorder would fold a
     // second event of the same reason into the first's series, keeping the old note.
-    let stall = |s: &DeviceRolloutStatus| status::condition(s, STALLED).filter(|c| c.status == "True").map(|c| c.reason.clone());
+    let stall = |s: &DeviceRolloutStatus| {
+        status::condition(s, STALLED)
+            .filter(|c| c.status == "True")
+            .map(|c| c.reason.clone())
+    };
     let event = (stall(last) != stall(&next)).then(|| Event {
         type_: EventType::Warning,
         reason: reason.to_string(),
@@ -242,10 +314,16 @@ pub fn hub_stalled(
 }
 
 /// `last` with a `Stalled` condition set by [`hub_stalled`] turned False.
-fn hub_resolved(last: &DeviceRolloutStatus, generation: Option<i64>, now: jiff::Timestamp) -> DeviceRolloutStatus {
+fn hub_resolved(
+    last: &DeviceRolloutStatus,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> DeviceRolloutStatus {
     let reasons = HubProblem::ALL.map(HubProblem::reason);
     let mut st = last.clone();
-    if status::condition(last, STALLED).is_some_and(|c| c.status == "True" && reasons.contains(&c.reason.as_str())) {
+    if status::condition(last, STALLED)
+        .is_some_and(|c| c.status == "True" && reasons.contains(&c.reason.as_str()))
+    {
         status::set_condition(&mut st, STALLED, false, "HubResolved", "", generation, now);
     }
     st
@@ -257,7 +335,10 @@ pub fn transitions(last: &DeviceRolloutStatus, next: &DeviceRolloutStatus) -> Ve
     if next.phase != last.phase
         && let Some(phase) = next.phase
     {
-        let from = last.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "none".into());
+        let from = last
+            .phase
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "none".into());
         let mut note = format!("phase {from} → {phase:?}");
         if let Some(m) = &next.message {
             note.push_str(": ");
@@ -282,7 +363,10 @@ pub fn transitions(last: &DeviceRolloutStatus, next: &DeviceRolloutStatus) -> Ve
         events.push(Event {
             type_: EventType::Normal,
             reason: "RingStarted".into(),
-            note: Some(format!("revision {revision}: ring {} '{}' ({:?})", ring.index, ring.name, ring.state)),
+            note: Some(format!(
+                "revision {revision}: ring {} '{}' ({:?})",
+                ring.index, ring.name, ring.state
+            )),
             action: "Ring".into(),
             secondary: None,
         });

@@ -5,11 +5,12 @@ use super::controller::Context;
 use super::hubs::{FixedHub, HubClients};
 use super::leader::Leadership;
 use super::metrics::Metrics;
-use crate::resources::{DeviceRollout, Document, load_manifests};
+use crate::manifest::{Document, load_manifests};
+use crate::resources::DeviceRollout;
 use http::{Request, Response, StatusCode};
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,15 +39,29 @@ pub struct ApiServer(pub Handle);
 
 impl ApiServer {
     /// Answers the next request; `None` if the client went away.
-    pub async fn answer(&mut self, respond: impl FnOnce(&Seen) -> (StatusCode, Value)) -> Option<Seen> {
+    pub async fn answer(
+        &mut self,
+        respond: impl FnOnce(&Seen) -> (StatusCode, Value),
+    ) -> Option<Seen> {
         let (request, send) = self.0.next_request().await?;
         let (parts, body) = request.into_parts();
         let bytes = body.collect_bytes().await.expect("request body");
         let seen = Seen {
             method: parts.method.to_string(),
-            uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-            content_type: parts.headers.get(http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()),
-            body: if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("a JSON body") },
+            uri: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string()),
+            body: if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("a JSON body")
+            },
         };
         let (code, reply) = respond(&seen);
         let response = Response::builder()
@@ -94,10 +109,13 @@ impl World {
         let name = path.rsplit('/').next().unwrap_or_default();
         let found = |v: Option<&Value>| match v {
             Some(v) => (StatusCode::OK, v.clone()),
-            None => (StatusCode::NOT_FOUND, serde_json::json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-                "message": format!("\"{name}\" not found")
-            })),
+            None => (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                    "message": format!("\"{name}\" not found")
+                }),
+            ),
         };
         match s.method.as_str() {
             "GET" if path.contains("/hubs/") => found(self.hubs.get(name)),
@@ -129,7 +147,12 @@ pub fn secret_object(name: &str, data: &[(&str, &str)]) -> Value {
     use base64::Engine as _;
     let data: serde_json::Map<String, Value> = data
         .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(base64::engine::general_purpose::STANDARD.encode(v))))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
+            )
+        })
         .collect();
     serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -184,7 +207,13 @@ pub fn mock_client() -> (Client, ApiServer) {
 
 /// A controller context on a mock client, with `hubs` and `leader`.
 pub fn context(client: Client, hubs: Arc<dyn HubClients>, leader: Leadership) -> Arc<Context> {
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "ringmaster".into(), instance: Some("test-0".into()) });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ringmaster".into(),
+            instance: Some("test-0".into()),
+        },
+    );
     Arc::new(
         Context::new(client, hubs, recorder, Arc::new(Metrics::default()), leader)
             .with_clock(Arc::new(crate::clock::ManualClock::at_epoch())),
@@ -219,7 +248,10 @@ spec:
     - {name: broad, target: "*"}
   baseline: "off"
 "#;
-    match load_manifests("rollout.yaml", text).unwrap_or_else(|e| panic!("{e:?}")).remove(0) {
+    match load_manifests("rollout.yaml", text)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .remove(0)
+    {
         Document::DeviceRollout(ro) => *ro,
         _ => unreachable!(),
     }
@@ -238,7 +270,9 @@ impl RolloutExt for DeviceRollout {
     }
     fn deleted(mut self) -> Self {
         self.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-01-01T00:05:00Z".parse().unwrap()));
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:05:00Z".parse().unwrap(),
+            ));
         self
     }
 }

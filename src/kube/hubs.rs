@@ -25,10 +25,10 @@
 
 use super::{Error, HubProblem, Result};
 use crate::client::azure::{AzureHub, AzureHubOptions, RequestBudget};
-use crate::client::sas::ConnectionString;
 use crate::clock::Clock;
 use crate::driver::Driver;
 use crate::hub::EmbeddedHub;
+use crate::iothub::sas::ConnectionString;
 use crate::resources::{Hub, HubType};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
@@ -107,19 +107,30 @@ pub struct KubeHubs {
 }
 
 fn problem(namespace: &str, hub: &str, problem: HubProblem, message: String) -> Error {
-    Error::HubConfig { hub: format!("{namespace}/{hub}"), problem, message }
+    Error::HubConfig {
+        hub: format!("{namespace}/{hub}"),
+        problem,
+        message,
+    }
 }
 
 impl KubeHubs {
     pub fn new(client: Client, clock: Arc<dyn Clock>) -> KubeHubs {
-        KubeHubs { client, clock, drivers: Mutex::default(), embedded: Mutex::default() }
+        KubeHubs {
+            client,
+            clock,
+            drivers: Mutex::default(),
+            embedded: Mutex::default(),
+        }
     }
 
     /// The connection string and optional CA a Hub's Secret holds, with the Secret's
     /// resourceVersion (so a rotated key rebuilds the client). `None` when the Hub names
     /// no Secret, or needs none (an in-process hub).
     async fn secret(&self, namespace: &str, hub: &Hub) -> Result<Option<HubSecret>> {
-        let Some(r) = &hub.spec.connection_string_secret else { return Ok(None) };
+        let Some(r) = &hub.spec.connection_string_secret else {
+            return Ok(None);
+        };
         if hub.spec.type_ == HubType::Embedded && hub.spec.url.is_none() {
             return Ok(None);
         }
@@ -137,12 +148,21 @@ impl KubeHubs {
         let Some(conn) = data.get(key) else {
             // Key names only: the values are secret.
             let keys = data.keys().map(|k| format!("'{k}'")).collect::<Vec<_>>();
-            let has = if keys.is_empty() { "it has no keys".to_string() } else { format!("it has {}", keys.join(", ")) };
-            return Err(problem(namespace, &hub_name, HubProblem::SecretKeyNotFound, format!(
-                "Secret '{}' has no key '{key}' ({has}); put the hub's service connection string \
+            let has = if keys.is_empty() {
+                "it has no keys".to_string()
+            } else {
+                format!("it has {}", keys.join(", "))
+            };
+            return Err(problem(
+                namespace,
+                &hub_name,
+                HubProblem::SecretKeyNotFound,
+                format!(
+                    "Secret '{}' has no key '{key}' ({has}); put the hub's service connection string \
                  under '{key}', or name the key in the Hub's connectionStringSecret.key",
-                r.name
-            )));
+                    r.name
+                ),
+            ));
         };
         let conn = String::from_utf8(conn.0.clone()).map_err(|_| {
             problem(namespace, &hub_name, HubProblem::HubConfigInvalid, format!(
@@ -160,10 +180,16 @@ impl KubeHubs {
         }))
     }
 
-    fn build(&self, namespace: &str, hub: &Hub, secret: Option<HubSecret>) -> Result<Arc<dyn crate::client::Hub>> {
+    fn build(
+        &self,
+        namespace: &str,
+        hub: &Hub,
+        secret: Option<HubSecret>,
+    ) -> Result<Arc<dyn crate::client::Hub>> {
         let name = hub.name_any();
         let key = (namespace.to_string(), name.clone());
-        let invalid = |message: String| problem(namespace, &name, HubProblem::HubConfigInvalid, message);
+        let invalid =
+            |message: String| problem(namespace, &name, HubProblem::HubConfigInvalid, message);
         match (&hub.spec.type_, &hub.spec.url) {
             (HubType::Embedded, None) => {
                 let uid = hub.uid();
@@ -185,7 +211,11 @@ impl KubeHubs {
             (type_, url) => {
                 // No longer (or never) in process.
                 self.embedded.lock().remove(&key);
-                let what = if *type_ == HubType::Embedded { "type: embedded with url" } else { "type: azure" };
+                let what = if *type_ == HubType::Embedded {
+                    "type: embedded with url"
+                } else {
+                    "type: azure"
+                };
                 let secret = secret.ok_or_else(|| {
                     invalid(format!(
                         "{what} needs connectionStringSecret, naming a Secret that holds the hub's service connection string"
@@ -200,13 +230,18 @@ impl KubeHubs {
                     )));
                 }
                 let opts = AzureHubOptions {
-                    base_url: if *type_ == HubType::Embedded { url.clone() } else { None },
+                    base_url: if *type_ == HubType::Embedded {
+                        url.clone()
+                    } else {
+                        None
+                    },
                     ca_pem: secret.ca_pem,
                     budget: RequestBudget::for_limits(&hub.spec.limits),
                     ..Default::default()
                 };
-                let client = AzureHub::new(&secret.connection_string, opts)
-                    .map_err(|e| invalid(format!("cannot make a client for the hub: {}", e.message)))?;
+                let client = AzureHub::new(&secret.connection_string, opts).map_err(|e| {
+                    invalid(format!("cannot make a client for the hub: {}", e.message))
+                })?;
                 Ok(Arc::new(client))
             }
         }
@@ -225,13 +260,19 @@ impl KubeHubs {
     /// The driver cached for a Hub resource (tests).
     #[cfg(test)]
     pub(crate) fn cached_driver(&self, namespace: &str, name: &str) -> Option<Arc<Driver>> {
-        self.drivers.lock().get(&(namespace.to_string(), name.to_string())).map(|c| c.driver.clone())
+        self.drivers
+            .lock()
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|c| c.driver.clone())
     }
 
     /// The in-process hub kept for a Hub resource (tests).
     #[cfg(test)]
     pub(crate) fn in_process(&self, namespace: &str, name: &str) -> Option<EmbeddedHub> {
-        self.embedded.lock().get(&(namespace.to_string(), name.to_string())).map(|e| e.hub.clone())
+        self.embedded
+            .lock()
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|e| e.hub.clone())
     }
 }
 
@@ -242,17 +283,25 @@ impl HubClients for KubeHubs {
         let hubs: Api<Hub> = Api::namespaced(self.client.clone(), namespace);
         let Some(hub) = hubs.get_opt(name).await? else {
             self.forget(&key);
-            return Err(problem(namespace, name, HubProblem::HubNotFound, format!(
-                "Hub '{name}' not found in namespace '{namespace}'; create it, or set the rollout's \
+            return Err(problem(
+                namespace,
+                name,
+                HubProblem::HubNotFound,
+                format!(
+                    "Hub '{name}' not found in namespace '{namespace}'; create it, or set the rollout's \
                  spec.hub to an existing Hub (spec.hub defaults to 'default')"
-            )));
+                ),
+            ));
         };
         let secret = self.secret(namespace, &hub).await?;
         let fingerprint = format!(
             "{}|{}|{}",
             hub.uid().unwrap_or_default(),
             serde_json::to_string(&hub.spec).unwrap_or_default(),
-            secret.as_ref().map(|s| s.resource_version.as_str()).unwrap_or("")
+            secret
+                .as_ref()
+                .map(|s| s.resource_version.as_str())
+                .unwrap_or("")
         );
         if let Some(cached) = self.drivers.lock().get(&key)
             && cached.fingerprint == fingerprint
@@ -260,8 +309,18 @@ impl HubClients for KubeHubs {
             return Ok(cached.driver.clone());
         }
         let client = self.build(namespace, &hub, secret)?;
-        let driver = Arc::new(Driver::with_limits(client, self.clock.clone(), hub.spec.limits.clone()));
-        self.drivers.lock().insert(key, Cached { fingerprint, driver: driver.clone() });
+        let driver = Arc::new(Driver::with_limits(
+            client,
+            self.clock.clone(),
+            hub.spec.limits.clone(),
+        ));
+        self.drivers.lock().insert(
+            key,
+            Cached {
+                fingerprint,
+                driver: driver.clone(),
+            },
+        );
         Ok(driver)
     }
 }

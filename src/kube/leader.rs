@@ -29,7 +29,10 @@ impl Leadership {
     /// Always the leader (`--leader-election=false`, a single replica).
     pub fn always() -> Leadership {
         let (tx, rx) = watch::channel(true);
-        Leadership { rx, _tx: Some(Arc::new(tx)) }
+        Leadership {
+            rx,
+            _tx: Some(Arc::new(tx)),
+        }
     }
 
     /// Leadership as a channel reports it (tests drive the sender).
@@ -40,10 +43,19 @@ impl Leadership {
     /// Campaigns for the Lease `name` in `namespace` as `identity`, in a background task
     /// that renews the lease while held and releases it when every [`Leadership`] clone
     /// is dropped.
-    pub async fn elect(client: Client, namespace: &str, name: &str, identity: &str) -> anyhow::Result<Leadership> {
+    pub async fn elect(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+    ) -> anyhow::Result<Leadership> {
         let manager = LeaseManagerBuilder::new(client, name)
             .with_namespace(namespace)
-            .with_parameters(LeaseParams::new(identity, LEASE_DURATION_SECS, LEASE_GRACE_SECS))
+            .with_parameters(LeaseParams::new(
+                identity,
+                LEASE_DURATION_SECS,
+                LEASE_GRACE_SECS,
+            ))
             .with_field_manager(super::FIELD_MANAGER)
             .build()
             .await?;

@@ -34,16 +34,26 @@ pub fn router(health: Health) -> Router {
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
     h.metrics.set_leader(h.leader.is_leader());
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         h.metrics.encode(),
     )
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     if h.ready.load(Ordering::Relaxed) {
-        let role = if h.leader.is_leader() { "leader" } else { "standby" };
+        let role = if h.leader.is_leader() {
+            "leader"
+        } else {
+            "standby"
+        };
         (StatusCode::OK, format!("ok ({role})\n"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the Kubernetes API has not answered yet\n".to_string())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the Kubernetes API has not answered yet\n".to_string(),
+        )
     }
 }

@@ -64,7 +64,11 @@ pub enum Error {
     /// status as `Stalled`, reason [`HubProblem::reason`]). The message names the Hub,
     /// Secret and key involved and never holds secret material.
     #[error("Hub {hub}: {message}")]
-    HubConfig { hub: String, problem: HubProblem, message: String },
+    HubConfig {
+        hub: String,
+        problem: HubProblem,
+        message: String,
+    },
     #[error("DeviceRollout {0} has no namespace")]
     NoNamespace(String),
 }
@@ -96,8 +100,12 @@ pub enum HubProblem {
 }
 
 impl HubProblem {
-    pub const ALL: [HubProblem; 4] =
-        [HubProblem::HubNotFound, HubProblem::SecretNotFound, HubProblem::SecretKeyNotFound, HubProblem::HubConfigInvalid];
+    pub const ALL: [HubProblem; 4] = [
+        HubProblem::HubNotFound,
+        HubProblem::SecretNotFound,
+        HubProblem::SecretKeyNotFound,
+        HubProblem::HubConfigInvalid,
+    ];
 
     /// The reason of the `Stalled` condition and of the Warning event.
     pub fn reason(self) -> &'static str {
@@ -123,7 +131,11 @@ pub struct KubeArgs {
     pub leader_election: Option<bool>,
 
     /// The Lease's name.
-    #[arg(long, env = "RINGMASTER_LEASE_NAME", default_value = "ringmaster-controller")]
+    #[arg(
+        long,
+        env = "RINGMASTER_LEASE_NAME",
+        default_value = "ringmaster-controller"
+    )]
     pub lease_name: String,
 
     /// The Lease's namespace. Default: the pod's namespace (`POD_NAMESPACE`, or the
@@ -167,7 +179,12 @@ impl KubeArgs {
             .lease_namespace
             .clone()
             .or_else(|| env("POD_NAMESPACE"))
-            .or_else(|| std::fs::read_to_string(SA_NAMESPACE_FILE).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string(SA_NAMESPACE_FILE)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or_else(|| default_namespace.to_string());
         let identity = self
             .identity
@@ -176,7 +193,11 @@ impl KubeArgs {
             .or_else(|| env("HOSTNAME"))
             .unwrap_or_else(|| format!("ringmaster-{}", std::process::id()));
         let metrics_addr = self.metrics_addr.unwrap_or_else(|| {
-            if in_cluster { ([0, 0, 0, 0], 8081).into() } else { ([127, 0, 0, 1], 8081).into() }
+            if in_cluster {
+                ([0, 0, 0, 0], 8081).into()
+            } else {
+                ([127, 0, 0, 1], 8081).into()
+            }
         });
         Settings {
             namespace: self.namespace.clone(),
@@ -191,14 +212,20 @@ impl KubeArgs {
 
 /// `ringmaster run --kube`: runs the controller until SIGINT/SIGTERM.
 pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach Kubernetes (in-cluster config or kubeconfig): {e}"))?;
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach Kubernetes (in-cluster config or kubeconfig): {e}")
+    })?;
     let settings = args.settings(in_cluster(), client.default_namespace());
     tracing::info!(?settings, "starting the kube controller");
 
     let leader = if settings.leader_election {
-        Leadership::elect(client.clone(), &settings.lease_namespace, &settings.lease_name, &settings.identity).await?
+        Leadership::elect(
+            client.clone(),
+            &settings.lease_namespace,
+            &settings.lease_name,
+            &settings.identity,
+        )
+        .await?
     } else {
         Leadership::always()
     };
@@ -206,8 +233,17 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {}: {e}", settings.metrics_addr))?;
-    let app = metrics::router(Health { metrics: metrics.clone(), leader: leader.clone(), ready: ready.clone() });
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on --metrics-addr {}: {e}",
+                settings.metrics_addr
+            )
+        })?;
+    let app = metrics::router(Health {
+        metrics: metrics.clone(),
+        leader: leader.clone(),
+        ready: ready.clone(),
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "the metrics server stopped");
@@ -226,10 +262,19 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
 
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: CONTROLLER_NAME.into(), instance: Some(settings.identity.clone()) },
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(settings.identity.clone()),
+        },
     );
     let hubs: Arc<dyn HubClients> = Arc::new(KubeHubs::new(client.clone(), Arc::new(SystemClock)));
-    let ctx = Arc::new(Context::new(client.clone(), hubs, recorder, metrics, leader));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        hubs,
+        recorder,
+        metrics,
+        leader,
+    ));
     run_controller(ctx, settings.namespace.as_deref()).await;
     Ok(())
 }
@@ -238,21 +283,30 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
 pub async fn run_controller(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
     let (rollouts, hubs): (Api<DeviceRollout>, Api<Hub>) = match namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client)),
     };
     let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
     let store = controller.store();
     controller
-        .watches(hubs, watcher::Config::default().any_semantic(), move |hub: Hub| {
-            let (ns, name) = (hub.namespace(), hub.name_any());
-            store
-                .state()
-                .into_iter()
-                .filter(|ro| ro.namespace() == ns && ro.spec.hub.as_deref().unwrap_or("default") == name)
-                .map(|ro| ObjectRef::from_obj(&*ro))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            hubs,
+            watcher::Config::default().any_semantic(),
+            move |hub: Hub| {
+                let (ns, name) = (hub.namespace(), hub.name_any());
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|ro| {
+                        ro.namespace() == ns && ro.spec.hub.as_deref().unwrap_or("default") == name
+                    })
+                    .map(|ro| ObjectRef::from_obj(&*ro))
+                    .collect::<Vec<_>>()
+            },
+        )
         .reconcile_all_on(ctx.leader.gained())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

@@ -3,13 +3,13 @@
 
 use super::controller::{self, backoff, reconcile, status_patch, transitions};
 use super::fixtures::*;
-use super::leader::Leadership;
 use super::hubs::KubeHubs;
+use super::leader::Leadership;
 use super::{FINALIZER, HubProblem, KubeArgs};
 use crate::clock::ManualClock;
 use crate::driver::Driver;
 use crate::hub::EmbeddedHub;
-use crate::hub::device::Device;
+use crate::iothub::device::Device;
 use crate::resources::{DeviceRollout, DeviceRolloutStatus, Phase};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
@@ -24,8 +24,17 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fleet/events";
 fn hub() -> (EmbeddedHub, Arc<Driver>) {
     let clock = ManualClock::at_epoch();
     let hub = EmbeddedHub::in_memory(Arc::new(clock.clone()));
-    for (id, ring) in [("c1", "canary"), ("c2", "canary"), ("b1", "broad"), ("b2", "broad")] {
-        hub.create_device_with_twin(Device::new(id), &json!({"tags": {"environment": "prod", "ring": ring}})).unwrap();
+    for (id, ring) in [
+        ("c1", "canary"),
+        ("c2", "canary"),
+        ("b1", "broad"),
+        ("b2", "broad"),
+    ] {
+        hub.create_device_with_twin(
+            Device::new(id),
+            &json!({"tags": {"environment": "prod", "ring": ring}}),
+        )
+        .unwrap();
     }
     let driver = Arc::new(Driver::new(Arc::new(hub.clone()), Arc::new(clock)));
     (hub, driver)
@@ -33,14 +42,22 @@ fn hub() -> (EmbeddedHub, Arc<Driver>) {
 
 /// Runs one reconcile of `ro` against a mock API server that echoes every request;
 /// returns the result and the requests, in order.
-async fn play(ro: DeviceRollout, ctx_of: impl FnOnce(kube::Client) -> Arc<super::controller::Context>) -> (super::Result<Action>, Vec<Seen>) {
+async fn play(
+    ro: DeviceRollout,
+    ctx_of: impl FnOnce(kube::Client) -> Arc<super::controller::Context>,
+) -> (super::Result<Action>, Vec<Seen>) {
     let (client, server) = mock_client();
     let object = serde_json::to_value(&ro).unwrap();
     let server = tokio::spawn(server.echo_all(object));
     let ctx = ctx_of(client);
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(ro), ctx)).await.expect("reconcile hangs");
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(ro), ctx))
+        .await
+        .expect("reconcile hangs");
     // The context (and its client) is gone: the server sees the end of the requests.
-    let seen = tokio::time::timeout(Duration::from_secs(5), server).await.expect("mock server hangs").unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("mock server hangs")
+        .unwrap();
     (result, seen)
 }
 
@@ -63,9 +80,18 @@ async fn a_new_rollout_gets_the_finalizer_before_anything_else() {
     let (result, seen) = play(rollout(), |c| context_with(c, driver)).await;
     assert_eq!(result.unwrap(), Action::await_change());
     assert_eq!(lines(&seen), vec![format!("PATCH {OBJECT}?")]);
-    assert_eq!(seen[0].content_type.as_deref(), Some("application/merge-patch+json"));
-    assert_eq!(seen[0].body, json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}}));
-    assert!(hub.list_configurations().is_empty(), "no hub write before the finalizer is in place");
+    assert_eq!(
+        seen[0].content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(
+        seen[0].body,
+        json!({"metadata": {"finalizers": [FINALIZER], "resourceVersion": "100"}})
+    );
+    assert!(
+        hub.list_configurations().is_empty(),
+        "no hub write before the finalizer is in place"
+    );
 }
 
 #[tokio::test]
@@ -73,21 +99,47 @@ async fn a_rollout_starts_its_canary_ring_and_records_status_and_events() {
     let (hub, driver) = hub();
     let (result, seen) = play(rollout().finalized(), |c| context_with(c, driver)).await;
     let action = result.unwrap();
-    assert_ne!(action, Action::await_change(), "a progressing rollout is looked at again");
+    assert_ne!(
+        action,
+        Action::await_change(),
+        "a progressing rollout is looked at again"
+    );
 
-    assert_eq!(lines(&seen), vec![format!("PATCH {STATUS}"), format!("POST {EVENTS}?"), format!("POST {EVENTS}?")]);
+    assert_eq!(
+        lines(&seen),
+        vec![
+            format!("PATCH {STATUS}"),
+            format!("POST {EVENTS}?"),
+            format!("POST {EVENTS}?")
+        ]
+    );
     // Server-side apply of the status subresource, as `ringmaster`, with no nulls.
     let apply = &seen[0];
-    assert_eq!(apply.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(
+        apply.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
     assert_eq!(apply.body["apiVersion"], "ringmaster.dev/v1alpha1");
     assert_eq!(apply.body["kind"], "DeviceRollout");
-    assert_eq!(apply.body.as_object().unwrap().len(), 3, "apiVersion, kind and status only: {}", apply.body);
+    assert_eq!(
+        apply.body.as_object().unwrap().len(),
+        3,
+        "apiVersion, kind and status only: {}",
+        apply.body
+    );
     assert_eq!(apply.body["status"]["phase"], "Progressing");
     assert_eq!(apply.body["status"]["ring"]["name"], "canary");
-    assert!(!has_null(&apply.body), "a null would delete a field under SSA: {}", apply.body);
+    assert!(
+        !has_null(&apply.body),
+        "a null would delete a field under SSA: {}",
+        apply.body
+    );
 
     // One event for the phase, one for the ring, about the rollout.
-    let reasons: Vec<&str> = seen[1..].iter().map(|s| s.body["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = seen[1..]
+        .iter()
+        .map(|s| s.body["reason"].as_str().unwrap())
+        .collect();
     assert_eq!(reasons, ["Progressing", "RingStarted"]);
     for e in &seen[1..] {
         assert_eq!(e.body["type"], "Normal");
@@ -99,7 +151,11 @@ async fn a_rollout_starts_its_canary_ring_and_records_status_and_events() {
     // The hub has the canary configuration.
     let configs = hub.list_configurations();
     assert_eq!(configs.len(), 1);
-    assert!(configs[0].target_condition.contains("canary"), "{}", configs[0].target_condition);
+    assert!(
+        configs[0].target_condition.contains("canary"),
+        "{}",
+        configs[0].target_condition
+    );
 }
 
 /// `ro` with the status a reconcile applied, as the API server would then hold it.
@@ -112,7 +168,11 @@ fn with_applied_status(mut ro: DeviceRollout, seen: &[Seen]) -> DeviceRollout {
 
 /// Reconciles `ro` until a reconcile writes no status (at most `max` times); returns the
 /// rollout as the API server would hold it, and every pass's requests.
-async fn settle(mut ro: DeviceRollout, driver: &Arc<Driver>, max: usize) -> (DeviceRollout, Vec<Vec<Seen>>) {
+async fn settle(
+    mut ro: DeviceRollout,
+    driver: &Arc<Driver>,
+    max: usize,
+) -> (DeviceRollout, Vec<Vec<Seen>>) {
     let mut passes = Vec::new();
     for _ in 0..max {
         let (result, seen) = play(ro.clone(), |c| context_with(c, driver.clone())).await;
@@ -131,10 +191,20 @@ async fn settle(mut ro: DeviceRollout, driver: &Arc<Driver>, max: usize) -> (Dev
 async fn an_unchanged_status_is_not_written_again() {
     let (_hub, driver) = hub();
     let (ro, passes) = settle(rollout().finalized(), &driver, 5).await;
-    assert!(passes.len() < 5, "the status settles while nothing happens on the hub");
-    assert_eq!(lines(passes.last().unwrap()), Vec::<String>::new(), "nothing changed, nothing written");
+    assert!(
+        passes.len() < 5,
+        "the status settles while nothing happens on the hub"
+    );
+    assert_eq!(
+        lines(passes.last().unwrap()),
+        Vec::<String>::new(),
+        "nothing changed, nothing written"
+    );
     let (result, seen) = play(ro, |c| context_with(c, driver)).await;
-    assert!(matches!(result, Ok(a) if a != Action::await_change()), "still polled while progressing");
+    assert!(
+        matches!(result, Ok(a) if a != Action::await_change()),
+        "still polled while progressing"
+    );
     assert!(seen.is_empty(), "{:#?}", lines(&seen));
 }
 
@@ -147,18 +217,44 @@ async fn a_deleted_rollout_without_cover_keeps_its_finalizer_and_its_configurati
     // The canary devices have no lower-priority configuration under them: deleting would
     // strip their settings. The driver refuses; the finalizer stays; the status says why.
     let (result, seen) = play(ro.deleted(), |c| context_with(c, driver)).await;
-    assert_eq!(hub.list_configurations().len(), 1, "the configuration stays");
-    assert!(matches!(result, Ok(a) if a != Action::await_change()), "looked at again later");
+    assert_eq!(
+        hub.list_configurations().len(),
+        1,
+        "the configuration stays"
+    );
+    assert!(
+        matches!(result, Ok(a) if a != Action::await_change()),
+        "looked at again later"
+    );
     assert_eq!(lines(&seen)[0], format!("PATCH {STATUS}"));
-    assert!(seen[0].body["status"]["message"].as_str().unwrap().contains("force-delete"), "{}", seen[0].body);
-    assert!(!seen.iter().any(|s| s.uri.starts_with(&format!("{OBJECT}?"))), "finalizer kept: {:#?}", lines(&seen));
+    assert!(
+        seen[0].body["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("force-delete"),
+        "{}",
+        seen[0].body
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.uri.starts_with(&format!("{OBJECT}?"))),
+        "finalizer kept: {:#?}",
+        lines(&seen)
+    );
 }
 
 #[tokio::test]
 async fn a_force_deleted_rollout_loses_its_finalizer_once_its_configurations_are_gone() {
     let (hub, driver) = hub();
     let (mut ro, _) = settle(rollout().finalized(), &driver, 5).await;
-    ro.metadata.annotations = Some([(crate::resources::operation::FORCE_DELETE_ANNOTATION.to_string(), "true".to_string())].into());
+    ro.metadata.annotations = Some(
+        [(
+            crate::resources::operation::FORCE_DELETE_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
     let mut ro = ro.deleted();
 
     // First the driver deletes the configuration; the finalizer goes only on the pass
@@ -169,10 +265,19 @@ async fn a_force_deleted_rollout_loses_its_finalizer_once_its_configurations_are
         let (result, seen) = play(ro.clone(), |c| context_with(c, driver.clone())).await;
         let result = result.unwrap();
         if let Some(last) = seen.last().filter(|s| s.uri == format!("{OBJECT}?")) {
-            assert_eq!(configurations_before, 0, "the finalizer went while a configuration was on the hub");
+            assert_eq!(
+                configurations_before, 0,
+                "the finalizer went while a configuration was on the hub"
+            );
             assert_eq!(last.method, "PATCH");
-            assert_eq!(last.content_type.as_deref(), Some("application/merge-patch+json"));
-            assert_eq!(last.body, json!({"metadata": {"finalizers": [], "resourceVersion": "100"}}));
+            assert_eq!(
+                last.content_type.as_deref(),
+                Some("application/merge-patch+json")
+            );
+            assert_eq!(
+                last.body,
+                json!({"metadata": {"finalizers": [], "resourceVersion": "100"}})
+            );
             assert_eq!(result, Action::await_change());
             removed_after = Some(pass);
             break;
@@ -180,7 +285,10 @@ async fn a_force_deleted_rollout_loses_its_finalizer_once_its_configurations_are
         ro = with_applied_status(ro, &seen);
     }
     assert!(hub.list_configurations().is_empty());
-    assert!(removed_after.is_some_and(|p| p >= 1), "deleted first, finalizer removed on a later pass: {removed_after:?}");
+    assert!(
+        removed_after.is_some_and(|p| p >= 1),
+        "deleted first, finalizer removed on a later pass: {removed_after:?}"
+    );
 }
 
 /// A driver whose hub cannot be reached: a client for a host that does not resolve,
@@ -196,7 +304,10 @@ fn unreachable_driver() -> Arc<Driver> {
         },
     )
     .unwrap();
-    Arc::new(Driver::new(Arc::new(unreachable), Arc::new(ManualClock::at_epoch())))
+    Arc::new(Driver::new(
+        Arc::new(unreachable),
+        Arc::new(ManualClock::at_epoch()),
+    ))
 }
 
 #[tokio::test]
@@ -204,7 +315,8 @@ async fn a_deleted_rollout_whose_hub_fails_keeps_its_finalizer() {
     let driver = unreachable_driver();
     let (_, seen) = play(rollout().finalized().deleted(), |c| context_with(c, driver)).await;
     assert!(
-        seen.iter().all(|s| !(s.method == "PATCH" && s.uri.starts_with(&format!("{OBJECT}?")))),
+        seen.iter()
+            .all(|s| !(s.method == "PATCH" && s.uri.starts_with(&format!("{OBJECT}?")))),
         "the finalizer stays while the hub cannot confirm the cleanup: {:#?}",
         lines(&seen)
     );
@@ -215,7 +327,11 @@ async fn a_standby_replica_touches_neither_the_api_nor_the_hub() {
     let (hub, driver) = hub();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let (result, seen) = play(rollout().finalized(), |c| {
-        context(c, Arc::new(super::hubs::FixedHub(driver.clone())), Leadership::from_channel(rx.clone()))
+        context(
+            c,
+            Arc::new(super::hubs::FixedHub(driver.clone())),
+            Leadership::from_channel(rx.clone()),
+        )
     })
     .await;
     assert_eq!(result.unwrap(), Action::await_change());
@@ -224,7 +340,14 @@ async fn a_standby_replica_touches_neither_the_api_nor_the_hub() {
 
     // Once it holds the lease, the same reconcile writes.
     tx.send(true).unwrap();
-    let (_, seen) = play(rollout().finalized(), |c| context(c, Arc::new(super::hubs::FixedHub(driver)), Leadership::from_channel(rx))).await;
+    let (_, seen) = play(rollout().finalized(), |c| {
+        context(
+            c,
+            Arc::new(super::hubs::FixedHub(driver)),
+            Leadership::from_channel(rx),
+        )
+    })
+    .await;
     assert_eq!(seen[0].line(), format!("PATCH {STATUS}"));
     assert_eq!(hub.list_configurations().len(), 1);
 }
@@ -235,22 +358,31 @@ async fn the_hub_is_read_from_its_resource() {
     let (client, mut server) = mock_client();
     let ctx = context(
         client.clone(),
-        Arc::new(super::hubs::KubeHubs::new(client, Arc::new(ManualClock::at_epoch()))),
+        Arc::new(super::hubs::KubeHubs::new(
+            client,
+            Arc::new(ManualClock::at_epoch()),
+        )),
         Leadership::always(),
     );
     let ro = rollout().finalized();
     let task = tokio::spawn(reconcile(Arc::new(ro), ctx));
     let get = server
         .answer(|_| {
-            (http::StatusCode::OK, json!({
-                "apiVersion": "ringmaster.dev/v1alpha1", "kind": "Hub",
-                "metadata": {"name": "default", "namespace": "fleet", "resourceVersion": "7"},
-                "spec": {"type": "embedded"}
-            }))
+            (
+                http::StatusCode::OK,
+                json!({
+                    "apiVersion": "ringmaster.dev/v1alpha1", "kind": "Hub",
+                    "metadata": {"name": "default", "namespace": "fleet", "resourceVersion": "7"},
+                    "spec": {"type": "embedded"}
+                }),
+            )
         })
         .await
         .unwrap();
-    assert_eq!(get.line(), "GET /apis/ringmaster.dev/v1alpha1/namespaces/fleet/hubs/default");
+    assert_eq!(
+        get.line(),
+        "GET /apis/ringmaster.dev/v1alpha1/namespaces/fleet/hubs/default"
+    );
     let rest = server.echo_all(serde_json::to_value(rollout().finalized()).unwrap());
     let (result, seen) = tokio::join!(async { task.await.unwrap() }, rest);
     assert!(result.is_ok(), "{result:?}");
@@ -262,22 +394,40 @@ fn world(world: World) -> (Arc<super::controller::Context>, Arc<KubeHubs>, Share
     let (client, server) = mock_client();
     let world = Arc::new(parking_lot::Mutex::new(world));
     tokio::spawn(server.serve(world.clone()));
-    let hubs = Arc::new(KubeHubs::new(client.clone(), Arc::new(ManualClock::at_epoch())));
-    (context(client, hubs.clone(), Leadership::always()), hubs, world)
+    let hubs = Arc::new(KubeHubs::new(
+        client.clone(),
+        Arc::new(ManualClock::at_epoch()),
+    ));
+    (
+        context(client, hubs.clone(), Leadership::always()),
+        hubs,
+        world,
+    )
 }
 
 fn world_of(ro: DeviceRollout) -> World {
-    World { rollout: serde_json::to_value(ro).unwrap(), ..Default::default() }
+    World {
+        rollout: serde_json::to_value(ro).unwrap(),
+        ..Default::default()
+    }
 }
 
 /// One reconcile of the rollout the world holds; its result and requests.
-async fn pass(ctx: &Arc<super::controller::Context>, world: &SharedWorld) -> (super::Result<Action>, Vec<Seen>) {
+async fn pass(
+    ctx: &Arc<super::controller::Context>,
+    world: &SharedWorld,
+) -> (super::Result<Action>, Vec<Seen>) {
     let ro = {
         let mut w = world.lock();
         w.seen.clear();
         w.rollout()
     };
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(ro), ctx.clone())).await.expect("reconcile hangs");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(ro), ctx.clone()),
+    )
+    .await
+    .expect("reconcile hangs");
     (result, std::mem::take(&mut world.lock().seen))
 }
 
@@ -285,13 +435,19 @@ const HUB: &str = "/apis/ringmaster.dev/v1alpha1/namespaces/fleet/hubs/default";
 const SECRET: &str = "/api/v1/namespaces/fleet/secrets/iot-hub";
 
 fn cond<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == type_)).unwrap_or(&Value::Null)
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
 }
 
 /// `(status, reason)` of a condition in an applied status.
 fn cond_of(status: &Value, type_: &str) -> (String, String) {
     let c = cond(status, type_);
-    (c["status"].as_str().unwrap_or_default().into(), c["reason"].as_str().unwrap_or_default().into())
+    (
+        c["status"].as_str().unwrap_or_default().into(),
+        c["reason"].as_str().unwrap_or_default().into(),
+    )
 }
 
 fn problem_of(result: &super::Result<Action>) -> Option<HubProblem> {
@@ -305,37 +461,90 @@ fn problem_of(result: &super::Result<Action>) -> Option<HubProblem> {
 async fn a_missing_hub_stalls_the_rollout_once_backs_off_and_recovers() {
     // A rollout that already made progress: its status must survive the stall.
     let mut ro = rollout().finalized();
-    let mut last = DeviceRolloutStatus { phase: Some(Phase::Progressing), revision: Some("r1".into()), ..Default::default() };
-    crate::core::status::set_condition(&mut last, "Reconciling", true, "Progressing", "ring canary", Some(1), "2025-12-31T00:00:00Z".parse().unwrap());
+    let mut last = DeviceRolloutStatus {
+        phase: Some(Phase::Progressing),
+        revision: Some("r1".into()),
+        ..Default::default()
+    };
+    crate::core::status::set_condition(
+        &mut last,
+        "Reconciling",
+        true,
+        "Progressing",
+        "ring canary",
+        Some(1),
+        "2025-12-31T00:00:00Z".parse().unwrap(),
+    );
     ro.status = Some(last);
     ro.metadata.generation = Some(2);
     let (ctx, _hubs, world) = world(world_of(ro));
 
     // The first failure: the status says Stalled, one Warning event says why.
     let (result, seen) = pass(&ctx, &world).await;
-    assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound), "{result:?}");
-    assert_eq!(lines(&seen), vec![format!("GET {HUB}"), format!("PATCH {STATUS}"), format!("POST {EVENTS}?")]);
+    assert_eq!(
+        problem_of(&result),
+        Some(HubProblem::HubNotFound),
+        "{result:?}"
+    );
+    assert_eq!(
+        lines(&seen),
+        vec![
+            format!("GET {HUB}"),
+            format!("PATCH {STATUS}"),
+            format!("POST {EVENTS}?")
+        ]
+    );
     let status = &seen[1].body["status"];
     assert!(!has_null(&seen[1].body), "{}", seen[1].body);
-    assert_eq!(cond_of(status, "Stalled"), ("True".into(), "HubNotFound".into()));
-    assert_eq!(cond_of(status, "Ready"), ("False".into(), "HubNotFound".into()));
-    assert_eq!(cond_of(status, "Reconciling"), ("False".into(), "HubNotFound".into()));
+    assert_eq!(
+        cond_of(status, "Stalled"),
+        ("True".into(), "HubNotFound".into())
+    );
+    assert_eq!(
+        cond_of(status, "Ready"),
+        ("False".into(), "HubNotFound".into())
+    );
+    assert_eq!(
+        cond_of(status, "Reconciling"),
+        ("False".into(), "HubNotFound".into())
+    );
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(cond(status, "Stalled")["observedGeneration"], 2);
     let message = cond(status, "Stalled")["message"].as_str().unwrap();
-    assert!(message.contains("Hub 'default' not found in namespace 'fleet'") && message.contains("spec.hub"), "{message}");
-    assert_eq!((status["phase"].as_str(), status["revision"].as_str()), (Some("Progressing"), Some("r1")), "the rest is kept: {status}");
+    assert!(
+        message.contains("Hub 'default' not found in namespace 'fleet'")
+            && message.contains("spec.hub"),
+        "{message}"
+    );
+    assert_eq!(
+        (status["phase"].as_str(), status["revision"].as_str()),
+        (Some("Progressing"), Some("r1")),
+        "the rest is kept: {status}"
+    );
     let event = &seen[2].body;
-    assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("HubNotFound")));
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("HubNotFound"))
+    );
     assert_eq!(event["regarding"]["name"], "chiller-fw");
     assert_eq!(event["note"].as_str(), Some(message));
 
     // Retried with the backoff, not at once.
     let err = result.unwrap_err();
     let ro = Arc::new(world.lock().rollout());
-    assert_eq!(controller::error_policy(ro.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(5)));
-    assert_eq!(controller::error_policy(ro, &err, ctx.clone()), Action::requeue(Duration::from_secs(10)));
-    assert!(ctx.metrics.encode().contains("ringmaster_reconcile_errors_total{error=\"hub_config\"} 2"));
+    assert_eq!(
+        controller::error_policy(ro.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        controller::error_policy(ro, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("ringmaster_reconcile_errors_total{error=\"hub_config\"} 2")
+    );
 
     // A retry that finds the same: no write, no event.
     let (result, seen) = pass(&ctx, &world).await;
@@ -343,14 +552,24 @@ async fn a_missing_hub_stalls_the_rollout_once_backs_off_and_recovers() {
     assert_eq!(lines(&seen), vec![format!("GET {HUB}")]);
 
     // The Hub appears (its watch reconciles the rollout): the normal path clears the stall.
-    world.lock().hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    world.lock().hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "embedded"})),
+    );
     let (result, seen) = pass(&ctx, &world).await;
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(lines(&seen)[..2], [format!("GET {HUB}"), format!("PATCH {STATUS}")]);
+    assert_eq!(
+        lines(&seen)[..2],
+        [format!("GET {HUB}"), format!("PATCH {STATUS}")]
+    );
     let status = &seen[1].body["status"];
     assert_eq!(cond_of(status, "Stalled").0, "False", "{status}");
     assert_eq!(cond_of(status, "Reconciling").0, "True", "{status}");
-    assert!(seen.iter().all(|s| s.body["type"] != "Warning"), "{:#?}", seen);
+    assert!(
+        seen.iter().all(|s| s.body["type"] != "Warning"),
+        "{:#?}",
+        seen
+    );
 }
 
 #[tokio::test]
@@ -358,15 +577,29 @@ async fn a_hub_error_right_after_a_stall_leaves_no_stale_stall_behind() {
     // The Hub is back but its hub cannot be reached yet: the driver keeps the previous
     // conditions and says Reconciling; the old `HubNotFound` stall must not stay True.
     let driver = unreachable_driver();
-    let (stalled, _) = controller::hub_stalled(&DeviceRolloutStatus::default(), HubProblem::HubNotFound, "gone", Some(1), jiff::Timestamp::UNIX_EPOCH);
+    let (stalled, _) = controller::hub_stalled(
+        &DeviceRolloutStatus::default(),
+        HubProblem::HubNotFound,
+        "gone",
+        Some(1),
+        jiff::Timestamp::UNIX_EPOCH,
+    );
     let mut ro = rollout().finalized();
     ro.status = Some(stalled);
     let (result, seen) = play(ro, |c| context_with(c, driver)).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(lines(&seen)[0], format!("PATCH {STATUS}"));
     let status = &seen[0].body["status"];
-    assert_eq!(cond_of(status, "Stalled"), ("False".into(), "HubResolved".into()), "{status}");
-    assert_eq!(cond_of(status, "Reconciling"), ("True".into(), "HubError".into()), "{status}");
+    assert_eq!(
+        cond_of(status, "Stalled"),
+        ("False".into(), "HubResolved".into()),
+        "{status}"
+    );
+    assert_eq!(
+        cond_of(status, "Reconciling"),
+        ("True".into(), "HubError".into()),
+        "{status}"
+    );
 }
 
 #[tokio::test]
@@ -374,9 +607,21 @@ async fn a_deleted_rollout_whose_hub_is_gone_says_why_it_keeps_its_finalizer() {
     let (ctx, _hubs, world) = world(world_of(rollout().finalized().deleted()));
     let (result, seen) = pass(&ctx, &world).await;
     assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound));
-    assert_eq!(lines(&seen), vec![format!("GET {HUB}"), format!("PATCH {STATUS}"), format!("POST {EVENTS}?")]);
-    let message = cond(&seen[1].body["status"], "Stalled")["message"].as_str().unwrap();
-    assert!(message.contains("the finalizer ringmaster.dev/cleanup stays"), "{message}");
+    assert_eq!(
+        lines(&seen),
+        vec![
+            format!("GET {HUB}"),
+            format!("PATCH {STATUS}"),
+            format!("POST {EVENTS}?")
+        ]
+    );
+    let message = cond(&seen[1].body["status"], "Stalled")["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("the finalizer ringmaster.dev/cleanup stays"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -385,7 +630,11 @@ async fn a_missing_secret_or_key_or_a_bad_connection_string_stalls_without_showi
     let mut w = world_of(rollout().finalized());
     w.hubs.insert(
         "default".into(),
-        hub_object("default", "u1", json!({"type": "azure", "connectionStringSecret": {"name": "iot-hub"}})),
+        hub_object(
+            "default",
+            "u1",
+            json!({"type": "azure", "connectionStringSecret": {"name": "iot-hub"}}),
+        ),
     );
     let (ctx, _hubs, world) = world(w);
     let mut everything = Vec::new();
@@ -395,24 +644,53 @@ async fn a_missing_secret_or_key_or_a_bad_connection_string_stalls_without_showi
     // whether the first pass announces it (a new reason: status and one event; the same
     // reason with another message: status only).
     let steps: Vec<(Option<Value>, HubProblem, &[&str], bool)> = vec![
-        (None, HubProblem::SecretNotFound, &["Secret 'iot-hub'", "namespace 'fleet'", "key 'connectionString'"], true),
         (
-            Some(secret_object("iot-hub", &[("conn", "x")])),
-            HubProblem::SecretKeyNotFound,
-            &["no key 'connectionString'", "it has 'conn'", "connectionStringSecret.key"],
+            None,
+            HubProblem::SecretNotFound,
+            &[
+                "Secret 'iot-hub'",
+                "namespace 'fleet'",
+                "key 'connectionString'",
+            ],
             true,
         ),
         (
-            Some(secret_object("iot-hub", &[("connectionString", &format!("HostName=h.azure-devices.net;SharedAccessKey={KEY}"))])),
+            Some(secret_object("iot-hub", &[("conn", "x")])),
+            HubProblem::SecretKeyNotFound,
+            &[
+                "no key 'connectionString'",
+                "it has 'conn'",
+                "connectionStringSecret.key",
+            ],
+            true,
+        ),
+        (
+            Some(secret_object(
+                "iot-hub",
+                &[(
+                    "connectionString",
+                    &format!("HostName=h.azure-devices.net;SharedAccessKey={KEY}"),
+                )],
+            )),
             HubProblem::HubConfigInvalid,
-            &["Secret 'iot-hub' key 'connectionString'", "no SharedAccessKeyName", "HostName=<hub>.azure-devices.net;SharedAccessKeyName=<policy>"],
+            &[
+                "Secret 'iot-hub' key 'connectionString'",
+                "no SharedAccessKeyName",
+                "HostName=<hub>.azure-devices.net;SharedAccessKeyName=<policy>",
+            ],
             true,
         ),
         (
             // A bare key pasted in front: the message must not echo it.
-            Some(secret_object("iot-hub", &[("connectionString", &format!("{KEY};HostName=h"))])),
+            Some(secret_object(
+                "iot-hub",
+                &[("connectionString", &format!("{KEY};HostName=h"))],
+            )),
             HubProblem::HubConfigInvalid,
-            &["key 'connectionString' does not hold a valid service connection string", "part number 1"],
+            &[
+                "key 'connectionString' does not hold a valid service connection string",
+                "part number 1",
+            ],
             false,
         ),
     ];
@@ -423,31 +701,54 @@ async fn a_missing_secret_or_key_or_a_bad_connection_string_stalls_without_showi
         };
         let (result, seen) = pass(&ctx, &world).await;
         assert_eq!(problem_of(&result), Some(problem), "{result:?}");
-        let mut expected = vec![format!("GET {HUB}"), format!("GET {SECRET}"), format!("PATCH {STATUS}")];
+        let mut expected = vec![
+            format!("GET {HUB}"),
+            format!("GET {SECRET}"),
+            format!("PATCH {STATUS}"),
+        ];
         if announced {
             expected.push(format!("POST {EVENTS}?"));
         }
         assert_eq!(lines(&seen), expected);
         let stalled = cond(&seen[2].body["status"], "Stalled");
-        assert_eq!((stalled["status"].as_str(), stalled["reason"].as_str()), (Some("True"), Some(problem.reason())));
+        assert_eq!(
+            (stalled["status"].as_str(), stalled["reason"].as_str()),
+            (Some("True"), Some(problem.reason()))
+        );
         let message = stalled["message"].as_str().unwrap();
         for name in names {
             assert!(message.contains(name), "`{name}` missing from: {message}");
         }
         if announced {
-            assert_eq!((seen[3].body["type"].as_str(), seen[3].body["reason"].as_str()), (Some("Warning"), Some(problem.reason())));
+            assert_eq!(
+                (
+                    seen[3].body["type"].as_str(),
+                    seen[3].body["reason"].as_str()
+                ),
+                (Some("Warning"), Some(problem.reason()))
+            );
             assert_eq!(seen[3].body["note"].as_str(), Some(message));
         }
         // Retried: nothing new to say.
         let (again, retry) = pass(&ctx, &world).await;
-        assert_eq!(lines(&retry), vec![format!("GET {HUB}"), format!("GET {SECRET}")], "a retry writes nothing");
-        errors.extend([result.unwrap_err().to_string(), again.unwrap_err().to_string()]);
+        assert_eq!(
+            lines(&retry),
+            vec![format!("GET {HUB}"), format!("GET {SECRET}")],
+            "a retry writes nothing"
+        );
+        errors.extend([
+            result.unwrap_err().to_string(),
+            again.unwrap_err().to_string(),
+        ]);
         everything.extend(seen[2..].iter().map(|s| s.body.to_string()));
     }
     // Neither the status, nor the events, nor the error (which error_policy logs) holds
     // the key, or any part of the connection string but the host.
     for text in everything.iter().chain(&errors) {
-        assert!(!text.contains(KEY) && !text.contains("c2VjcmV0"), "secret material in: {text}");
+        assert!(
+            !text.contains(KEY) && !text.contains("c2VjcmV0"),
+            "secret material in: {text}"
+        );
     }
 }
 
@@ -455,24 +756,48 @@ async fn a_missing_secret_or_key_or_a_bad_connection_string_stalls_without_showi
 async fn a_hub_without_the_secret_it_needs_is_invalid() {
     // `type: embedded` with a url needs a connection string; the CRD cannot require it.
     let mut w = world_of(rollout().finalized());
-    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded", "url": "https://hub.fleet:8443"})));
+    w.hubs.insert(
+        "default".into(),
+        hub_object(
+            "default",
+            "u1",
+            json!({"type": "embedded", "url": "https://hub.fleet:8443"}),
+        ),
+    );
     let (ctx, _hubs, world) = world(w);
     let (result, seen) = pass(&ctx, &world).await;
     assert_eq!(problem_of(&result), Some(HubProblem::HubConfigInvalid));
-    let message = cond(&seen[1].body["status"], "Stalled")["message"].as_str().unwrap();
-    assert!(message.contains("type: embedded with url needs connectionStringSecret"), "{message}");
+    let message = cond(&seen[1].body["status"], "Stalled")["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("type: embedded with url needs connectionStringSecret"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn an_in_process_hub_goes_with_its_hub_resource() {
     let mut w = world_of(rollout().finalized());
-    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    w.hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "embedded"})),
+    );
     let (ctx, hubs, world) = world(w);
     let (result, _) = pass(&ctx, &world).await;
     result.unwrap();
-    let first = hubs.in_process("fleet", "default").expect("an in-process hub");
-    assert_eq!(first.list_configurations().len(), 1, "the rollout wrote to it");
-    assert!(first.handles() > 1, "the map, the driver and the cycle task hold it");
+    let first = hubs
+        .in_process("fleet", "default")
+        .expect("an in-process hub");
+    assert_eq!(
+        first.list_configurations().len(),
+        1,
+        "the rollout wrote to it"
+    );
+    assert!(
+        first.handles() > 1,
+        "the map, the driver and the cycle task hold it"
+    );
 
     // The Hub is deleted: the next reconcile drops the hub, its driver and its cycle task.
     world.lock().hubs.clear();
@@ -489,7 +814,10 @@ async fn an_in_process_hub_goes_with_its_hub_resource() {
     .expect("the cycle task lets go of the dropped hub");
 
     // Created again: a new, empty hub, whose driver writes the rollout's configuration anew.
-    world.lock().hubs.insert("default".into(), hub_object("default", "u2", json!({"type": "embedded"})));
+    world.lock().hubs.insert(
+        "default".into(),
+        hub_object("default", "u2", json!({"type": "embedded"})),
+    );
     let (result, _) = pass(&ctx, &world).await;
     result.unwrap();
     let second = hubs.in_process("fleet", "default").unwrap();
@@ -500,16 +828,26 @@ async fn an_in_process_hub_goes_with_its_hub_resource() {
 #[tokio::test]
 async fn a_hub_recreated_between_reconciles_gets_a_new_in_process_hub() {
     let mut w = world_of(rollout().finalized());
-    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    w.hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "embedded"})),
+    );
     let (ctx, hubs, world) = world(w);
     pass(&ctx, &world).await.0.unwrap();
     let first = hubs.in_process("fleet", "default").unwrap();
 
     // Deleted and created again under the same name without a reconcile seeing the gap.
-    world.lock().hubs.insert("default".into(), hub_object("default", "u2", json!({"type": "embedded"})));
+    world.lock().hubs.insert(
+        "default".into(),
+        hub_object("default", "u2", json!({"type": "embedded"})),
+    );
     pass(&ctx, &world).await.0.unwrap();
     let second = hubs.in_process("fleet", "default").unwrap();
-    assert_eq!(second.list_configurations().len(), 1, "the rollout's configuration is written to the new hub");
+    assert_eq!(
+        second.list_configurations().len(),
+        1,
+        "the rollout's configuration is written to the new hub"
+    );
     tokio::time::timeout(Duration::from_secs(5), async {
         while first.handles() > 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -522,47 +860,96 @@ async fn a_hub_recreated_between_reconciles_gets_a_new_in_process_hub() {
 #[tokio::test]
 async fn a_hub_spec_change_rebuilds_the_driver_and_keeps_the_in_process_hub() {
     let mut w = world_of(rollout().finalized());
-    w.hubs.insert("default".into(), hub_object("default", "u1", json!({"type": "embedded"})));
+    w.hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "embedded"})),
+    );
     let (ctx, hubs, world) = world(w);
     pass(&ctx, &world).await.0.unwrap();
-    let (hub, driver) = (hubs.in_process("fleet", "default").unwrap(), hubs.cached_driver("fleet", "default").unwrap());
+    let (hub, driver) = (
+        hubs.in_process("fleet", "default").unwrap(),
+        hubs.cached_driver("fleet", "default").unwrap(),
+    );
 
     // Unchanged: the same driver (it holds the hub's traffic budgets).
     pass(&ctx, &world).await.0.unwrap();
-    assert!(Arc::ptr_eq(&driver, &hubs.cached_driver("fleet", "default").unwrap()));
+    assert!(Arc::ptr_eq(
+        &driver,
+        &hubs.cached_driver("fleet", "default").unwrap()
+    ));
 
     // New limits: a new driver on the same in-process hub (its state survives).
     world.lock().hubs.insert(
         "default".into(),
-        hub_object("default", "u1", json!({"type": "embedded", "limits": {"queriesPerMinute": 7}})),
+        hub_object(
+            "default",
+            "u1",
+            json!({"type": "embedded", "limits": {"queriesPerMinute": 7}}),
+        ),
     );
     pass(&ctx, &world).await.0.unwrap();
-    assert!(!Arc::ptr_eq(&driver, &hubs.cached_driver("fleet", "default").unwrap()), "the driver is rebuilt");
+    assert!(
+        !Arc::ptr_eq(&driver, &hubs.cached_driver("fleet", "default").unwrap()),
+        "the driver is rebuilt"
+    );
     let still = hubs.in_process("fleet", "default").unwrap();
     assert_eq!(still.list_configurations().len(), 1);
-    assert!(still.handles() > 1 && hub.handles() == still.handles(), "the same hub");
+    assert!(
+        still.handles() > 1 && hub.handles() == still.handles(),
+        "the same hub"
+    );
 }
 
 #[test]
 fn a_stall_is_announced_on_its_transition_only() {
     let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
     let t1: jiff::Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
-    let last = DeviceRolloutStatus { phase: Some(Phase::Healthy), ..Default::default() };
-    let (stalled, event) = controller::hub_stalled(&last, HubProblem::SecretNotFound, "Secret 's' not found", Some(3), t0);
+    let last = DeviceRolloutStatus {
+        phase: Some(Phase::Healthy),
+        ..Default::default()
+    };
+    let (stalled, event) = controller::hub_stalled(
+        &last,
+        HubProblem::SecretNotFound,
+        "Secret 's' not found",
+        Some(3),
+        t0,
+    );
     let event = event.expect("news");
-    assert_eq!((event.type_, event.reason.as_str()), (kube::runtime::events::EventType::Warning, "SecretNotFound"));
+    assert_eq!(
+        (event.type_, event.reason.as_str()),
+        (kube::runtime::events::EventType::Warning, "SecretNotFound")
+    );
     assert_eq!(stalled.phase, Some(Phase::Healthy));
     assert_eq!(stalled.observed_generation, Some(3));
     // The same problem later: the same status (transition times kept), no event.
-    let (again, event) = controller::hub_stalled(&stalled, HubProblem::SecretNotFound, "Secret 's' not found", Some(3), t1);
+    let (again, event) = controller::hub_stalled(
+        &stalled,
+        HubProblem::SecretNotFound,
+        "Secret 's' not found",
+        Some(3),
+        t1,
+    );
     assert_eq!(again, stalled);
     assert!(event.is_none());
     // Another message under the same reason: the status changes, no event.
-    let (reworded, event) = controller::hub_stalled(&stalled, HubProblem::SecretNotFound, "Secret 't' not found", Some(3), t1);
+    let (reworded, event) = controller::hub_stalled(
+        &stalled,
+        HubProblem::SecretNotFound,
+        "Secret 't' not found",
+        Some(3),
+        t1,
+    );
     assert_ne!(reworded, stalled);
     assert!(event.is_none());
     // Another problem: news again.
-    let (other, event) = controller::hub_stalled(&stalled, HubProblem::SecretKeyNotFound, "Secret 's' has no key 'k'", Some(3), t1);
+    let (other, event) = controller::hub_stalled(
+        &stalled,
+        HubProblem::SecretKeyNotFound,
+        "Secret 's' has no key 'k'",
+        Some(3),
+        t1,
+    );
     assert_eq!(event.unwrap().reason, "SecretKeyNotFound");
     let c = crate::core::status::condition(&other, "Stalled").unwrap();
     assert_eq!(c.last_transition_time.0, t0, "still stalled: no transition");
@@ -587,14 +974,23 @@ fn transitions_name_phase_and_ring_changes_only() {
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].reason, "RolledBack");
     assert_eq!(ev[0].type_, kube::runtime::events::EventType::Warning);
-    assert!(ev[0].note.as_deref().unwrap().contains("none → RolledBack: canary failed its gate"));
+    assert!(
+        ev[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("none → RolledBack: canary failed its gate")
+    );
     assert!(transitions(&after, &after).is_empty());
 }
 
 #[test]
 fn status_patch_is_an_apply_configuration() {
     let p = status_patch(&DeviceRolloutStatus::default());
-    assert_eq!(p, json!({"apiVersion": "ringmaster.dev/v1alpha1", "kind": "DeviceRollout", "status": {}}));
+    assert_eq!(
+        p,
+        json!({"apiVersion": "ringmaster.dev/v1alpha1", "kind": "DeviceRollout", "status": {}})
+    );
 }
 
 #[test]
@@ -612,10 +1008,17 @@ fn settings_default_by_where_the_controller_runs() {
     let inside = args.settings(true, "default");
     assert!(inside.leader_election);
     assert_eq!(inside.metrics_addr.to_string(), "0.0.0.0:8081");
-    assert_eq!((inside.lease_namespace.as_str(), inside.identity.as_str()), ("ops", "pod-0"));
-    let off = Cli::parse_from(["x", "--leader-election=false"]).kube.settings(true, "default");
+    assert_eq!(
+        (inside.lease_namespace.as_str(), inside.identity.as_str()),
+        ("ops", "pod-0")
+    );
+    let off = Cli::parse_from(["x", "--leader-election=false"])
+        .kube
+        .settings(true, "default");
     assert!(!off.leader_election);
-    let on = Cli::parse_from(["x", "--leader-election"]).kube.settings(false, "default");
+    let on = Cli::parse_from(["x", "--leader-election"])
+        .kube
+        .settings(false, "default");
     assert!(on.leader_election);
 }
 
@@ -626,7 +1029,13 @@ async fn a_reconcile_is_counted_in_the_metrics() {
     let m = metrics.clone();
     let (result, _) = play(rollout().finalized(), move |c| {
         let recorder = kube::runtime::events::Recorder::new(c.clone(), "ringmaster".into());
-        Arc::new(super::controller::Context::new(c, Arc::new(super::hubs::FixedHub(driver)), recorder, m, Leadership::always()))
+        Arc::new(super::controller::Context::new(
+            c,
+            Arc::new(super::hubs::FixedHub(driver)),
+            recorder,
+            m,
+            Leadership::always(),
+        ))
     })
     .await;
     result.unwrap();
@@ -655,7 +1064,11 @@ async fn health_endpoints_report_readiness_and_role() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, super::metrics::router(health)).await.unwrap() });
+    tokio::spawn(async move {
+        axum::serve(listener, super::metrics::router(health))
+            .await
+            .unwrap()
+    });
     let http = reqwest::Client::new();
     let get = |path: &str| {
         let req = http.get(format!("{base}{path}"));

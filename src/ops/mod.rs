@@ -8,7 +8,7 @@
 pub mod plan;
 
 use crate::resources::OperationKind;
-use crate::state::StoredRollout;
+use crate::run::store::StoredRollout;
 use anyhow::{Context, Result, bail};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -63,11 +63,15 @@ pub struct OperationArgs {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn http() -> Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?)
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
 }
 
 /// What `GET /api/v1/rollouts` answers: the rollouts, and the source files that fail.
@@ -79,36 +83,55 @@ struct Listing {
 
 async fn list(client: &reqwest::Client, api: &str) -> Result<Listing> {
     let url = format!("{}/api/v1/rollouts", api.trim_end_matches('/'));
-    let resp = client.get(&url).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
     if !resp.status().is_success() {
         bail!("{url}: {}", resp.status());
     }
-    let body: serde_json::Value = resp.json().await.with_context(|| format!("{url}: not JSON"))?;
-    let items = serde_json::from_value(body["items"].clone()).with_context(|| format!("{url}: unexpected answer"))?;
+    let body: serde_json::Value = resp
+        .json()
+        .await
+        .with_context(|| format!("{url}: not JSON"))?;
+    let items = serde_json::from_value(body["items"].clone())
+        .with_context(|| format!("{url}: unexpected answer"))?;
     let failing_files = body["files"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|f| Some(format!("{}: {}", f["path"].as_str()?, f["error"].as_str()?)))
         .collect();
-    Ok(Listing { items, failing_files })
+    Ok(Listing {
+        items,
+        failing_files,
+    })
 }
 
 /// Picks the rollouts NAME means.
-fn select<'a>(items: &'a [StoredRollout], name: Option<&str>, namespace: Option<&str>) -> Vec<&'a StoredRollout> {
+fn select<'a>(
+    items: &'a [StoredRollout],
+    name: Option<&str>,
+    namespace: Option<&str>,
+) -> Vec<&'a StoredRollout> {
     items
         .iter()
         .filter(|r| match name.map(|n| n.split_once('/')) {
             None => namespace.is_none_or(|ns| r.namespace == ns),
             Some(Some((ns, n))) => r.namespace == ns && r.name == n,
-            Some(None) => r.name == name.unwrap_or_default() && namespace.is_none_or(|ns| r.namespace == ns),
+            Some(None) => {
+                r.name == name.unwrap_or_default() && namespace.is_none_or(|ns| r.namespace == ns)
+            }
         })
         .collect()
 }
 
 /// `kubectl get`-style age: `45s`, `12m`, `3h`, `5d`.
 pub fn age(created: &str, now: jiff::Timestamp) -> String {
-    let Ok(t) = created.parse::<jiff::Timestamp>() else { return "?".into() };
+    let Ok(t) = created.parse::<jiff::Timestamp>() else {
+        return "?".into();
+    };
     let s = now.duration_since(t).as_secs().max(0);
     match s {
         0..120 => format!("{s}s"),
@@ -120,13 +143,28 @@ pub fn age(created: &str, now: jiff::Timestamp) -> String {
 
 /// The status table: NAMESPACE NAME PHASE RING STATE APPLIED REVISION AGE.
 pub fn table(items: &[&StoredRollout], now: jiff::Timestamp) -> String {
-    let mut rows = vec![["NAMESPACE", "NAME", "PHASE", "RING", "STATE", "APPLIED", "REVISION", "AGE"].map(String::from).to_vec()];
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "PHASE",
+            "RING",
+            "STATE",
+            "APPLIED",
+            "REVISION",
+            "AGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for r in items {
         let st = &r.status;
         let phase = if r.deleting {
             "Deleting".to_string()
         } else {
-            st.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into())
+            st.phase
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "Pending".into())
         };
         let ring = st.ring.as_ref();
         let applied = match ring.and_then(|g| g.applied) {
@@ -142,16 +180,23 @@ pub fn table(items: &[&StoredRollout], now: jiff::Timestamp) -> String {
             r.name.clone(),
             phase,
             ring.map(|g| g.name.clone()).unwrap_or_else(|| "-".into()),
-            ring.map(|g| format!("{:?}", g.state)).unwrap_or_else(|| "-".into()),
+            ring.map(|g| format!("{:?}", g.state))
+                .unwrap_or_else(|| "-".into()),
             applied,
             revision,
             age(&r.created, now),
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
@@ -165,7 +210,11 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         let mut last = String::new();
         loop {
             let listing = list(&client, &args.api.api).await?;
-            let chosen = select(&listing.items, args.name.as_deref(), args.api.namespace.as_deref());
+            let chosen = select(
+                &listing.items,
+                args.name.as_deref(),
+                args.api.namespace.as_deref(),
+            );
             if let Some(n) = &args.name
                 && chosen.is_empty()
                 && !args.watch
@@ -189,7 +238,11 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             // Redraw only when something other than the age changed.
-            let key: String = text.lines().map(|l| l.rsplit_once("   ").map_or(l, |(a, _)| a)).collect::<Vec<_>>().join("\n");
+            let key: String = text
+                .lines()
+                .map(|l| l.rsplit_once("   ").map_or(l, |(a, _)| a))
+                .collect::<Vec<_>>()
+                .join("\n");
             if key != last {
                 let mut out = std::io::stdout().lock();
                 if out.is_terminal() {
@@ -210,8 +263,15 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
 /// `ringmaster promote|pause|resume|abort|retry NAME`.
 pub fn operation(kind: OperationKind, args: OperationArgs) -> Result<ExitCode> {
     let token = match &args.token_file {
-        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?.trim().to_string()),
-        None => std::env::var(&args.token_env).ok().map(|t| t.trim().to_string()),
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--token-file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var(&args.token_env)
+            .ok()
+            .map(|t| t.trim().to_string()),
     };
     runtime()?.block_on(async {
         let client = http()?;
@@ -229,26 +289,46 @@ pub fn operation(kind: OperationKind, args: OperationArgs) -> Result<ExitCode> {
                             return Ok(ExitCode::from(1));
                         }
                         _ => {
-                            eprintln!("{} is in several namespaces: give -n NAMESPACE or namespace/name", args.name);
+                            eprintln!(
+                                "{} is in several namespaces: give -n NAMESPACE or namespace/name",
+                                args.name
+                            );
                             return Ok(ExitCode::from(1));
                         }
                     }
                 }
             },
         };
-        let url = format!("{}/api/v1/rollouts/{ns}/{name}/{}", args.api.api.trim_end_matches('/'), kind.name());
-        let mut req = client.post(&url).json(&serde_json::json!({"revision": args.revision, "ring": args.ring}));
+        let url = format!(
+            "{}/api/v1/rollouts/{ns}/{name}/{}",
+            args.api.api.trim_end_matches('/'),
+            kind.name()
+        );
+        let mut req = client
+            .post(&url)
+            .json(&serde_json::json!({"revision": args.revision, "ring": args.ring}));
         if let Some(t) = &token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.with_context(|| format!("cannot reach {url}"))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         if status.is_success() {
-            println!("{} queued for {ns}/{name} (request {})", kind.name(), body["operation"]["id"].as_str().unwrap_or("?"));
+            println!(
+                "{} queued for {ns}/{name} (request {})",
+                kind.name(),
+                body["operation"]["id"].as_str().unwrap_or("?")
+            );
             Ok(ExitCode::SUCCESS)
         } else {
-            eprintln!("{} {ns}/{name}: {status}: {}", kind.name(), body["error"].as_str().unwrap_or(""));
+            eprintln!(
+                "{} {ns}/{name}: {status}: {}",
+                kind.name(),
+                body["error"].as_str().unwrap_or("")
+            );
             Ok(ExitCode::from(if status.is_client_error() { 1 } else { 2 }))
         }
     })

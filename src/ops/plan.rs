@@ -15,9 +15,9 @@ use crate::client::azure::{AzureHub, AzureHubOptions};
 use crate::core::decide::paths_overlap;
 use crate::core::plan::{Cond, Plan, any_configuration};
 use crate::core::revision::label;
-use crate::hub::configuration::Configuration;
+use crate::iothub::configuration::Configuration;
+use crate::manifest::{Document, load_manifests};
 use crate::resources::DeviceRollout;
-use crate::resources::manifest::{Document, load_manifests};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +37,11 @@ pub struct PlanArgs {
 }
 
 fn paths_of(c: &Configuration) -> Vec<String> {
-    c.content.device_content.iter().flat_map(|m| m.keys().cloned()).collect()
+    c.content
+        .device_content
+        .iter()
+        .flat_map(|m| m.keys().cloned())
+        .collect()
 }
 
 fn overlaps(a: &[String], b: &[String]) -> bool {
@@ -49,7 +53,7 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     let mut rollouts: Vec<DeviceRollout> = Vec::new();
     let mut bad = false;
     for p in &args.paths {
-        for f in crate::cli::yaml_files(p).with_context(|| format!("{}", p.display()))? {
+        for f in crate::manifest::yaml_files(p).with_context(|| format!("{}", p.display()))? {
             let name = f.display().to_string();
             let text = std::fs::read_to_string(&f).with_context(|| name.clone())?;
             match load_manifests(&name, &text) {
@@ -69,11 +73,23 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     if bad {
         return Ok(ExitCode::from(2));
     }
-    let hub = AzureHub::new(&args.hub, AzureHubOptions { base_url: args.hub_url.clone(), max_attempts: 2, ..Default::default() })
-        .map_err(|e| anyhow::anyhow!("--hub: {e}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let hub = AzureHub::new(
+        &args.hub,
+        AzureHubOptions {
+            base_url: args.hub_url.clone(),
+            max_attempts: 2,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("--hub: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let changed = rt.block_on(async {
-        let configs = hub.list_configurations().await.map_err(|e| anyhow::anyhow!("listing configurations: {e}"))?;
+        let configs = hub
+            .list_configurations()
+            .await
+            .map_err(|e| anyhow::anyhow!("listing configurations: {e}"))?;
         let mut changed = false;
         for ro in &rollouts {
             changed |= plan_one(&hub, &configs, ro).await?;
@@ -86,35 +102,87 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
 async fn plan_one(hub: &AzureHub, configs: &[Configuration], ro: &DeviceRollout) -> Result<bool> {
     let plan = Plan::new(ro);
     let ours = |c: &&Configuration| {
-        c.labels.get(label::NAMESPACE) == Some(&plan.namespace) && c.labels.get(label::ROLLOUT) == Some(&plan.name)
+        c.labels.get(label::NAMESPACE) == Some(&plan.namespace)
+            && c.labels.get(label::ROLLOUT) == Some(&plan.name)
     };
     let mine: Vec<&Configuration> = configs.iter().filter(ours).collect();
     let current = mine.iter().find(|c| c.id == plan.id);
     let (change, why) = match current {
-        None if mine.is_empty() => (true, "new rollout: its first configuration would be created".to_string()),
-        None => (true, format!("new content: revision {} would start at ring 0", plan.revision)),
+        None if mine.is_empty() => (
+            true,
+            "new rollout: its first configuration would be created".to_string(),
+        ),
+        None => (
+            true,
+            format!(
+                "new content: revision {} would start at ring 0",
+                plan.revision
+            ),
+        ),
         Some(c) => {
-            let ring: usize = c.labels.get(label::RING).and_then(|r| r.parse().ok()).unwrap_or(0);
-            let state = c.labels.get(label::STATE).map(String::as_str).unwrap_or("rolling");
+            let ring: usize = c
+                .labels
+                .get(label::RING)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let state = c
+                .labels
+                .get(label::STATE)
+                .map(String::as_str)
+                .unwrap_or("rolling");
             let want = plan.target(ring);
             if c.priority != plan.priority {
-                (true, format!("priority {} -> {}", c.priority, plan.priority))
+                (
+                    true,
+                    format!("priority {} -> {}", c.priority, plan.priority),
+                )
             } else if state != "held" && c.target_condition != want.text() {
-                (true, format!("ring {ring}'s target condition would change to: {}", want.text()))
+                (
+                    true,
+                    format!(
+                        "ring {ring}'s target condition would change to: {}",
+                        want.text()
+                    ),
+                )
             } else {
-                (false, format!("no change (revision {}, ring {ring}, {state})", plan.revision))
+                (
+                    false,
+                    format!(
+                        "no change (revision {}, ring {ring}, {state})",
+                        plan.revision
+                    ),
+                )
             }
         }
     };
     println!("{}/{}: {why}", plan.namespace, plan.name);
     let my_paths: Vec<String> = ro.spec.content.device.keys().cloned().collect();
-    let stable: Vec<String> = mine.iter().filter(|c| c.labels.get(label::STATE).is_some_and(|s| s == "stable") && c.id != plan.id).map(|c| c.id.clone()).collect();
-    let others = configs.iter().filter(|c| !ours(c) && overlaps(&paths_of(c), &my_paths));
-    let higher: Vec<&Configuration> = others.clone().filter(|c| c.priority > plan.priority).collect();
-    let mut lower: Vec<String> = others.filter(|c| c.priority < plan.priority).map(|c| c.id.clone()).collect();
+    let stable: Vec<String> = mine
+        .iter()
+        .filter(|c| c.labels.get(label::STATE).is_some_and(|s| s == "stable") && c.id != plan.id)
+        .map(|c| c.id.clone())
+        .collect();
+    let others = configs
+        .iter()
+        .filter(|c| !ours(c) && overlaps(&paths_of(c), &my_paths));
+    let higher: Vec<&Configuration> = others
+        .clone()
+        .filter(|c| c.priority > plan.priority)
+        .collect();
+    let mut lower: Vec<String> = others
+        .filter(|c| c.priority < plan.priority)
+        .map(|c| c.id.clone())
+        .collect();
     lower.extend(stable);
-    let count = async |c: &Cond| hub.count(c.text()).await.map_err(|e| anyhow::anyhow!("count {}: {e}", c.text()));
-    println!("  {:<12} {:>8} {:>8} {:>10}  SHADOWED BY", "RING", "REACHED", "ADDED", "UNCOVERED");
+    let count = async |c: &Cond| {
+        hub.count(c.text())
+            .await
+            .map_err(|e| anyhow::anyhow!("count {}: {e}", c.text()))
+    };
+    println!(
+        "  {:<12} {:>8} {:>8} {:>10}  SHADOWED BY",
+        "RING", "REACHED", "ADDED", "UNCOVERED"
+    );
     for (i, ring) in ro.spec.rings.iter().enumerate() {
         let reached = count(&plan.target(i)).await?;
         let added_cond = plan.new_devices(i.checked_sub(1), i);
@@ -132,14 +200,24 @@ async fn plan_one(hub: &AzureHub, configs: &[Configuration], ro: &DeviceRollout)
         };
         let mut shadow = Vec::new();
         for h in &higher {
-            let q = plan.target(i).and(&Cond::Expr(format!("IS_DEFINED(configurations.[[{}]])", h.id)));
+            let q = plan.target(i).and(&Cond::Expr(format!(
+                "IS_DEFINED(configurations.[[{}]])",
+                h.id
+            )));
             let n = count(&q).await?;
             if n > 0 {
                 shadow.push(format!("{} (priority {}, {n} devices)", h.id, h.priority));
             }
         }
-        let shadow = if shadow.is_empty() { "-".to_string() } else { shadow.join(", ") };
-        println!("  {:<12} {reached:>8} {added:>8} {uncovered:>10}  {shadow}", ring.name);
+        let shadow = if shadow.is_empty() {
+            "-".to_string()
+        } else {
+            shadow.join(", ")
+        };
+        println!(
+            "  {:<12} {reached:>8} {added:>8} {uncovered:>10}  {shadow}",
+            ring.name
+        );
     }
     Ok(change)
 }

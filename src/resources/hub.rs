@@ -92,7 +92,7 @@ fn default_per_minute() -> u32 {
     20
 }
 fn default_quota() -> u32 {
-    crate::hub::configuration::DEFAULT_MAX_CONFIGURATIONS as u32
+    crate::iothub::configuration::DEFAULT_MAX_CONFIGURATIONS as u32
 }
 
 impl Default for HubLimits {

@@ -6,17 +6,14 @@
 //! `crds/` holds a checked-in copy that a test keeps in sync.
 
 pub mod hub;
-pub mod manifest;
 pub mod operation;
 pub mod rollout;
 
 pub use hub::{Hub, HubLimits, HubSpec, HubType, SecretKeyRef};
-pub use manifest::{Document, ManifestError, load_manifests};
 pub use operation::{Operation, OperationKind};
 pub use rollout::{
-    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, DeviceRolloutStatus, GateSpec,
-    HistoryEntry, OnFailure, PauseState, Phase, Ring, RingRecord, RingState, RingStatus,
-    RolloutContent, Verdict,
+    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, DeviceRolloutStatus, GateSpec, HistoryEntry,
+    OnFailure, PauseState, Phase, Ring, RingRecord, RingState, RingStatus, RolloutContent, Verdict,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -89,7 +86,8 @@ mod tests {
         // fields or is int-or-string (trap 3).
         fn walk(v: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
             let Some(obj) = v.as_object() else { return };
-            let open = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true))
+            let open = obj.get("x-kubernetes-preserve-unknown-fields")
+                == Some(&serde_json::Value::Bool(true))
                 || obj.contains_key("x-kubernetes-int-or-string");
             if !obj.contains_key("type") && !open {
                 bad.push(path.to_string());
@@ -111,7 +109,14 @@ mod tests {
             }
         }
         for (file, crd) in crds() {
-            let schema = serde_json::to_value(&crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema).unwrap();
+            let schema = serde_json::to_value(
+                &crd.spec.versions[0]
+                    .schema
+                    .as_ref()
+                    .unwrap()
+                    .open_api_v3_schema,
+            )
+            .unwrap();
             let mut bad = Vec::new();
             walk(&schema, "", &mut bad);
             assert!(bad.is_empty(), "{file}: nodes without a type: {bad:?}");

@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 use reqwest::{Method, StatusCode, header::HeaderMap};
-use ringmaster::client::sas::{SasKey, encode};
 use ringmaster::clock::SystemClock;
 use ringmaster::hub::EmbeddedHub;
-use ringmaster::server::ServerOptions;
-use ringmaster::server::auth::{Authenticator, DEFAULT_POLICIES, Policy};
+use ringmaster::hub::server::ServerOptions;
+use ringmaster::hub::server::auth::{Authenticator, DEFAULT_POLICIES, Policy};
+use ringmaster::iothub::sas::{SasKey, encode};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,10 +39,16 @@ pub struct Reply {
 impl Reply {
     /// The `iothub-errorcode` header.
     pub fn code(&self) -> &str {
-        self.headers.get("iothub-errorcode").and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get("iothub-errorcode")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
     pub fn etag(&self) -> Option<String> {
-        self.headers.get("etag").and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
     /// Asserts an IoT Hub error: status, header, and the `ErrorCode:<Name>;` body.
     pub fn assert_error(&self, status: u16, name: &str) {
@@ -50,8 +56,18 @@ impl Reply {
         assert_eq!(self.code(), name, "iothub-errorcode; body {}", self.body);
         let msg = self.body["Message"].as_str().unwrap_or("");
         assert!(msg.starts_with(&format!("ErrorCode:{name};")), "{msg}");
-        assert!(self.body["ExceptionMessage"].as_str().unwrap_or("").starts_with("Tracking ID:"));
-        assert!(self.headers["content-type"].to_str().unwrap().starts_with("application/json"));
+        assert!(
+            self.body["ExceptionMessage"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Tracking ID:")
+        );
+        assert!(
+            self.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
     }
 }
 
@@ -61,7 +77,10 @@ impl TestServer {
         Self::start_with(EmbeddedHub::in_memory(Arc::new(SystemClock)), configure).await
     }
 
-    pub async fn start_with(hub: EmbeddedHub, configure: impl FnOnce(&mut ServerOptions)) -> TestServer {
+    pub async fn start_with(
+        hub: EmbeddedHub,
+        configure: impl FnOnce(&mut ServerOptions),
+    ) -> TestServer {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let host = format!("localhost:{}", addr.port());
@@ -71,16 +90,27 @@ impl TestServer {
             .map(|(name, rights)| {
                 let key = SasKey::generate();
                 keys.insert(name.to_string(), key.clone());
-                Policy { name: name.to_string(), key, rights: *rights }
+                Policy {
+                    name: name.to_string(),
+                    key,
+                    rights: *rights,
+                }
             })
             .collect();
         let mut opts = ServerOptions::new(Authenticator::new(&host, policies));
         configure(&mut opts);
-        let app = ringmaster::server::router(hub.clone(), opts);
+        let app = ringmaster::hub::server::router(hub.clone(), opts);
         let task = tokio::spawn(async move {
             axum::serve(tcp, app).await.unwrap();
         });
-        TestServer { addr, host, keys, hub, http: reqwest::Client::new(), task }
+        TestServer {
+            addr,
+            host,
+            keys,
+            hub,
+            http: reqwest::Client::new(),
+            task,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -92,7 +122,10 @@ impl TestServer {
     pub fn token(&self, policy: &str) -> String {
         let se = (jiff::Timestamp::now().as_second() + 3600).to_string();
         let sr = encode(&self.host);
-        let sig = self.keys[policy].sign(&sr, &se).replace('+', "%2B").replace('=', "%3D");
+        let sig = self.keys[policy]
+            .sign(&sr, &se)
+            .replace('+', "%2B")
+            .replace('=', "%3D");
         format!("SharedAccessSignature sr={sr}&sig={sig}&se={se}&skn={policy}")
     }
 
@@ -106,7 +139,14 @@ impl TestServer {
     }
 
     /// Sends a request with `url` as given (api-version included by the caller).
-    pub async fn raw(&self, method: Method, url: &str, auth: Option<&str>, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
+    pub async fn raw(
+        &self,
+        method: Method,
+        url: &str,
+        auth: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Reply {
         let mut req = self.http.request(method, url);
         if let Some(a) = auth {
             req = req.header("authorization", a);
@@ -121,17 +161,46 @@ impl TestServer {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.unwrap();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
-        Reply { status, headers, body }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// Sends a request as `policy` with a JSON body.
-    pub async fn call(&self, method: Method, path: &str, policy: &str, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        policy: &str,
+        body: Option<Value>,
+    ) -> Reply {
         self.call_with(method, path, policy, &[], body).await
     }
 
-    pub async fn call_with(&self, method: Method, path: &str, policy: &str, headers: &[(&str, &str)], body: Option<Value>) -> Reply {
+    pub async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        policy: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
         let tok = self.token(policy);
-        self.raw(method, &self.url(path), Some(&tok), headers, body.map(|b| serde_json::to_vec(&b).unwrap())).await
+        self.raw(
+            method,
+            &self.url(path),
+            Some(&tok),
+            headers,
+            body.map(|b| serde_json::to_vec(&b).unwrap()),
+        )
+        .await
     }
 }

@@ -1,0 +1,262 @@
+//! SAS authentication for the served hub (reference §4).
+//!
+//! The hub has IoT Hub's default shared access policies, each with its own key and rights:
+//! `iothubowner` (everything), `service` (ServiceConnect), `registryRead` (RegistryRead),
+//! `registryReadWrite` (RegistryRead + RegistryWrite), and `device` (DeviceConnect, which
+//! no REST operation here accepts). Keys are generated on first start and kept in the
+//! store, so connection strings survive restarts.
+//!
+//! Verification is tolerant of how real clients encode tokens (see
+//! [`crate::iothub::sas::SasKey::verify`]) and strict about everything else: an expired,
+//! tampered, unknown-policy or insufficient-rights token is 401 `IotHubUnauthorizedAccess`,
+//! like the real hub. Messages say which check failed but never echo a token.
+
+use super::error::ApiError;
+use crate::iothub::sas::{SasKey, SasToken};
+use std::fmt;
+
+/// A set of access rights.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rights(u8);
+
+impl Rights {
+    pub const NONE: Rights = Rights(0);
+    pub const REGISTRY_READ: Rights = Rights(1);
+    pub const REGISTRY_WRITE: Rights = Rights(2);
+    pub const SERVICE_CONNECT: Rights = Rights(4);
+    pub const DEVICE_CONNECT: Rights = Rights(8);
+    pub const ALL: Rights = Rights(15);
+
+    pub const fn union(self, other: Rights) -> Rights {
+        Rights(self.0 | other.0)
+    }
+    pub fn contains(self, other: Rights) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl fmt::Debug for Rights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (Rights::REGISTRY_READ, "RegistryRead"),
+            (Rights::REGISTRY_WRITE, "RegistryWrite"),
+            (Rights::SERVICE_CONNECT, "ServiceConnect"),
+            (Rights::DEVICE_CONNECT, "DeviceConnect"),
+        ]
+        .into_iter()
+        .filter(|(r, _)| self.contains(*r))
+        .map(|(_, n)| n)
+        .collect();
+        write!(
+            f,
+            "{}",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join("+")
+            }
+        )
+    }
+}
+
+/// One shared access policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub key: SasKey,
+    pub rights: Rights,
+}
+
+/// The default policies: name and rights.
+pub const DEFAULT_POLICIES: [(&str, Rights); 5] = [
+    ("iothubowner", Rights::ALL),
+    ("service", Rights::SERVICE_CONNECT),
+    ("device", Rights::DEVICE_CONNECT),
+    ("registryRead", Rights::REGISTRY_READ),
+    (
+        "registryReadWrite",
+        Rights::REGISTRY_READ.union(Rights::REGISTRY_WRITE),
+    ),
+];
+
+/// The hub's policies and the host name tokens must be issued for.
+#[derive(Clone, Debug)]
+pub struct Authenticator {
+    host_name: String,
+    policies: Vec<Policy>,
+}
+
+impl Authenticator {
+    pub fn new(host_name: &str, policies: Vec<Policy>) -> Authenticator {
+        Authenticator {
+            host_name: host_name.trim().trim_end_matches('/').to_ascii_lowercase(),
+            policies,
+        }
+    }
+
+    /// The policies with their keys.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name).or_else(|| {
+            self.policies
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// True when the decoded `sr` names this hub: the host name compared without case,
+    /// with or without the port (`localhost:8443`, `localhost%3A8443`, `localhost`).
+    fn audience_ok(&self, resource: &str) -> bool {
+        let r = resource.trim().trim_end_matches('/').to_ascii_lowercase();
+        let r = r
+            .strip_prefix("https://")
+            .or_else(|| r.strip_prefix("http://"))
+            .unwrap_or(&r);
+        let bare = |h: &str| {
+            h.rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_else(|| h.to_string())
+        };
+        r == self.host_name || bare(r) == bare(&self.host_name)
+    }
+
+    /// Checks an `Authorization` header at `now` (Unix seconds) and returns the policy's
+    /// rights.
+    pub fn check(&self, header: Option<&str>, now: i64) -> Result<&Policy, ApiError> {
+        let header = header.ok_or_else(|| {
+            ApiError::unauthorized(
+                "the request has no Authorization header; send a SharedAccessSignature token",
+            )
+        })?;
+        let token = SasToken::parse(header).ok_or_else(|| {
+            ApiError::unauthorized(
+                "the Authorization header is not a SharedAccessSignature token with sr, sig and se",
+            )
+        })?;
+        let skn = token.skn.ok_or_else(|| {
+            ApiError::unauthorized(
+                "the token names no policy (skn); service calls need a shared access policy token",
+            )
+        })?;
+        let policy = self
+            .policy(&crate::iothub::sas::decode(skn))
+            .ok_or_else(|| {
+                ApiError::unauthorized("the token's policy (skn) is not a policy of this hub")
+            })?;
+        let expiry = token
+            .expiry()
+            .ok_or_else(|| ApiError::unauthorized("the token's expiry (se) is not a number"))?;
+        if expiry < now {
+            return Err(ApiError::unauthorized(format!(
+                "the token expired {} seconds ago; create a new one",
+                now - expiry
+            )));
+        }
+        if !policy.key.verify(&token) {
+            return Err(ApiError::unauthorized(
+                "the token's signature does not match the policy's key",
+            ));
+        }
+        if !self.audience_ok(&token.resource()) {
+            return Err(ApiError::unauthorized(format!(
+                "the token was issued for another resource; its sr must be this hub's host name '{}'",
+                self.host_name
+            )));
+        }
+        Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> (Authenticator, SasKey, SasKey) {
+        let owner = SasKey::generate();
+        let read = SasKey::generate();
+        let a = Authenticator::new(
+            "localhost:8443",
+            vec![
+                Policy {
+                    name: "iothubowner".into(),
+                    key: owner.clone(),
+                    rights: Rights::ALL,
+                },
+                Policy {
+                    name: "registryRead".into(),
+                    key: read.clone(),
+                    rights: Rights::REGISTRY_READ,
+                },
+            ],
+        );
+        (a, owner, read)
+    }
+
+    #[test]
+    fn good_tokens_pass_in_every_encoding_of_the_host() {
+        let (a, owner, _) = auth();
+        for host in ["localhost:8443", "LOCALHOST:8443", "localhost"] {
+            let t = owner.token(host, "iothubowner", 2000);
+            let p = a
+                .check(Some(&t), 1000)
+                .unwrap_or_else(|e| panic!("{host}: {e:?}"));
+            assert_eq!(p.name, "iothubowner");
+        }
+        let t = owner.token("localhost:8443", "IoTHubOwner", 2000);
+        assert!(a.check(Some(&t), 1000).is_ok());
+    }
+
+    #[test]
+    fn bad_tokens_are_unauthorized() {
+        let (a, owner, read) = auth();
+        let cases = [
+            (None, "no Authorization"),
+            (Some("Bearer x".to_string()), "not a SharedAccessSignature"),
+            (
+                Some(owner.token("localhost:8443", "iothubowner", 999)),
+                "expired",
+            ),
+            (
+                Some(owner.token("localhost:8443", "nobody", 2000)),
+                "not a policy",
+            ),
+            (
+                Some(read.token("localhost:8443", "iothubowner", 2000)),
+                "signature",
+            ),
+            (
+                Some(owner.token("otherhub.azure-devices.net", "iothubowner", 2000)),
+                "another resource",
+            ),
+            (
+                Some(
+                    owner
+                        .token("localhost:8443", "iothubowner", 2000)
+                        .replace("se=2000", "se=3000"),
+                ),
+                "signature",
+            ),
+        ];
+        for (h, want) in cases {
+            let e = a.check(h.as_deref(), 1000).unwrap_err();
+            assert_eq!(e.status, 401, "{h:?}");
+            assert_eq!(e.name, "IotHubUnauthorizedAccess");
+            assert!(e.message.contains(want), "{h:?}: {}", e.message);
+            if let Some(sig) = h.as_deref().and_then(SasToken::parse).map(|t| t.sig) {
+                assert!(!e.message.contains(sig));
+            }
+        }
+    }
+
+    #[test]
+    fn rights_compose() {
+        let rw = Rights::REGISTRY_READ.union(Rights::REGISTRY_WRITE);
+        assert!(rw.contains(Rights::REGISTRY_READ));
+        assert!(!rw.contains(Rights::SERVICE_CONNECT));
+        assert!(Rights::ALL.contains(rw));
+        assert_eq!(format!("{rw:?}"), "RegistryRead+RegistryWrite");
+    }
+}

@@ -1,0 +1,204 @@
+//! Knobs for testing clients: IoT Hub's throttles and injected faults. All off by default.
+//!
+//! `--throttle` shapes traffic like one S1 unit (reference §3.5, §1.11): configuration
+//! operations 20/min, queries 20/min, identity-registry operations 100/min (a bulk call
+//! costs one per device), twin reads 100/s, twin updates 50/s. Over a limit the answer is
+//! 429 `ThrottlingException` with no `Retry-After` (the real hub documents none).
+//! Buckets refill continuously, so a client that paces itself never sees a 429.
+//!
+//! `--fault-rate` answers that share of authorized requests with 500 `ServerError` or 503
+//! `ServiceUnavailable` *before* the operation runs (nothing is written, so a retry is
+//! safe), and `--latency-ms` delays every request.
+
+use super::error::ApiError;
+use crate::iothub::error::ErrorCode;
+use parking_lot::Mutex;
+use std::time::{Duration, Instant};
+
+/// The throttle classes of IoT Hub's quota page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Configurations,
+    Queries,
+    Registry,
+    TwinReads,
+    TwinUpdates,
+    /// Not throttled (statistics).
+    Free,
+}
+
+/// Per-class limits, as operations per minute.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThrottleLimits {
+    pub configurations_per_min: f64,
+    pub queries_per_min: f64,
+    pub registry_per_min: f64,
+    pub twin_reads_per_sec: f64,
+    pub twin_updates_per_sec: f64,
+}
+
+impl ThrottleLimits {
+    /// One S1 unit.
+    pub fn s1(units: u32) -> ThrottleLimits {
+        let u = units.max(1) as f64;
+        ThrottleLimits {
+            configurations_per_min: 20.0 * u,
+            queries_per_min: 20.0 * u,
+            registry_per_min: 100.0 * u,
+            twin_reads_per_sec: 100.0,
+            twin_updates_per_sec: 50.0,
+        }
+    }
+}
+
+/// A token bucket: `capacity` tokens, refilled at `rate` per second.
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn per_minute(n: f64) -> Bucket {
+        Bucket::new(n, n / 60.0)
+    }
+    fn per_second(n: f64) -> Bucket {
+        Bucket::new(n, n)
+    }
+    fn new(capacity: f64, rate: f64) -> Bucket {
+        Bucket {
+            capacity,
+            rate,
+            state: Mutex::new((capacity, Instant::now())),
+        }
+    }
+    fn take(&self, cost: f64, now: Instant) -> bool {
+        let mut s = self.state.lock();
+        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
+        s.0 = (s.0 + elapsed * self.rate).min(self.capacity);
+        s.1 = now;
+        if s.0 >= cost {
+            s.0 -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The hub-wide throttle.
+#[derive(Debug)]
+pub struct Throttle {
+    configurations: Bucket,
+    queries: Bucket,
+    registry: Bucket,
+    twin_reads: Bucket,
+    twin_updates: Bucket,
+}
+
+impl Throttle {
+    pub fn new(l: &ThrottleLimits) -> Throttle {
+        Throttle {
+            configurations: Bucket::per_minute(l.configurations_per_min),
+            queries: Bucket::per_minute(l.queries_per_min),
+            registry: Bucket::per_minute(l.registry_per_min),
+            twin_reads: Bucket::per_second(l.twin_reads_per_sec),
+            twin_updates: Bucket::per_second(l.twin_updates_per_sec),
+        }
+    }
+
+    /// Takes `cost` operations of `class`, or answers 429.
+    pub fn admit(&self, class: Class, cost: u32) -> Result<(), ApiError> {
+        let b = match class {
+            Class::Configurations => &self.configurations,
+            Class::Queries => &self.queries,
+            Class::Registry => &self.registry,
+            Class::TwinReads => &self.twin_reads,
+            Class::TwinUpdates => &self.twin_updates,
+            Class::Free => return Ok(()),
+        };
+        if b.take(cost as f64, Instant::now()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::ThrottlingException,
+                format!("{class:?} operations are over this hub's limit; back off and retry"),
+            ))
+        }
+    }
+}
+
+/// Injected faults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Share of requests answered with a 5xx, between 0 and 1.
+    pub rate: f64,
+    /// Delay added to every request.
+    pub latency: Duration,
+}
+
+impl Faults {
+    /// A 5xx answer for this request, drawn at `rate`.
+    pub fn draw(&self) -> Option<ApiError> {
+        if self.rate <= 0.0 || rand::random::<f64>() >= self.rate {
+            return None;
+        }
+        Some(if rand::random::<bool>() {
+            ApiError::new(
+                ErrorCode::ServerError,
+                "injected fault (--fault-rate); nothing was changed, retry",
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "injected fault (--fault-rate); nothing was changed, retry",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_continuously() {
+        let b = Bucket::per_minute(20.0);
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            assert!(b.take(1.0, t0));
+        }
+        assert!(!b.take(1.0, t0));
+        assert!(!b.take(1.0, t0 + Duration::from_secs(2)));
+        assert!(b.take(1.0, t0 + Duration::from_secs(3)));
+        assert!(
+            !b.take(100.0, t0 + Duration::from_secs(3600)),
+            "cost above capacity never passes"
+        );
+    }
+
+    #[test]
+    fn throttle_answers_429_per_class() {
+        let t = Throttle::new(&ThrottleLimits::s1(1));
+        for _ in 0..20 {
+            t.admit(Class::Configurations, 1).unwrap();
+        }
+        let e = t.admit(Class::Configurations, 1).unwrap_err();
+        assert_eq!(e.status, 429);
+        assert_eq!(e.name, "ThrottlingException");
+        t.admit(Class::Queries, 1).unwrap();
+        t.admit(Class::Free, 1000).unwrap();
+    }
+
+    #[test]
+    fn faults_follow_the_rate() {
+        assert!(Faults::default().draw().is_none());
+        let f = Faults {
+            rate: 1.0,
+            latency: Duration::ZERO,
+        };
+        let e = f.draw().unwrap();
+        assert!(e.status == 500 || e.status == 503);
+    }
+}

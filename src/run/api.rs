@@ -1,0 +1,296 @@
+//! The controller's HTTP API (`ringmaster run`, default `127.0.0.1:9090`).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/v1/rollouts` | every rollout with its status, the source files' problems, the source revision |
+//! | `GET /api/v1/rollouts/{namespace}/{name}` | one rollout |
+//! | `POST /api/v1/rollouts/{namespace}/{name}/{promote\|pause\|resume\|abort\|retry}` | queue an operator request (bearer token) |
+//! | `POST /webhook/git` | fetch now (GitHub-style `X-Hub-Signature-256`) |
+//! | `/healthz`, `/readyz`, `/metrics` | liveness, readiness (first source read done), Prometheus |
+//!
+//! Writes need `Authorization: Bearer <token>` with the token given to `run` by
+//! `--api-token-env` or `--api-token-file`. Without a configured token the API is
+//! read-only: every write answers 403 and says how to enable writes.
+
+use crate::resources::{Operation, OperationKind};
+use crate::run::store::StateStore;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hmac::{KeyInit, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
+
+pub use crate::metrics::Metrics;
+
+/// What the API shares with the controller loop.
+pub struct ApiState {
+    pub store: StateStore,
+    /// Wakes the controller loop (a request was queued).
+    pub wake: Notify,
+    /// Asks the source for an immediate read (the git webhook).
+    pub fetch: Notify,
+    /// Bearer token for writes; `None` makes the API read-only.
+    pub api_token: Option<String>,
+    /// Secret of the git webhook's HMAC; `None` refuses webhooks.
+    pub webhook_secret: Option<Vec<u8>>,
+    pub metrics: Metrics,
+    /// True once the source has been read once.
+    pub ready: AtomicBool,
+}
+
+impl ApiState {
+    /// A state over a store, with no token and no webhook secret.
+    pub fn new(store: StateStore) -> ApiState {
+        ApiState {
+            store,
+            wake: Notify::new(),
+            fetch: Notify::new(),
+            api_token: None,
+            webhook_secret: None,
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/rollouts", get(list))
+        .route("/api/v1/rollouts/{namespace}/{name}", get(one))
+        .route(
+            "/api/v1/rollouts/{namespace}/{name}/{action}",
+            post(operation),
+        )
+        .route("/webhook/git", post(webhook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn list(State(st): State<Arc<ApiState>>) -> Response {
+    let res = st
+        .store
+        .run(|s| Ok((s.rollouts()?, s.file_errors()?, s.meta("sourceRevision")?)))
+        .await;
+    match res {
+        Ok((items, files, revision)) => {
+            let files: Vec<_> = files
+                .into_iter()
+                .map(|(path, error)| json!({"path": path, "error": error}))
+                .collect();
+            Json(json!({"items": items, "files": files, "sourceRevision": revision}))
+                .into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+async fn one(
+    State(st): State<Arc<ApiState>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let (ns, n) = (namespace.clone(), name.clone());
+    match st.store.run(move |s| s.rollout(&ns, &n)).await {
+        Ok(Some(r)) => Json(r).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no DeviceRollout {namespace}/{name}"),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+/// Optional body of an operation request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OperationBody {
+    id: Option<String>,
+    revision: Option<String>,
+    ring: Option<String>,
+}
+
+fn kind_of(action: &str) -> Option<OperationKind> {
+    Some(match action {
+        "promote" => OperationKind::Promote,
+        "pause" => OperationKind::Pause,
+        "resume" => OperationKind::Resume,
+        "abort" => OperationKind::Abort,
+        "retry" => OperationKind::Retry,
+        _ => return None,
+    })
+}
+
+/// Checks the bearer token of a write; `Err` is the answer to send.
+fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(want) = &st.api_token else {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "the API is read-only: start `ringmaster run` with --api-token-env or --api-token-file to allow operations",
+        )));
+    };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match got {
+        Some(t) if constant_time_eq(t.trim().as_bytes(), want.as_bytes()) => Ok(()),
+        Some(_) => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "the bearer token is not the one `ringmaster run` was given",
+        ))),
+        None => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>` (the token given to `ringmaster run`)",
+        ))),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn operation(
+    State(st): State<Arc<ApiState>>,
+    Path((namespace, name, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(kind) = kind_of(&action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown operation {action:?}: use promote, pause, resume, abort or retry"),
+        );
+    };
+    if let Err(resp) = authorize(&st, &headers) {
+        return *resp;
+    }
+    let body: OperationBody = if body.is_empty() {
+        OperationBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "body: {e} (expected {{\"id\", \"revision\", \"ring\"}}, all optional)"
+                    ),
+                );
+            }
+        }
+    };
+    let id = body.id.unwrap_or_else(|| new_operation_id(kind));
+    let op = Operation {
+        id,
+        kind,
+        revision: body.revision,
+        ring: body.ring,
+    };
+    let (ns, n, queued) = (namespace.clone(), name.clone(), op.clone());
+    let res = st
+        .store
+        .run(move |s| {
+            if s.rollout(&ns, &n)?.is_none() {
+                return Ok(false);
+            }
+            s.push_operation(&ns, &n, &queued)?;
+            Ok(true)
+        })
+        .await;
+    match res {
+        Ok(true) => {
+            st.wake.notify_one();
+            (StatusCode::ACCEPTED, Json(json!({"operation": op}))).into_response()
+        }
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!("no DeviceRollout {namespace}/{name}"),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+/// A request id: the time and a random suffix (`20260101T120000Z-promote-7f3a`).
+pub fn new_operation_id(kind: OperationKind) -> String {
+    let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    format!("{now}-{}-{:04x}", kind.name(), rand::random::<u16>())
+}
+
+async fn webhook(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = &st.webhook_secret else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "no webhook secret configured: start `ringmaster run` with --webhook-secret-env or --webhook-secret-file",
+        );
+    };
+    let sig = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="));
+    let Some(sig) = sig.and_then(|s| hex::decode(s).ok()) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or malformed X-Hub-Signature-256 (expected sha256=<hex HMAC of the body>)",
+        );
+    };
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(&body);
+    if mac.verify_slice(&sig).is_err() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "X-Hub-Signature-256 does not match the body and the webhook secret",
+        );
+    }
+    st.metrics.webhook();
+    st.fetch.notify_one();
+    (StatusCode::ACCEPTED, Json(json!({"fetch": "queued"}))).into_response()
+}
+
+/// The `X-Hub-Signature-256` value for a body (for clients and tests).
+pub fn webhook_signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
+    if st.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the source has not been read yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(st): State<Arc<ApiState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod core;
 pub mod demo;
 pub mod driver;
+pub mod duration;
 pub mod hub;
 pub mod iothub;
 pub mod kube;

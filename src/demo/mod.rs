@@ -93,10 +93,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20.0)]
     pub speed: f64,
     /// Virtual time per step of the loop (fleet tick, hub cycle, due reconciles).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_signed_duration)]
     pub step: SignedDuration,
     /// Give up (exit 1) if the rollouts have not settled after this much virtual time.
-    #[arg(long, default_value = "3h", value_parser = parse_duration)]
+    #[arg(long, default_value = "3h", value_parser = crate::duration::parse_signed_duration)]
     pub timeout: SignedDuration,
     /// A directory (or file) of DeviceRollout manifests instead of the built-in examples.
     #[arg(long)]
@@ -114,17 +114,6 @@ pub struct DemoArgs {
     /// One line per event even on a terminal (no redrawing).
     #[arg(long)]
     pub plain: bool,
-}
-
-fn parse_duration(s: &str) -> std::result::Result<SignedDuration, String> {
-    let d: SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("'{s}' is not a duration like 5s or 2h: {e}"))?;
-    if d.is_negative() || d.is_zero() {
-        return Err(format!("'{s}': the duration must be positive"));
-    }
-    Ok(d)
 }
 
 /// Everything read and checked before the demo starts.

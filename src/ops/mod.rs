@@ -35,7 +35,7 @@ pub struct StatusArgs {
     #[arg(short = 'w', long)]
     pub watch: bool,
     /// How often to poll with `-w`.
-    #[arg(long, default_value = "1s", value_parser = crate::run::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse_duration)]
     pub interval: Duration,
     #[command(flatten)]
     pub api: ApiFlags,

@@ -70,10 +70,10 @@ pub struct RunArgs {
     #[arg(long, requires = "git")]
     pub path: Option<String>,
     /// How often to fetch (`--git`), e.g. `1m`, `30s`.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, default_value = "1m", value_parser = crate::duration::parse_duration)]
     pub interval: Duration,
     /// How often to rescan the directory even without file events (`--dir`).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse_duration)]
     pub rescan: Duration,
     /// The bare cache repository for `--git`.
     #[arg(long, default_value = "ringmaster-git-cache")]
@@ -126,14 +126,6 @@ pub struct RunArgs {
     /// SQLite file of the in-process embedded hub; in memory when omitted.
     #[arg(long)]
     pub embedded_store: Option<PathBuf>,
-}
-
-/// Parses `1m`, `30s`, `500ms`, `1h 30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{s:?}: {e} (use e.g. 30s, 1m, 500ms)"))?;
-    Duration::try_from(d).map_err(|_| format!("{s:?}: must be positive"))
 }
 
 /// Reads a secret from an environment variable or a file (trimmed).

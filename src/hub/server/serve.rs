@@ -53,7 +53,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub fleet: Option<PathBuf>,
     /// How often the configuration engine runs (`5s`, `500ms`, `1m`).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub cycle_interval: Duration,
     /// The HostName in the connection string, which clients connect to and sign tokens
     /// for (default: `localhost:<port>` with TLS, the listen address without).
@@ -90,17 +90,6 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 MessageTooLarge beyond).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("'{s}' is not a duration like 5s, 500ms or 1m: {e}"))?;
-    if d.is_negative() || d.is_zero() {
-        return Err(format!("'{s}': the duration must be positive"));
-    }
-    Duration::try_from(d).map_err(|e| e.to_string())
 }
 
 /// Keys for the default policies: from flags, else from the store, else new (and stored).
@@ -379,15 +368,6 @@ async fn shutdown() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn keys_are_generated_once_and_flags_win() {

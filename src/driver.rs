@@ -403,7 +403,7 @@ impl Driver {
     }
 }
 
-/// IoT Hub ignores an unquoted If-Match (reference §3.3): quote it.
+/// IoT Hub ignores an unquoted If-Match (docs/design.md §3.3): quote it.
 fn quote_etag(etag: &str) -> String {
     if etag.starts_with('"') {
         etag.to_string()

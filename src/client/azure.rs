@@ -5,7 +5,7 @@
 //!   renewed a quarter of its lifetime before it expires. A 401 is retried once with a
 //!   fresh token (clock skew, a token that expired in flight).
 //! - **Preconditions.** Etags go out quoted (`If-Match: "<etag>"`); `None` sends `"*"`.
-//!   The real hub ignores unquoted etags (reference §3.3), so quoting is what makes them
+//!   The real hub ignores unquoted etags (docs/design.md §3.3), so quoting is what makes them
 //!   count.
 //! - **Budget.** A per-class request budget shaped like one S1 unit (configurations
 //!   20/min, queries 20/min, registry 100/min, twin reads 100/s, twin updates 50/s). A
@@ -53,7 +53,7 @@ pub struct RequestBudget {
 }
 
 impl RequestBudget {
-    /// What `units` S1 units allow (IoT Hub's quota page, reference §3.5).
+    /// What `units` S1 units allow (IoT Hub's quota page, docs/design.md §3.5).
     pub fn s1(units: u32) -> RequestBudget {
         let u = units.max(1) as f64;
         RequestBudget {

@@ -1,4 +1,4 @@
-//! Gates: the verdict on a ring (DESIGN.md, semantics 6).
+//! Gates: the verdict on a ring (docs/design.md, semantics 6).
 //!
 //! A gate gives Pass, Fail or Inconclusive. Never a verdict below the minimum sample and
 //! never before the bake time; then the CEL `failure` condition is checked first, then

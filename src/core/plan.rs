@@ -1,5 +1,5 @@
 //! Planning: what each ring targets, the scoped metric queries, and the configuration
-//! the hub should hold for a revision (DESIGN.md, semantics 1, 2 and 5).
+//! the hub should hold for a revision (docs/design.md, semantics 1, 2 and 5).
 //!
 //! Ring i's target is `(target) AND ((ring_0) OR … OR (ring_i))`; a `*` ring means the
 //! base target alone, and a `*` base target means the rings alone. A rolled-back revision

@@ -1,4 +1,4 @@
-//! Revisions, configuration ids and labels (DESIGN.md, semantics 1).
+//! Revisions, configuration ids and labels (docs/design.md, semantics 1).
 //!
 //! Configuration content is immutable in IoT Hub, so a rollout gets one configuration per
 //! revision of its content. The revision is a short hash of the content, stable across key

@@ -5,7 +5,7 @@
 //! controller is moving the rollout, Stalled is True when it cannot go on without a person
 //! (or new content), Ready is True when the current revision is stable everywhere. A
 //! condition keeps its `lastTransitionTime` unless its status flips, so a reconcile that
-//! changes nothing writes nothing new (trap 5).
+//! changes nothing writes nothing new (docs/design.md, "Implementation notes").
 
 use crate::resources::{DeviceRolloutStatus, HistoryEntry, RingRecord};
 use jiff::Timestamp;

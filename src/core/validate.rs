@@ -1,5 +1,5 @@
 //! Validation shared by every mode: the checks a rollout must pass before anything is
-//! planned or written (DESIGN.md, semantics 9).
+//! planned or written (docs/design.md, semantics 9).
 //!
 //! Every problem is reported, each with its field path (`spec.rings[1].target`) and a
 //! message that says what would be valid. Query text is checked with the hub's own

@@ -9,7 +9,7 @@
 
 use super::engine::{Changes, CycleStats, HubState, Limits};
 use super::store::{Durability, Store};
-use crate::client::{QueryPage, TestQueriesResult};
+use crate::iothub::{QueryPage, TestQueriesResult};
 use crate::clock::Clock;
 use crate::iothub::configuration::{Configuration, DEFAULT_MAX_CONFIGURATIONS};
 use crate::iothub::device::Device;

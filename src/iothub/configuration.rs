@@ -1,6 +1,6 @@
 //! Automatic device configurations: the wire type and its validation rules.
 //!
-//! The shape follows the service's `Configuration` definition (reference §1.2). Unknown
+//! The shape follows the service's `Configuration` definition (docs/design.md §1.2). Unknown
 //! fields are ignored on input (the .NET SDK sends `contentType`), and timestamps and etags
 //! are written by the hub, never trusted from the caller.
 
@@ -79,7 +79,7 @@ where
 /// Characters IoT Hub allows in a configuration id besides lowercase letters and digits.
 const ID_SPECIALS: &str = "-+%_*!'";
 
-/// Checks a configuration id against IoT Hub's rules (reference §1.3): at most 128
+/// Checks a configuration id against IoT Hub's rules (docs/design.md §1.3): at most 128
 /// characters of lowercase letters, digits and `- + % _ * ! '`.
 pub fn validate_id(id: &str) -> Result<()> {
     if id.is_empty() {

@@ -1,6 +1,6 @@
 //! Device identities: the registry entry that owns a twin.
 //!
-//! The JSON shape is the service's `Device` definition (reference §3.2). Keys are generated
+//! The JSON shape is the service's `Device` definition (docs/design.md §3.2). Keys are generated
 //! when the caller gives none; dates the hub has not set are `0001-01-01T00:00:00Z`, as the
 //! service writes them (never `""`).
 
@@ -112,7 +112,7 @@ pub struct Capabilities {
     pub iot_edge: bool,
 }
 
-/// Checks a device id (reference §5.3): 1 to 128 ASCII alphanumerics or `- : . + % _ # * ? ! ( ) , = @ ; $ '`.
+/// Checks a device id (docs/design.md §5.3): 1 to 128 ASCII alphanumerics or `- : . + % _ # * ? ! ( ) , = @ ; $ '`.
 pub fn validate_device_id(id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(HubError::new(

@@ -1,6 +1,6 @@
 //! Errors of the embedded hub, named as IoT Hub names them.
 //!
-//! Every refusal carries the hub's error code name (reference §3.4), the HTTP status a
+//! Every refusal carries the hub's error code name (docs/design.md §3.4), the HTTP status a
 //! real hub answers with, and a message a person can act on. The REST layer turns a
 //! [`HubError`] into IoT Hub's wire shape; in-process callers match on [`ErrorCode`].
 
@@ -46,14 +46,14 @@ error_codes! {
     DeviceAlreadyExists => 409,
     ConfigurationNotFound => 404,
     ConfigurationAlreadyExists => 409,
-    /// The configuration quota answers 413 (reference §1.11), not 400 or 409.
+    /// The configuration quota answers 413 (docs/design.md §1.11), not 400 or 409.
     ConfigurationCountLimitExceeded => 413,
     InvalidConfigurationTargetCondition => 400,
     InvalidConfigurationContent => 400,
     InvalidConfigurationCustomMetricsQuery => 400,
     CannotModifyImmutableConfigurationContent => 400,
     PreconditionFailed => 412,
-    /// The 32 KB section limit came back as 403 when it was 8 KB (reference §5.3).
+    /// The 32 KB section limit came back as 403 when it was 8 KB (docs/design.md §5.3).
     DeviceModelMaxPropertiesExceeded => 403,
     MessageTooLarge => 413,
     TooManyDevices => 413,

@@ -1,4 +1,4 @@
-//! Shared access signatures and service connection strings (reference §4).
+//! Shared access signatures and service connection strings (docs/design.md §4).
 //!
 //! Both sides of SAS live here so that they cannot drift apart: the Azure client makes
 //! tokens with [`SasKey::token`], and `ringmaster hub serve` checks them with
@@ -133,7 +133,7 @@ impl SasKey {
     }
 
     /// True when the token was signed with this key. Real clients differ in how they
-    /// encode `sr` (reference §4, §6.4): the HMAC is checked over `sr` exactly as sent
+    /// encode `sr` (docs/design.md §4): the HMAC is checked over `sr` exactly as sent
     /// first, then over its decoded form and over the canonical lowercase encoding. The
     /// comparison is constant-time.
     pub fn verify(&self, token: &SasToken<'_>) -> bool {

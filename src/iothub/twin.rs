@@ -7,7 +7,7 @@
 //! the twin. This keeps a typical twin near a kilobyte, so a million fit in memory.
 //!
 //! Writes go through whole sections: the section is rebuilt as JSON, merged or replaced,
-//! validated against the twin limits (reference §5.3), and flattened again. Twins are small,
+//! validated against the twin limits (docs/design.md §5.3), and flattened again. Twins are small,
 //! so this costs microseconds and keeps one code path for every kind of update.
 
 use super::device::Device;

@@ -247,7 +247,7 @@ async fn remove_finalizer(api: &Api<DeviceRollout>, ro: &DeviceRollout) -> Resul
 }
 
 /// Server-side apply of the whole status, as field manager `ringmaster`. The status types
-/// skip every `None` (trap 4: a `null` would delete the field).
+/// skip every `None` (docs/design.md, "Implementation notes": a `null` would delete the field).
 async fn patch_status(
     api: &Api<DeviceRollout>,
     name: &str,

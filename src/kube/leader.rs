@@ -4,7 +4,7 @@
 //! [`reconcile`](super::controller::reconcile) returns at once, touching nothing, while
 //! this replica is not the leader, and the controller reconciles every rollout again
 //! when leadership is gained ([`Leadership::gained`]). Leases give no hard fencing (a
-//! short window with two leaders is possible, rust-stack trap 11): every hub write the
+//! short window with two leaders is possible, see docs/design.md, "Implementation notes"): every hub write the
 //! driver makes is idempotent, so that window does no harm.
 
 use futures::Stream;

@@ -3,7 +3,7 @@
 //! `type: azure` names a Secret key holding the service connection string (in git and
 //! directory modes the same reference names an environment variable or file, never a
 //! value in the repository); `type: embedded` is the in-process hub, or a `ringmaster hub
-//! serve` at `url`. The limits shape the controller's traffic (DESIGN.md, semantics 8).
+//! serve` at `url`. The limits shape the controller's traffic (docs/design.md, semantics 8).
 
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn crds_are_structural() {
         // The API server refuses a schema node without a type unless it preserves unknown
-        // fields or is int-or-string (trap 3).
+        // fields or is int-or-string (docs/design.md, "Implementation notes").
         fn walk(v: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
             let Some(obj) = v.as_object() else { return };
             let open = obj.get("x-kubernetes-preserve-unknown-fields")

@@ -1,10 +1,10 @@
 //! The `DeviceRollout` resource: a phased rollout of one automatic device configuration.
 //!
-//! The spec is what a person writes (DESIGN.md "Resources"); the status is what the
+//! The spec is what a person writes (docs/design.md, "Resources"); the status is what the
 //! decision core ([`crate::core`]) reports back, in kstatus form. Both are plain data: the
 //! same types are read from Kubernetes, from a git repository and from a directory.
 //!
-//! Schema rules that keep the CRD structural (reference/rust-stack.md, traps 3–5): every
+//! Schema rules that keep the CRD structural (docs/design.md, "Implementation notes"): every
 //! `Option` is skipped when `None`, enums are unit-only (a clean `enum:` list), free-form
 //! JSON is marked `x-kubernetes-preserve-unknown-fields`, conditions are a list-type map.
 
@@ -184,7 +184,7 @@ pub enum OnFailure {
     Pause,
 }
 
-/// The baseline guard (DESIGN.md, semantics 7).
+/// The baseline guard (docs/design.md, semantics 7).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BaselinePolicy {

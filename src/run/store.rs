@@ -13,7 +13,7 @@
 //! The store is restart-safe by construction: every reconcile's status is committed
 //! before the next one starts, and the driver rebuilds what a lost status would miss from
 //! the hub's labels. rusqlite blocks, so callers use [`StateStore::run`], which runs a
-//! closure on the blocking pool (rust-stack trap 10).
+//! closure on the blocking pool (docs/design.md, "Implementation notes").
 
 use crate::resources::{DeviceRollout, DeviceRolloutStatus, Operation};
 use parking_lot::Mutex;

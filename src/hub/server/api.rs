@@ -1,4 +1,4 @@
-//! The routes of the served hub: IoT Hub's service operations (reference §3.2) over an
+//! The routes of the served hub: IoT Hub's service operations (docs/design.md §3.2) over an
 //! [`EmbeddedHub`].
 //!
 //! Every request first passes [`gate`]: SAS auth, then the api-version, then the rights
@@ -289,7 +289,7 @@ pub enum Precondition {
 impl Precondition {
     /// Reads If-Match. `"x"` and `W/"x"` are etags, `*` and `"*"` the wildcard; a bare
     /// `x` is an etag in strict mode and the wildcard in Azure mode (the real hub ignores
-    /// unquoted values, reference §3.3).
+    /// unquoted values, docs/design.md §3.3).
     pub fn read(headers: &HeaderMap, mode: IfMatchMode) -> Precondition {
         let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
             return Precondition::Absent;

@@ -1,4 +1,4 @@
-//! SAS authentication for the served hub (reference §4).
+//! SAS authentication for the served hub (docs/design.md §4).
 //!
 //! The hub has IoT Hub's default shared access policies, each with its own key and rights:
 //! `iothubowner` (everything), `service` (ServiceConnect), `registryRead` (RegistryRead),

@@ -3,7 +3,7 @@
 //! Files are read from the fetched commit's tree, never from a worktree, so there is no
 //! checkout state to corrupt, and the commit id goes into the snapshot (and the status).
 //! The refspec forces the update, so a force-push is followed like any other commit.
-//! git2 blocks: [`GitSource::fetch`] runs on the blocking pool (rust-stack trap 7).
+//! git2 blocks: [`GitSource::fetch`] runs on the blocking pool (docs/design.md, "Implementation notes").
 //!
 //! Auth: a token (from an environment variable or a file, never from the repository) is
 //! sent as HTTP basic auth with user `x-access-token` (GitHub's convention; GitLab and

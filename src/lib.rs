@@ -1,12 +1,16 @@
 //! ringmaster: declarative phased rollouts of IoT Hub automatic device configurations.
 //!
-//! Parts (one folder each, as in DESIGN.md): [`hub`] the embedded IoT hub, [`client`] the
-//! `Hub` trait and its implementations, [`resources`] the `DeviceRollout` and `Hub`
-//! resources and the manifest loader, [`core`] the pure decision core, [`driver`] which
-//! runs the core against a hub, [`kube`] the Kubernetes controller (`run --kube`), [`run`]
-//! with [`sources`] and [`state`] the git and directory modes, [`api`] their HTTP API, [`ops`]
-//! the operator commands, [`server`] the hub's REST API, [`demo`] which plays all of it in one process in virtual time, and
-//! the CLI in `main.rs`.
+//! The parts, lowest layer first (docs/design.md, "Layers"; `scripts/check-layers` keeps
+//! every import pointing down):
+//! - [`clock`], [`duration`]: utilities.
+//! - [`iothub`]: what IoT Hub is (configurations, twins, errors, query language, SAS).
+//! - [`resources`]: the `DeviceRollout` and `Hub` resources and operator requests.
+//! - [`hub`]: the embedded IoT hub, its REST server and its bench; [`core`]: the pure
+//!   decision core.
+//! - [`client`]: the `Hub` trait and its implementations; [`manifest`]: the YAML loader.
+//! - [`driver`]: runs the core against a hub; [`metrics`]: the Prometheus series.
+//! - [`run`] (directory and git), [`kube`] (Kubernetes) and [`demo`]: the controllers.
+//! - [`cli`] and [`ops`]: the commands, dispatched by `main.rs`.
 
 pub mod cli;
 pub mod client;

@@ -9,12 +9,12 @@
 
 use super::engine::{Changes, CycleStats, HubState, Limits};
 use super::store::{Durability, Store};
-use crate::iothub::{QueryPage, TestQueriesResult};
 use crate::clock::Clock;
 use crate::iothub::configuration::{Configuration, DEFAULT_MAX_CONFIGURATIONS};
 use crate::iothub::device::Device;
 use crate::iothub::error::{ErrorCode, HubError, Result};
 use crate::iothub::query::{Condition, ItemType, Query};
+use crate::iothub::{QueryPage, TestQueriesResult};
 use jiff::Timestamp;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;

@@ -32,9 +32,39 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            (format!("{name}.yaml"), crd)
+            (format!("{name}.yaml"), bound_integers(crd))
         })
         .collect()
+}
+
+/// Gives every 32-bit integer of the schema the bounds of its Rust type.
+///
+/// schemars writes `format: int32` / `uint32` without a `maximum`, and the API server does
+/// not enforce formats, so it would store `priority: 3000000000`, which no controller can
+/// then read. With the bounds in the schema, `kubectl apply` refuses such a value, as
+/// `ringmaster validate` does.
+fn bound_integers(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(obj) => {
+                let bounds = match obj.get("format").and_then(|f| f.as_str()) {
+                    Some("int32") => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+                    Some("uint32") => Some((0, i64::from(u32::MAX))),
+                    _ => None,
+                };
+                if let Some((min, max)) = bounds {
+                    obj.entry("minimum").or_insert(min.into());
+                    obj.entry("maximum").or_insert(max.into());
+                }
+                obj.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut json = serde_json::to_value(&crd).expect("a CRD serializes to JSON");
+    walk(&mut json);
+    serde_json::from_value(json).expect("bounds keep the CRD valid")
 }
 
 /// One CRD as YAML, as the files in `crds/` hold it.
@@ -78,6 +108,48 @@ mod tests {
             "{} differ from the resource types; regenerate with `UPDATE_CRDS=1 cargo test --lib crds`",
             stale.join(", ")
         );
+    }
+
+    #[test]
+    fn every_32_bit_integer_in_the_crds_has_the_bounds_of_its_type() {
+        fn walk(v: &serde_json::Value, path: &str, seen: &mut usize, bad: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(obj) => {
+                    let want = match obj.get("format").and_then(|f| f.as_str()) {
+                        Some("int32") => Some((i32::MIN as f64, i32::MAX as f64)),
+                        Some("uint32") => Some((0.0, u32::MAX as f64)),
+                        _ => None,
+                    };
+                    if let Some((min, max)) = want {
+                        *seen += 1;
+                        let got = |k: &str| obj.get(k).and_then(|n| n.as_f64());
+                        if got("minimum").is_none_or(|m| m < min) || got("maximum") != Some(max) {
+                            bad.push(path.to_string());
+                        }
+                    }
+                    for (k, child) in obj {
+                        walk(child, &format!("{path}.{k}"), seen, bad);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        walk(child, &format!("{path}[{i}]"), seen, bad);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (file, crd) in crds() {
+            let (mut seen, mut bad) = (0, Vec::new());
+            walk(
+                &serde_json::to_value(&crd).unwrap(),
+                "",
+                &mut seen,
+                &mut bad,
+            );
+            assert!(seen > 0, "{file}: no 32-bit integer found");
+            assert!(bad.is_empty(), "{file}: unbounded integers at {bad:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,200 @@
+//! The CRDs against a real kube-apiserver (with etcd), started envtest-style by
+//! `scripts/kube-env` on loopback. Skips with one line when the API server or etcd is
+//! absent (see `scripts/kube-env`; `.ci/run` installs both).
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// etcd and kube-apiserver for one test; stopped (and their folder removed) on drop.
+struct KubeEnv {
+    dir: PathBuf,
+}
+
+impl KubeEnv {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-env")
+    }
+
+    /// `None` (after saying why) when the API server or etcd is not installed.
+    fn start() -> Option<KubeEnv> {
+        let available = Command::new(Self::script()).arg("available").status();
+        if !available.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "skipping: no kube-apiserver in target/kube-assets (or $KUBE_ASSETS) or no etcd on PATH"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap().keep();
+        let env = KubeEnv { dir };
+        let out = Command::new(Self::script())
+            .arg("start")
+            .arg(&env.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kube-env start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(env)
+    }
+
+    async fn client(&self) -> kube::Client {
+        let kc = Kubeconfig::read_from(self.dir.join("kubeconfig")).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+}
+
+impl Drop for KubeEnv {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Installs ringmaster's CRDs and waits (polling fast) until both are Established.
+async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in ringmaster::resources::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    for (_, crd) in ringmaster::resources::crds() {
+        let name = crd.metadata.name.unwrap();
+        let mut established = false;
+        for _ in 0..300 {
+            let got = crds.get(&name).await.unwrap();
+            established = got
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(established, "{name} never became Established");
+    }
+    // Discovery of a new group lags the Established condition by a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("ringmaster.dev", "v1alpha1", kind);
+    Api::namespaced_with(client.clone(), "fleet", &ApiResource::from_gvk(&gvk))
+}
+
+fn object(json: serde_json::Value) -> DynamicObject {
+    serde_json::from_value(json).unwrap()
+}
+
+fn rollout(
+    name: &str,
+    priority: serde_json::Value,
+    min_applied: serde_json::Value,
+) -> DynamicObject {
+    object(serde_json::json!({
+        "apiVersion": "ringmaster.dev/v1alpha1",
+        "kind": "DeviceRollout",
+        "metadata": {"name": name, "namespace": "fleet"},
+        "spec": {
+            "target": "tags.environment='prod'",
+            "priority": priority,
+            "content": {"device": {"properties.desired.firmware": {"version": "2.4.0"}}},
+            "gate": {"minApplied": min_applied},
+            "rings": [{"name": "all", "target": "*"}]
+        }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_api_server_takes_the_crds_and_refuses_integers_the_controller_cannot_read() {
+    let Some(env) = KubeEnv::start() else { return };
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns: Api<Namespace> = Api::all(client.clone());
+    ns.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "fleet"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let rollouts = api(&client, "DeviceRollout");
+    let pp = PostParams::default();
+    // In range: stored, and read back by the controller's own type.
+    rollouts
+        .create(
+            &pp,
+            &rollout("fine", 2147483647.into(), 4294967295u64.into()),
+        )
+        .await
+        .unwrap();
+    let typed: Api<ringmaster::resources::DeviceRollout> = Api::namespaced(client.clone(), "fleet");
+    assert_eq!(typed.get("fine").await.unwrap().spec.priority, i32::MAX);
+
+    // Out of range for the Rust types: refused at apply, naming the field.
+    for (name, priority, min_applied, field) in [
+        (
+            "big-priority",
+            serde_json::json!(3000000000u64),
+            serde_json::json!(5),
+            "spec.priority",
+        ),
+        (
+            "big-min-applied",
+            serde_json::json!(20),
+            serde_json::json!(5000000000u64),
+            "spec.gate.minApplied",
+        ),
+    ] {
+        let err = rollouts
+            .create(&pp, &rollout(name, priority, min_applied))
+            .await
+            .expect_err(name);
+        let text = err.to_string();
+        assert!(
+            text.contains(field) && text.contains("less than or equal"),
+            "{name}: {text}"
+        );
+    }
+    let hubs = api(&client, "Hub");
+    let err = hubs
+        .create(
+            &pp,
+            &object(serde_json::json!({
+                "apiVersion": "ringmaster.dev/v1alpha1",
+                "kind": "Hub",
+                "metadata": {"name": "prod", "namespace": "fleet"},
+                "spec": {"type": "embedded", "limits": {"queriesPerMinute": 5000000000u64}}
+            })),
+        )
+        .await
+        .expect_err("an out-of-range limit");
+    assert!(
+        err.to_string().contains("spec.limits.queriesPerMinute"),
+        "{err}"
+    );
+    // Nothing of the refused objects was stored: the list is exactly the good rollout.
+    let names: Vec<_> = typed
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    assert_eq!(names, ["fine"]);
+}

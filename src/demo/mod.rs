@@ -47,8 +47,8 @@ use view::View;
 /// The examples shipped in the binary: (file name, text).
 const EXAMPLE_ROLLOUTS: [(&str, &str); 5] = [
     (
-        "examples/rollouts/00-hub.yaml",
-        include_str!("../../examples/rollouts/00-hub.yaml"),
+        "examples/rollouts/01-hub.yaml",
+        include_str!("../../examples/rollouts/01-hub.yaml"),
     ),
     (
         "examples/rollouts/10-baseline.yaml",
@@ -68,8 +68,8 @@ const EXAMPLE_ROLLOUTS: [(&str, &str); 5] = [
     ),
 ];
 const EXAMPLE_FLEET: (&str, &str) = (
-    "examples/fleet.yaml",
-    include_str!("../../examples/fleet.yaml"),
+    "examples/fleet/fleet.yaml",
+    include_str!("../../examples/fleet/fleet.yaml"),
 );
 
 /// What the demo expects of the example rollouts: (name, final phase).
@@ -101,7 +101,7 @@ pub struct DemoArgs {
     /// A directory (or file) of DeviceRollout manifests instead of the built-in examples.
     #[arg(long)]
     pub rollouts: Option<PathBuf>,
-    /// A fleet spec instead of the built-in `examples/fleet.yaml`.
+    /// A fleet spec instead of the built-in `examples/fleet/fleet.yaml`.
     #[arg(long)]
     pub fleet: Option<PathBuf>,
     /// After the demo, serve the hub over its REST API (Azure IoT Hub compatible) and keep

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "Hub",
     plural = "hubs",
+    shortname = "rmhub",
+    doc = "How ringmaster reaches an IoT hub (Azure IoT Hub, or its embedded hub in process or at a URL) and the traffic limits it keeps to there.",
     namespaced,
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.url"}"#,
@@ -32,8 +34,10 @@ pub struct HubSpec {
     #[serde(rename = "type")]
     pub type_: HubType,
 
-    /// For `type: azure`: the Secret key holding the hub's service connection string
-    /// (`HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`).
+    /// The Secret key holding the hub's service connection string
+    /// (`HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`): required for `type:
+    /// azure`, and for `type: embedded` with a `url` (a `ringmaster hub serve` checks SAS
+    /// tokens too). The connection string's `HostName` must be the host of `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_string_secret: Option<SecretKeyRef>,
 

@@ -32,18 +32,37 @@ pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            (format!("{name}.yaml"), bound_integers(crd))
+            (format!("{name}.yaml"), finish_schema(crd))
         })
         .collect()
 }
 
-/// Gives every 32-bit integer of the schema the bounds of its Rust type.
+/// Joins the lines of each paragraph of a description: doc comments wrap at 100
+/// columns, and `kubectl explain` wraps again, so a hard break would show mid-sentence.
+fn unwrap_description(text: &str) -> String {
+    text.split("\n\n")
+        .map(|para| {
+            if para
+                .lines()
+                .any(|l| l.trim_start().starts_with(['-', '*', '|', '`']))
+            {
+                para.to_string() // a list or a table keeps its lines
+            } else {
+                para.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+/// What the derive leaves to do: every 32-bit integer gets the bounds of its Rust type,
+/// and descriptions lose the line breaks of the doc comments they come from.
 ///
 /// schemars writes `format: int32` / `uint32` without a `maximum`, and the API server does
 /// not enforce formats, so it would store `priority: 3000000000`, which no controller can
 /// then read. With the bounds in the schema, `kubectl apply` refuses such a value, as
 /// `ringmaster validate` does.
-fn bound_integers(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+fn finish_schema(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn walk(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(obj) => {
@@ -55,6 +74,9 @@ fn bound_integers(crd: CustomResourceDefinition) -> CustomResourceDefinition {
                 if let Some((min, max)) = bounds {
                     obj.entry("minimum").or_insert(min.into());
                     obj.entry("maximum").or_insert(max.into());
+                }
+                if let Some(serde_json::Value::String(d)) = obj.get_mut("description") {
+                    *d = unwrap_description(d);
                 }
                 obj.values_mut().for_each(walk);
             }

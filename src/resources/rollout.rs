@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
     version = "v1alpha1",
     kind = "DeviceRollout",
     plural = "devicerollouts",
+    doc = "A phased rollout of one IoT Hub automatic device configuration: ring by ring, widened while its metric gates pass, rolled back by narrowing when they fail.",
     shortname = "dro",
     namespaced,
     status = "DeviceRolloutStatus",
@@ -70,7 +71,7 @@ pub struct DeviceRolloutSpec {
 
     /// Rings in rollout order. Ring i is reached by widening the target to
     /// `(target) AND (ring_0 OR ... OR ring_i)`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rings: Vec<Ring>,
 
     /// What to do when a gate fails or no verdict is reached by the deadline.

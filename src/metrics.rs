@@ -221,6 +221,7 @@ impl Metrics {
         self.webhooks.inc();
     }
 
+    /// Sets `ringmaster_leader`: 1 while this replica holds the leader lease, else 0.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }

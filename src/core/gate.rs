@@ -19,9 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// z for a two-sided 95% interval.
 pub const Z95: f64 = 1.959_963_984_540_054;
-/// The gate's defaults.
+/// `minApplied` when neither the ring nor the rollout sets it: one applied device.
 pub const DEFAULT_MIN_APPLIED: u32 = 1;
+/// `bake` when neither the ring nor the rollout sets it: judge as soon as the ring is applied.
 pub const DEFAULT_BAKE: SignedDuration = SignedDuration::ZERO;
+/// `deadline` when neither the ring nor the rollout sets it: 24 hours.
 pub const DEFAULT_DEADLINE: SignedDuration = SignedDuration::from_hours(24);
 
 /// Lower bound of the Wilson score interval (95%) for `successes` out of `total`.
@@ -52,14 +54,23 @@ fn wilson(successes: f64, total: f64) -> (f64, f64) {
 /// then the defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EffectiveGate {
+    /// `minApplied`: below this many applied devices the verdict is Inconclusive.
     pub min_applied: u32,
+    /// `bake`: how long the ring must stay applied before it is judged.
     pub bake: SignedDuration,
+    /// `deadline`: how long a ring may go without being applied, or without a verdict,
+    /// before it counts as failed.
     pub deadline: SignedDuration,
+    /// `success`: a CEL condition that passes the ring; `None` passes once `failure` does
+    /// not hold.
     pub success: Option<String>,
+    /// `failure`: a CEL condition that fails the ring; checked before `success`.
     pub failure: Option<String>,
 }
 
 impl EffectiveGate {
+    /// The gate of ring `ring` (an index into `spec.rings`): each field from the ring's
+    /// own gate, else the rollout's `gate`, else the `DEFAULT_*` constant.
     pub fn for_ring(spec: &DeviceRolloutSpec, ring: usize) -> EffectiveGate {
         let own = spec.rings.get(ring).and_then(|r| r.gate.as_ref());
         let pick = |f: &dyn Fn(&GateSpec) -> Option<kube::core::Duration>| {
@@ -89,7 +100,9 @@ impl EffectiveGate {
 /// The numbers a gate judges.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GateInputs {
+    /// Devices the configuration targets (its `targetedCount`), rings 0..=i together.
     pub targeted: u64,
+    /// Devices that applied it (its `appliedCount`), rings 0..=i together.
     pub applied: u64,
     /// Every declared metric; a metric the hub has not reported yet counts 0.
     pub metrics: BTreeMap<String, u64>,
@@ -98,7 +111,10 @@ pub struct GateInputs {
 /// A verdict and the reason for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateResult {
+    /// Pass, Fail or Inconclusive.
     pub verdict: Verdict,
+    /// Why, for the rollout's status and history: the condition that held, or what is
+    /// missing.
     pub message: String,
 }
 

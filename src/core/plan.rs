@@ -29,6 +29,8 @@ pub enum Cond {
 }
 
 impl Cond {
+    /// Reads a target as written in a rollout: `*` (spaces around allowed) is
+    /// [`Cond::All`], anything else a trimmed [`Cond::Expr`]. The text is not checked here.
     pub fn parse(text: &str) -> Cond {
         if text.trim() == "*" {
             Cond::All
@@ -66,20 +68,28 @@ impl Cond {
 /// Everything derived from a rollout's spec that does not depend on the hub.
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// The rollout's namespace (`default` when it has none).
     pub namespace: String,
+    /// The rollout's name.
     pub name: String,
+    /// The current revision: 8 hex digits of the hash of `spec.content`.
     pub revision: String,
     /// The current revision's configuration id.
     pub id: String,
+    /// `spec.priority`, written to every configuration of the rollout.
     pub priority: i32,
     base: Cond,
     rings: Vec<Cond>,
     /// Metric name -> condition, as written.
     pub metrics: BTreeMap<String, String>,
+    /// `spec.content` as the configuration's `deviceContent`.
     pub content: ConfigurationContent,
 }
 
 impl Plan {
+    /// Derives the plan of a rollout: its revision, configuration id, ring targets,
+    /// metrics and content. It does not validate the spec (see
+    /// [`super::validate::validate_rollout`]).
     pub fn new(ro: &DeviceRollout) -> Plan {
         let namespace = ro
             .metadata

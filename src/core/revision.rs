@@ -30,6 +30,7 @@ pub const MAX_LABEL_LEN: usize = 128;
 pub mod label {
     /// Always `ringmaster`: marks the configurations this tool owns.
     pub const MANAGED_BY: &str = "ringmaster.managed-by";
+    /// The value of [`MANAGED_BY`] on every configuration ringmaster writes.
     pub const MANAGED_BY_VALUE: &str = "ringmaster";
     /// The rollout's namespace.
     pub const NAMESPACE: &str = "ringmaster.namespace";
@@ -72,6 +73,7 @@ pub enum ConfigState {
 }
 
 impl ConfigState {
+    /// The `ringmaster.state` label value: `rolling`, `stable` or `held`.
     pub fn label(self) -> &'static str {
         match self {
             ConfigState::Rolling => "rolling",
@@ -79,6 +81,8 @@ impl ConfigState {
             ConfigState::Held => "held",
         }
     }
+    /// Reads a `ringmaster.state` label value; `None` for anything but the three values
+    /// [`ConfigState::label`] writes.
     pub fn from_label(s: &str) -> Option<ConfigState> {
         match s {
             "rolling" => Some(ConfigState::Rolling),
@@ -217,13 +221,19 @@ pub fn belongs_to(config: &Configuration, namespace: &str, name: &str) -> bool {
 /// What a configuration's labels say about it; `None` when they are not ringmaster's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigLabels {
+    /// `ringmaster.revision`: the content revision (8 hex digits).
     pub revision: String,
+    /// `ringmaster.ring`: index of the widest ring the target condition includes.
     pub ring: usize,
+    /// `ringmaster.state`: rolling, stable or held.
     pub state: ConfigState,
+    /// The marks kept in the other `ringmaster.*` labels.
     pub marks: Marks,
 }
 
 impl ConfigLabels {
+    /// Reads the labels of `config`; `None` when the revision, ring or state label is
+    /// missing or does not parse.
     pub fn read(config: &Configuration) -> Option<ConfigLabels> {
         let l = &config.labels;
         Some(ConfigLabels {

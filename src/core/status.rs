@@ -16,8 +16,11 @@ pub const MAX_HISTORY: usize = 20;
 /// Most handled operation ids kept.
 pub const MAX_HANDLED_OPERATIONS: usize = 20;
 
+/// Condition type: True when the current revision is stable on every ring.
 pub const READY: &str = "Ready";
+/// Condition type: True while the controller is moving the rollout.
 pub const RECONCILING: &str = "Reconciling";
+/// Condition type: True when the rollout cannot go on without a person or new content.
 pub const STALLED: &str = "Stalled";
 
 /// Sets a condition; the transition time moves only when the status changes.

@@ -9,9 +9,11 @@ pub struct BitSet {
 }
 
 impl BitSet {
+    /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
+    /// True when `i` is a member.
     pub fn contains(&self, i: u32) -> bool {
         let (w, b) = (i as usize / 64, i % 64);
         self.words.get(w).is_some_and(|x| x & (1 << b) != 0)
@@ -38,12 +40,15 @@ impl BitSet {
         }
         true
     }
+    /// Number of members (kept as a counter, so O(1)).
     pub fn len(&self) -> usize {
         self.len
     }
+    /// True when there are no members.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Removes every member.
     pub fn clear(&mut self) {
         self.words.clear();
         self.len = 0;

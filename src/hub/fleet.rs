@@ -246,7 +246,9 @@ pub struct FleetAgent {
 /// What one tick did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickStats {
+    /// Reported-property patches sent to the hub in this tick (refused ones included).
     pub reports: usize,
+    /// Firmware updates and settings sections still under way after this tick.
     pub in_progress: usize,
 }
 
@@ -303,6 +305,7 @@ impl FleetAgent {
         })
     }
 
+    /// The spec the fleet was created from.
     pub fn spec(&self) -> &FleetSpec {
         &self.spec
     }

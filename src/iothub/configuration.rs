@@ -22,25 +22,41 @@ pub const MAX_QUERY_LEN: usize = 8192;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Configuration {
+    /// `id`: lowercase, at most 128 characters (docs/design.md §1.3; see [`validate_id`]).
     pub id: String,
+    /// `schemaVersion`: the configuration schema version; the hub fills `"1.0"` when absent.
     #[serde(default)]
     pub schema_version: Option<String>,
+    /// `labels`: free-form name/value pairs; `null` reads as empty.
     #[serde(default, deserialize_with = "null_as_default")]
     pub labels: BTreeMap<String, String>,
+    /// `content`: what the configuration writes into targeted twins; immutable after
+    /// creation (docs/design.md §1.6).
     #[serde(default)]
     pub content: ConfigurationContent,
+    /// `targetCondition`: a twin query condition (`tags.ring = 'canary'`) choosing the
+    /// targeted devices, at most 8192 characters; `null` reads as empty.
     #[serde(default, deserialize_with = "null_as_default")]
     pub target_condition: String,
+    /// `createdTimeUtc`: when the hub created the configuration; written by the hub only.
     #[serde(default)]
     pub created_time_utc: Option<Timestamp>,
+    /// `lastUpdatedTimeUtc`: when the hub last changed the configuration; written by the
+    /// hub only.
     #[serde(default)]
     pub last_updated_time_utc: Option<Timestamp>,
+    /// `priority`: the higher number wins a twin path; ties go to the configuration created
+    /// last (docs/design.md §1.5).
     #[serde(default, deserialize_with = "null_as_default")]
     pub priority: i32,
+    /// `systemMetrics`: `targetedCount` and `appliedCount`, queries and results both
+    /// filled by the hub (docs/design.md §1.9).
     #[serde(default, deserialize_with = "null_as_default")]
     pub system_metrics: ConfigurationMetrics,
+    /// `metrics`: up to 5 custom metric queries and the hub's counts for them.
     #[serde(default, deserialize_with = "null_as_default")]
     pub metrics: ConfigurationMetrics,
+    /// `etag`: the hub's version tag, sent back quoted in `If-Match` (docs/design.md §3.3).
     #[serde(default)]
     pub etag: Option<String>,
 }
@@ -50,10 +66,14 @@ pub struct Configuration {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationContent {
+    /// `deviceContent`: twin path (`properties.desired.…`) to value; the only kind the
+    /// embedded hub accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_content: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `moduleContent`: module twin content (IoT Edge); the embedded hub refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_content: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `modulesContent`: IoT Edge deployment content per module; the embedded hub refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules_content: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -62,8 +82,11 @@ pub struct ConfigurationContent {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationMetrics {
+    /// `queries`: metric name to its query (`SELECT deviceId FROM devices WHERE …`).
     #[serde(default, deserialize_with = "null_as_default")]
     pub queries: BTreeMap<String, String>,
+    /// `results`: metric name to the number of devices its query returned, as last
+    /// computed by the hub.
     #[serde(default, deserialize_with = "null_as_default")]
     pub results: BTreeMap<String, i64>,
 }

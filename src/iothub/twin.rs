@@ -29,16 +29,20 @@ pub const MAX_VALUE_BYTES: usize = 4096;
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Deepest nesting of objects inside a section.
 pub const MAX_DEPTH: usize = 10;
-/// Integer range the hub accepts.
+/// Smallest integer the hub accepts in a twin: -2^52.
 pub const MIN_INT: i64 = -4503599627370496;
+/// Largest integer the hub accepts in a twin: 2^52 - 1.
 pub const MAX_INT: i64 = 4503599627370495;
 
 /// The parts of a twin that hold user JSON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Section {
+    /// `tags`: set by the service only; what target conditions usually match on.
     Tags = 0,
+    /// `properties.desired`: set by the service and by configurations, read by the device.
     Desired = 1,
+    /// `properties.reported`: set by the device.
     Reported = 2,
     /// `configurations.<id>.status`: written by the configuration engine only.
     Configurations = 3,
@@ -127,9 +131,13 @@ pub struct Twin {
     nodes: Box<[Node]>,
     /// Twin version: counts changes to tags and desired properties.
     pub version: i64,
+    /// `properties.desired.$version`: counts changes to the desired section, from 1.
     pub desired_version: i64,
+    /// `properties.reported.$version`: counts changes to the reported section, from 1.
     pub reported_version: i64,
+    /// `properties.desired.$metadata.$lastUpdated`: when the desired section last changed.
     pub desired_updated: Timestamp,
+    /// `properties.reported.$metadata.$lastUpdated`: when the reported section last changed.
     pub reported_updated: Timestamp,
     /// Counter behind the twin etag; bumped by every change.
     pub etag_counter: u64,
@@ -670,7 +678,9 @@ fn check_value(s: Section, p: &str, v: &Value, depth: usize) -> Result<usize> {
 
 /// A twin with its identity: what queries and twin reads see.
 pub struct TwinRow<'a> {
+    /// The device identity: `deviceId`, `status`, `etag` and the other registry fields.
     pub device: &'a Device,
+    /// The twin's sections and versions.
     pub twin: &'a Twin,
 }
 

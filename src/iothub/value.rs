@@ -13,12 +13,19 @@ use super::path::PathId;
 pub enum Val<'a> {
     /// The path does not exist in the row.
     Undefined,
+    /// JSON `null`.
     Null,
+    /// JSON `true` or `false`.
     Bool(bool),
+    /// A JSON integer that fits in `i64`.
     Int(i64),
+    /// Any other JSON number.
     Float(f64),
+    /// A JSON string.
     Str(&'a str),
+    /// A JSON object (contents not visible here).
     Object,
+    /// A JSON array (contents not visible here).
     Array,
 }
 

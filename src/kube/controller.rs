@@ -44,10 +44,15 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// What every reconcile shares.
 pub struct Context {
+    /// The Kubernetes client: reads Hubs and Secrets, patches rollouts and their status.
     pub client: Client,
+    /// A driver per Hub resource, built and cached on demand.
     pub hubs: Arc<dyn HubClients>,
+    /// Publishes the rollouts' Events.
     pub recorder: Recorder,
+    /// The controller's Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether this replica holds the Lease; only the leader writes.
     pub leader: Leadership,
     /// The time of the conditions the controller sets itself (a stalled Hub).
     pub clock: Arc<dyn Clock>,
@@ -56,6 +61,7 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context on the system clock with no failures counted yet.
     pub fn new(
         client: Client,
         hubs: Arc<dyn HubClients>,

@@ -21,8 +21,9 @@ pub struct Leadership {
     _tx: Option<Arc<watch::Sender<bool>>>,
 }
 
-/// Lease timing: held for `duration`, renewed `grace` seconds before it runs out.
+/// Lease timing: a Lease is held for this many seconds (its `leaseDurationSeconds`).
 pub const LEASE_DURATION_SECS: u64 = 15;
+/// The holder renews the Lease this many seconds before it runs out.
 pub const LEASE_GRACE_SECS: u64 = 5;
 
 impl Leadership {

@@ -58,6 +58,7 @@ pub const CONTROLLER_NAME: &str = "ringmaster";
 /// Errors of one reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A call to the Kubernetes API failed (retried with backoff).
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// The rollout's Hub cannot be used as it stands (the reconcile records it in the
@@ -65,10 +66,15 @@ pub enum Error {
     /// Secret and key involved and never holds secret material.
     #[error("Hub {hub}: {message}")]
     HubConfig {
+        /// The Hub as `namespace/name`.
         hub: String,
+        /// What is missing or wrong.
         problem: HubProblem,
+        /// What to create or fix.
         message: String,
     },
+    /// The DeviceRollout (named here) came without a namespace; it is a namespaced kind,
+    /// so this means the API server sent something unexpected.
     #[error("DeviceRollout {0} has no namespace")]
     NoNamespace(String),
 }
@@ -84,6 +90,7 @@ impl Error {
     }
 }
 
+/// Result alias for the controller's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why a rollout's Hub cannot be used: a person has to create or fix something.
@@ -100,6 +107,7 @@ pub enum HubProblem {
 }
 
 impl HubProblem {
+    /// Every problem: the reasons a `Stalled` condition set for a Hub can carry.
     pub const ALL: [HubProblem; 4] = [
         HubProblem::HubNotFound,
         HubProblem::SecretNotFound,
@@ -163,11 +171,17 @@ fn in_cluster() -> bool {
 /// The settings [`run`] works with, every default resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// The namespace watched; `None` watches every namespace.
     pub namespace: Option<String>,
+    /// Whether to campaign for the Lease (else this replica always writes).
     pub leader_election: bool,
+    /// The Lease's name.
     pub lease_name: String,
+    /// The Lease's namespace.
     pub lease_namespace: String,
+    /// This replica's identity in the Lease and in Events.
     pub identity: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: SocketAddr,
 }
 

@@ -37,6 +37,7 @@ pub struct StatusArgs {
     /// How often to poll with `-w`.
     #[arg(long, default_value = "1s", value_parser = crate::duration::parse_duration)]
     pub interval: Duration,
+    /// `--api` and `-n`: where the API is and the namespace of NAME.
     #[command(flatten)]
     pub api: ApiFlags,
 }
@@ -58,6 +59,7 @@ pub struct OperationArgs {
     /// File holding the API's bearer token (instead of --token-env).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// `--api` and `-n`: where the API is and the namespace of NAME.
     #[command(flatten)]
     pub api: ApiFlags,
 }

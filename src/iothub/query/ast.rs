@@ -49,11 +49,17 @@ pub fn is_plain_name(name: &str) -> bool {
 /// A constant.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Const {
+    /// `UNDEFINED`: what a missing property reads as.
     Undefined,
+    /// `NULL`.
     Null,
+    /// `TRUE` or `FALSE`.
     Bool(bool),
+    /// An integer literal (`42`, `-3`).
     Int(i64),
+    /// A number literal with a fraction or exponent, or too large for `i64`.
     Float(f64),
+    /// A string literal (`'canary'`), unescaped.
     Str(String),
 }
 
@@ -87,45 +93,70 @@ impl Path {
 /// `+` or `-` in a sum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddOp {
+    /// `+`
     Add,
+    /// `-`
     Sub,
 }
 
 /// `*`, `/` or `%` in a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MulOp {
+    /// `*`
     Mul,
+    /// `/`
     Div,
+    /// `%`
     Rem,
 }
 
 /// A comparison operator. `<>` parses as [`CmpOp::Ne`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CmpOp {
+    /// `=`
     Eq,
+    /// `!=` or `<>`
     Ne,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
 }
 
 /// A scalar function of the WHERE clause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Func {
+    /// `IS_DEFINED(x)`
     IsDefined,
+    /// `IS_NULL(x)`
     IsNull,
+    /// `IS_BOOL(x)`
     IsBool,
+    /// `IS_NUMBER(x)`
     IsNumber,
+    /// `IS_STRING(x)`
     IsString,
+    /// `IS_OBJECT(x)`
     IsObject,
+    /// `IS_ARRAY(x)`
     IsArray,
+    /// `IS_PRIMITIVE(x)`: null, boolean, number or string.
     IsPrimitive,
+    /// `STARTSWITH(s, prefix)`
     StartsWith,
+    /// `ENDSWITH(s, suffix)`
     EndsWith,
+    /// `CONTAINS(s, part)`
     Contains,
+    /// `LOWER(s)`
     Lower,
+    /// `UPPER(s)`
     Upper,
+    /// `LENGTH(s)`
     Length,
 }
 
@@ -187,12 +218,15 @@ impl Func {
 /// An expression of the WHERE clause (or a target condition).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
+    /// A literal.
     Const(Const),
     /// An array constant, `['a', 'b']`.
     Array(Vec<Const>),
+    /// A property of the twin (`tags.ring`).
     Path(Path),
     /// Unary minus (on anything but a number literal, which folds into the constant).
     Neg(Box<Expr>),
+    /// `NOT expr`.
     Not(Box<Expr>),
     /// Two or more operands.
     And(Vec<Expr>),
@@ -202,26 +236,36 @@ pub enum Expr {
     Sum(Box<Expr>, Vec<(AddOp, Expr)>),
     /// `first (*|/|%) x ...`, at least one more operand.
     Product(Box<Expr>, Vec<(MulOp, Expr)>),
+    /// `left op right`.
     Compare(CmpOp, Box<Expr>, Box<Expr>),
     /// `expr IN [...]`, or `expr NIN [...]` when `negated`.
     In {
+        /// The value looked up in the list.
         expr: Box<Expr>,
+        /// The constants to compare it with.
         list: Vec<Const>,
+        /// True for `NIN`.
         negated: bool,
     },
+    /// A function call with its arguments (as many as [`Func::arity`]).
     Call(Func, Vec<Expr>),
 }
 
 /// An aggregate that takes a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AggFunc {
+    /// `SUM(path)`
     Sum,
+    /// `AVG(path)`
     Avg,
+    /// `MIN(path)`
     Min,
+    /// `MAX(path)`
     Max,
 }
 
 impl AggFunc {
+    /// The canonical (uppercase) name.
     pub fn name(self) -> &'static str {
         match self {
             AggFunc::Sum => "SUM",
@@ -230,6 +274,7 @@ impl AggFunc {
             AggFunc::Max => "MAX",
         }
     }
+    /// Looks a name up, ignoring case.
     pub fn from_name(name: &str) -> Option<AggFunc> {
         [AggFunc::Sum, AggFunc::Avg, AggFunc::Min, AggFunc::Max]
             .into_iter()
@@ -240,6 +285,7 @@ impl AggFunc {
 /// What one SELECT item reads.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Projection {
+    /// A property (`tags.ring`), or an object under it.
     Path(Path),
     /// `COUNT()`.
     Count,
@@ -250,17 +296,22 @@ pub enum Projection {
 /// One SELECT item with its optional `AS` alias.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SelectItem {
+    /// What the item reads.
     pub projection: Projection,
+    /// The output key given with `AS`; without it a path uses [`Path::output_name`].
     pub alias: Option<String>,
 }
 
 /// A whole `SELECT ... FROM devices ...` statement.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Select {
+    /// `TOP n`: the most rows to return.
     pub top: Option<u64>,
     /// `None` for `SELECT *`.
     pub items: Option<Vec<SelectItem>>,
+    /// The `WHERE` condition; `None` selects every twin.
     pub filter: Option<Expr>,
+    /// The `GROUP BY` paths; empty when there is none.
     pub group_by: Vec<Path>,
 }
 

@@ -49,7 +49,9 @@ pub const MAX_DEPTH: usize = 200;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("column {column}: {message}")]
 pub struct QueryError {
+    /// 1-based column (in characters) of the query text where the problem starts.
     pub column: usize,
+    /// What is wrong and what would be valid there.
     pub message: String,
 }
 
@@ -131,7 +133,9 @@ impl Condition {
 /// What `x-ms-item-type` a query's rows are: whole twins or projected rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ItemType {
+    /// `twin`: each row is a whole twin (`SELECT *`).
     Twin,
+    /// `raw`: each row is an object of projections or aggregates.
     Raw,
 }
 
@@ -177,6 +181,7 @@ impl Query {
         })
     }
 
+    /// The query text as given to [`Query::parse`].
     pub fn text(&self) -> &str {
         &self.text
     }

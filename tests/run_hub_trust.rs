@@ -161,7 +161,10 @@ fn error_of_the_rollout(dir: &tempfile::TempDir, env: (&str, &str), rec: &Record
             "the controller sent a request to a url that is not its connection string's host:\n{got}"
         );
         let body = get_json(&api, "/api/v1/rollouts/evil/fw");
-        if let Some(e) = body["error"].as_str() {
+        // The rollout once it is in (a 404's body has an `error` too).
+        if body["name"] == "fw"
+            && let Some(e) = body["error"].as_str()
+        {
             break e.to_string();
         }
         assert!(

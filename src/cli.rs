@@ -1,4 +1,5 @@
-//! Offline commands: `ringmaster crd` and `ringmaster validate`.
+//! Offline commands: `ringmaster crd` and `ringmaster validate`; and the flags of
+//! `ringmaster run`, which picks the controller (`--kube`, or `--dir`/`--git`).
 //!
 //! Exit codes a CI pipeline can use: 0 valid, 1 invalid, 2 the command itself failed
 //! (a file could not be read).
@@ -6,6 +7,31 @@
 use crate::manifest::{Document, load_manifests};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Flags of `ringmaster run`: `--kube` and its flags, or a directory or git source.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunCommand {
+    /// Watch DeviceRollout and Hub resources on Kubernetes (in cluster, or the kubeconfig's
+    /// context) instead of reading files: see `docs/kube.md`.
+    #[arg(long, conflicts_with_all = ["dir", "git"])]
+    pub kube: bool,
+    /// Flags of `--kube`.
+    #[command(flatten)]
+    pub kube_args: crate::kube::KubeArgs,
+    /// Flags of `--dir` and `--git`.
+    #[command(flatten)]
+    pub run: crate::run::RunArgs,
+}
+
+/// `ringmaster run`: the Kubernetes controller with `--kube`, else the directory or git
+/// controller, until SIGINT/SIGTERM.
+pub async fn run(cmd: RunCommand) -> anyhow::Result<()> {
+    if cmd.kube {
+        crate::kube::run(cmd.kube_args).await
+    } else {
+        crate::run::run(cmd.run).await
+    }
+}
 
 /// Flags of `ringmaster validate`.
 #[derive(clap::Args, Debug)]

@@ -9,6 +9,7 @@
 //!   decision core.
 //! - [`client`]: the `Hub` trait and its implementations; [`manifest`]: the YAML loader.
 //! - [`driver`]: runs the core against a hub; [`metrics`]: the Prometheus series.
+//! - [`resolver`]: a `Hub` resource and its secret → a driver, for every controller.
 //! - [`run`] (directory and git), [`kube`] (Kubernetes) and [`demo`]: the controllers.
 //! - [`cli`] and [`ops`]: the commands, dispatched by `main.rs`.
 
@@ -25,5 +26,6 @@ pub mod kube;
 pub mod manifest;
 pub mod metrics;
 pub mod ops;
+pub mod resolver;
 pub mod resources;
 pub mod run;

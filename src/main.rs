@@ -33,7 +33,7 @@ enum Command {
     /// rollouts, live in virtual time (a faulty one is rolled back).
     Demo(ringmaster::demo::DemoArgs),
     /// The controller: reconcile the DeviceRollouts of a directory, a git repository or Kubernetes (`--kube`).
-    Run(Box<ringmaster::run::RunArgs>),
+    Run(Box<ringmaster::cli::RunCommand>),
     /// What each ring of each rollout would reach on a hub: exit 0 no change, 1 changes, 2 error.
     Plan(ringmaster::ops::plan::PlanArgs),
     /// Show rollouts from a running controller's API (`-w` to keep watching).
@@ -92,14 +92,9 @@ fn serve(args: ringmaster::hub::server::ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `run`: logs to stderr, the controller on a tokio runtime.
-fn run(args: ringmaster::run::RunArgs) -> anyhow::Result<ExitCode> {
+fn run(args: ringmaster::cli::RunCommand) -> anyhow::Result<ExitCode> {
     init_logs();
-    let rt = tokio::runtime::Runtime::new()?;
-    if args.kube {
-        rt.block_on(ringmaster::kube::run(args.kube_args))?;
-    } else {
-        rt.block_on(ringmaster::run::run(args))?;
-    }
+    tokio::runtime::Runtime::new()?.block_on(ringmaster::cli::run(args))?;
     Ok(ExitCode::SUCCESS)
 }
 

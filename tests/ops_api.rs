@@ -25,6 +25,7 @@ async fn serve(token: Option<&str>) -> (String, Arc<ApiState>) {
             status: Default::default(),
             deleting: false,
             error: None,
+            hub_problem: None,
             created: "2026-01-01T00:00:00Z".into(),
             source_revision: None,
         })

@@ -147,7 +147,7 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
             .arg(dir.path().join("state.db"))
             .args(["--api-token-env", "TEST_API_TOKEN"])
             .env("TEST_API_TOKEN", "s3cret")
-            .env("RINGMASTER_HUB_DEFAULT", &cs)
+            .env("RINGMASTER_HUB_FLEET_DEFAULT", &cs)
             .env("RUST_LOG", "warn"),
     );
     let api = run.wait_for(|l| {

@@ -2,8 +2,8 @@
 //!
 //! - [`controller`]: reconcile (finalizer → hub → driver → status → events) and the
 //!   error policy;
-//! - [`hubs`]: a cached [`Driver`](crate::driver::Driver) per `Hub` resource, built from
-//!   its spec and Secret;
+//! - [`hubs`]: a cached [`Driver`](crate::driver::Driver) per `Hub` resource, built by
+//!   the [hub resolver](crate::resolver) from its spec and Secret;
 //! - [`leader`]: leader election on a Lease (only the leader writes);
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
 //!
@@ -93,38 +93,7 @@ impl Error {
 /// Result alias for the controller's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Why a rollout's Hub cannot be used: a person has to create or fix something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HubProblem {
-    /// No Hub of the name the rollout gives (`spec.hub`, `default` when omitted).
-    HubNotFound,
-    /// The Secret the Hub's `connectionStringSecret` names does not exist.
-    SecretNotFound,
-    /// The Secret exists but has no such key.
-    SecretKeyNotFound,
-    /// The Hub's spec, or what its Secret holds, cannot make a client.
-    HubConfigInvalid,
-}
-
-impl HubProblem {
-    /// Every problem: the reasons a `Stalled` condition set for a Hub can carry.
-    pub const ALL: [HubProblem; 4] = [
-        HubProblem::HubNotFound,
-        HubProblem::SecretNotFound,
-        HubProblem::SecretKeyNotFound,
-        HubProblem::HubConfigInvalid,
-    ];
-
-    /// The reason of the `Stalled` condition and of the Warning event.
-    pub fn reason(self) -> &'static str {
-        match self {
-            HubProblem::HubNotFound => "HubNotFound",
-            HubProblem::SecretNotFound => "SecretNotFound",
-            HubProblem::SecretKeyNotFound => "SecretKeyNotFound",
-            HubProblem::HubConfigInvalid => "HubConfigInvalid",
-        }
-    }
-}
+pub use crate::resolver::HubProblem;
 
 /// Flags of `ringmaster run --kube`.
 #[derive(clap::Args, Debug, Clone)]

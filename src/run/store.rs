@@ -10,11 +10,16 @@
 //!   handled;
 //! - **meta**: the source revision (the git commit) last read.
 //!
+//! The file and its `-wal` and `-shm` companions are readable by their owner only (0600 on
+//! Unix): they hold what the operators asked for and the rollouts' errors.
+//!
 //! The store is restart-safe by construction: every reconcile's status is committed
 //! before the next one starts, and the driver rebuilds what a lost status would miss from
 //! the hub's labels. rusqlite blocks, so callers use [`StateStore::run`], which runs a
-//! closure on the blocking pool (docs/design.md, "Implementation notes").
+//! closure on the blocking pool (a blocking call on an async worker would stall every task
+//! scheduled on it).
 
+use crate::resolver::HubProblem;
 use crate::resources::{DeviceRollout, DeviceRolloutStatus, Operation};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -32,6 +37,8 @@ pub enum StateError {
     Json(#[from] serde_json::Error),
     #[error("state store: the blocking task failed: {0}")]
     Join(String),
+    #[error("state store {0}: {1}")]
+    Io(String, std::io::Error),
 }
 
 /// Result alias of this module.
@@ -55,6 +62,10 @@ pub struct StoredRollout {
     /// use), or the hub cannot be reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when `error` says why the rollout's Hub cannot be used (the reconcile sets and
+    /// clears it); none for a source error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_problem: Option<HubProblem>,
     /// When the controller first saw it (RFC 3339).
     pub created: String,
     /// The source revision (git commit) its spec was last read at.
@@ -72,6 +83,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollouts (
   namespace TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL, rollout TEXT NOT NULL,
   status TEXT NOT NULL, deleting INTEGER NOT NULL DEFAULT 0, error TEXT, created TEXT NOT NULL, source_revision TEXT,
+  hub_problem TEXT,
   PRIMARY KEY (namespace, name));
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, good TEXT, error TEXT);
 CREATE TABLE IF NOT EXISTS operations (
@@ -81,8 +93,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 impl StateStore {
-    /// Opens (or creates) the store at `path`, in WAL mode.
+    /// Opens (or creates) the store at `path`, in WAL mode, readable by its owner only.
     pub fn open(path: &Path) -> Result<StateStore> {
+        owner_only(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -97,6 +110,15 @@ impl StateStore {
     fn init(conn: Connection) -> Result<StateStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // A store written before `hub_problem` existed gets the column.
+        let has: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('rollouts') WHERE name = 'hub_problem'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch("ALTER TABLE rollouts ADD COLUMN hub_problem TEXT")?;
+        }
         Ok(StateStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -116,7 +138,7 @@ impl StateStore {
     /// Every rollout, by namespace and name.
     pub fn rollouts(&self) -> Result<Vec<StoredRollout>> {
         let c = self.conn.lock();
-        let mut st = c.prepare("SELECT namespace, name, source, rollout, status, deleting, error, created, source_revision FROM rollouts ORDER BY namespace, name")?;
+        let mut st = c.prepare("SELECT namespace, name, source, rollout, status, deleting, error, created, source_revision, hub_problem FROM rollouts ORDER BY namespace, name")?;
         let rows = st
             .query_map([], row_to_raw)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -128,7 +150,7 @@ impl StateStore {
         let c = self.conn.lock();
         let raw = c
             .query_row(
-                "SELECT namespace, name, source, rollout, status, deleting, error, created, source_revision FROM rollouts WHERE namespace = ?1 AND name = ?2",
+                "SELECT namespace, name, source, rollout, status, deleting, error, created, source_revision, hub_problem FROM rollouts WHERE namespace = ?1 AND name = ?2",
                 params![namespace, name],
                 row_to_raw,
             )
@@ -140,11 +162,11 @@ impl StateStore {
     pub fn put_rollout(&self, r: &StoredRollout) -> Result<()> {
         let c = self.conn.lock();
         c.execute(
-            "INSERT INTO rollouts (namespace, name, source, rollout, status, deleting, error, created, source_revision)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO rollouts (namespace, name, source, rollout, status, deleting, error, created, source_revision, hub_problem)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (namespace, name) DO UPDATE SET source = excluded.source, rollout = excluded.rollout,
                status = excluded.status, deleting = excluded.deleting, error = excluded.error,
-               source_revision = excluded.source_revision",
+               source_revision = excluded.source_revision, hub_problem = excluded.hub_problem",
             params![
                 r.namespace,
                 r.name,
@@ -154,7 +176,8 @@ impl StateStore {
                 r.deleting,
                 r.error,
                 r.created,
-                r.source_revision
+                r.source_revision,
+                r.hub_problem.map(|p| serde_json::to_string(&p)).transpose()?
             ],
         )?;
         Ok(())
@@ -298,6 +321,7 @@ type Raw = (
     Option<String>,
     String,
     Option<String>,
+    Option<String>,
 );
 
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
@@ -311,11 +335,23 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         r.get(6)?,
         r.get(7)?,
         r.get(8)?,
+        r.get(9)?,
     ))
 }
 
 fn decode(
-    (namespace, name, source, rollout, status, deleting, error, created, source_revision): Raw,
+    (
+        namespace,
+        name,
+        source,
+        rollout,
+        status,
+        deleting,
+        error,
+        created,
+        source_revision,
+        hub_problem,
+    ): Raw,
 ) -> Result<StoredRollout> {
     Ok(StoredRollout {
         namespace,
@@ -325,9 +361,39 @@ fn decode(
         status: serde_json::from_str(&status)?,
         deleting,
         error,
+        hub_problem: hub_problem.map(|p| serde_json::from_str(&p)).transpose()?,
         created,
         source_revision,
     })
+}
+
+/// Makes the store file, and its `-wal` and `-shm` companions where they exist, readable
+/// by the owner only; creates the store file so. SQLite creates the companions with the
+/// store file's mode.
+fn owner_only(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StateError::Io(path.display().to_string(), e);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            files.push(p.into());
+        }
+        for f in files.iter().filter(|f| f.exists()) {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -362,7 +428,8 @@ mod tests {
                     ..Default::default()
                 },
                 deleting: false,
-                error: None,
+                error: Some("HubNotFound: Hub fleet/x: not found".into()),
+                hub_problem: Some(HubProblem::HubNotFound),
                 created: "2026-01-01T00:00:00Z".into(),
                 source_revision: None,
             };
@@ -378,6 +445,7 @@ mod tests {
         let all = s.rollouts().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].status.revision.as_deref(), Some("abc"));
+        assert_eq!(all[0].hub_problem, Some(HubProblem::HubNotFound));
         assert_eq!(s.operations("fleet", "a").unwrap().len(), 2);
         s.remove_operations("fleet", "a", &["op-1".into()]).unwrap();
         assert_eq!(s.operations("fleet", "a").unwrap()[0].id, "op-2");
@@ -388,5 +456,52 @@ mod tests {
         s.remove_rollout("fleet", "a").unwrap();
         assert!(s.rollout("fleet", "a").unwrap().is_none());
         assert!(s.operations("fleet", "a").unwrap().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_and_its_companions_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mode = |suffix: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(std::path::PathBuf::from(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        {
+            let s = StateStore::open(&path).unwrap();
+            s.set_meta("k", "v").unwrap(); // a write: the -wal and -shm files exist now
+            for suffix in ["", "-wal", "-shm"] {
+                assert_eq!(mode(suffix), 0o600, "state.db{suffix}");
+            }
+        }
+        // A store made readable by others (by an older version, or by hand) is closed
+        // again when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = StateStore::open(&path).unwrap();
+        s.set_meta("k", "w").unwrap();
+        assert_eq!(mode(""), 0o600);
+        assert_eq!(s.meta("k").unwrap().as_deref(), Some("w"));
+    }
+
+    #[test]
+    fn a_store_without_the_hub_problem_column_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE rollouts (namespace TEXT NOT NULL, name TEXT NOT NULL, source TEXT NOT NULL,
+               rollout TEXT NOT NULL, status TEXT NOT NULL, deleting INTEGER NOT NULL DEFAULT 0,
+               error TEXT, created TEXT NOT NULL, source_revision TEXT, PRIMARY KEY (namespace, name));",
+        )
+        .unwrap();
+        drop(c);
+        let s = StateStore::open(&path).unwrap();
+        assert!(s.rollouts().unwrap().is_empty());
     }
 }

@@ -303,8 +303,17 @@ pub fn validate_hub(hub: &Hub) -> Vec<FieldError> {
                     format!("`{url}` is not an http:// or https:// URL"),
                 );
             }
-            if s.connection_string_secret.is_some() {
-                p.add("spec.connectionStringSecret", "is only for type: azure");
+            // A served hub (`url`) checks SAS tokens, so it needs a connection string like
+            // an Azure hub; one in process needs none.
+            match (&s.url, &s.connection_string_secret) {
+                (None, Some(_)) => p.add(
+                    "spec.connectionStringSecret",
+                    "is only for type: azure, or type: embedded with a url; an in-process hub needs no connection string",
+                ),
+                (Some(_), Some(r)) if r.name.is_empty() => {
+                    p.add("spec.connectionStringSecret.name", "is empty")
+                }
+                _ => {}
             }
         }
     }
@@ -492,6 +501,13 @@ mod tests {
         hub.spec.type_ = HubType::Embedded;
         hub.spec.url = Some("ftp://x".into());
         let p: Vec<String> = validate_hub(&hub).into_iter().map(|e| e.path).collect();
-        assert_eq!(p, ["spec.url", "spec.connectionStringSecret"]);
+        assert_eq!(p, ["spec.url"]);
+        // A served hub checks SAS tokens: a connection string goes with its url. One in
+        // process needs none.
+        hub.spec.url = Some("http://127.0.0.1:8080".into());
+        assert_eq!(validate_hub(&hub), vec![]);
+        hub.spec.url = None;
+        let p: Vec<String> = validate_hub(&hub).into_iter().map(|e| e.path).collect();
+        assert_eq!(p, ["spec.connectionStringSecret"]);
     }
 }

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.type != 'azure' || has(self.connectionStringSecret)", "message": "type: azure needs connectionStringSecret"},
-    {"rule": "self.type != 'azure' || !has(self.url)", "message": "url is only for type: embedded"}
+    {"rule": "self.type != 'azure' || !has(self.url)", "message": "url is only for type: embedded"},
+    {"rule": "self.type == 'azure' || has(self.url) || !has(self.connectionStringSecret)", "message": "connectionStringSecret is only for type: azure, or type: embedded with a url"}
 ]))]
 pub struct HubSpec {
     /// `azure` (a real IoT hub, reached with a connection string) or `embedded`

@@ -9,8 +9,11 @@ use ringmaster::run::sources::dir::{DirWatcher, scan};
 use ringmaster::run::store::StateStore;
 use ringmaster::run::{Controller, HubAccess};
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmaster");
 
 fn rollout(name: &str, value: u32) -> String {
     format!(
@@ -232,4 +235,80 @@ async fn file_events_hint_a_rescan_within_a_second() {
         scan(dir.path()).unwrap().files.keys().collect::<Vec<_>>(),
         ["y.yaml"]
     );
+}
+
+#[test]
+fn a_symlink_loop_fails_the_scan_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("a.yaml"), rollout("a", 1)).unwrap();
+    std::os::unix::fs::symlink(".", root.join("loop1")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("loop2")).unwrap();
+    // On a thread: the scan used to never end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r = root.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(scan(&r).map_err(|e| e.to_string()));
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the scan ends")
+        .unwrap_err();
+    assert!(err.contains("loop1") && err.contains("loop"), "{err}");
+
+    // `..` alone: a link to a folder that holds the scanned one is a loop too.
+    std::fs::remove_file(root.join("loop1")).unwrap();
+    let err = scan(&root).unwrap_err().to_string();
+    assert!(err.contains("loop2") && err.contains("loop"), "{err}");
+
+    // `ringmaster validate` walks the same way.
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("loop2"), "{stderr}");
+}
+
+#[test]
+fn a_dangling_symlink_fails_the_scan_and_a_hidden_one_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("a.yaml"), rollout("a", 1)).unwrap();
+    // An editor's lock file (emacs writes `.#name` links to nowhere): hidden, skipped.
+    std::os::unix::fs::symlink("user@host.123", root.join(".#a.yaml")).unwrap();
+    assert_eq!(scan(root).unwrap().files.len(), 1);
+    // A folder link whose target is gone (an unmounted volume): an error, not an empty
+    // folder.
+    std::os::unix::fs::symlink(dir.path().join("mnt/rollouts"), root.join("rollouts")).unwrap();
+    let err = scan(root).unwrap_err().to_string();
+    assert!(
+        err.contains("rollouts") && err.contains("does not exist"),
+        "{err}"
+    );
+    std::fs::remove_file(root.join("rollouts")).unwrap();
+    // A file link likewise, named by the error.
+    std::os::unix::fs::symlink("gone.yaml", root.join("b.yaml")).unwrap();
+    let err = scan(root).unwrap_err().to_string();
+    assert!(
+        err.contains("b.yaml") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_configmap_mount_is_read_through_its_links() {
+    // The layout the kubelet writes: `..<timestamp>/` holds the files, `..data` links to
+    // it, and each visible name links into `..data`.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("..2024_01_01")).unwrap();
+    std::fs::write(root.join("..2024_01_01/a.yaml"), rollout("a", 1)).unwrap();
+    std::os::unix::fs::symlink("..2024_01_01", root.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/a.yaml", root.join("a.yaml")).unwrap();
+    let snap = scan(root).unwrap();
+    assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml"]);
 }

@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// How often to rescan the directory even without file events (`--dir`).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse_duration)]
     pub rescan: Duration,
+    /// Let a read that finds no DeviceRollout delete every rollout. Without it such a read
+    /// (an emptied or unmounted folder, a commit leaving `--path` without rollout files)
+    /// changes nothing and is reported, when the last good read had rollouts.
+    #[arg(long)]
+    pub allow_empty: bool,
     /// The bare cache repository for `--git`.
     #[arg(long, default_value = "ringmaster-git-cache")]
     pub git_cache: PathBuf,
@@ -269,6 +274,9 @@ impl Controller {
     /// specs in the store and marks what changed as due.
     pub async fn ingest(&mut self, snap: &Snapshot) -> Result<()> {
         let changes = self.catalog.apply(snap);
+        if changes.emptied {
+            self.api.metrics.source_error();
+        }
         if changes.is_empty() && self.ingested_once && snap.revision == self.source_revision {
             return Ok(()); // nothing new: the rescan found what the last one did
         }
@@ -779,7 +787,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         secrets_dir: args.hub_secrets_dir.clone(),
         ca_pem,
     };
-    let mut ctl = Controller::new(api.clone(), Catalog::restore(good), embedded, access);
+    let mut ctl = Controller::new(
+        api.clone(),
+        Catalog::restore(good).allow_empty(args.allow_empty),
+        embedded,
+        access,
+    );
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut next_read = Instant::now();

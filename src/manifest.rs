@@ -510,6 +510,118 @@ fn to_json(
     })
 }
 
+/// Deepest folder level below the root that [`yaml_files`] reads; a folder deeper than
+/// that is an error.
+pub const MAX_DEPTH: usize = 32;
+
+/// Most entries (files, folders, links) [`yaml_files`] looks at before it gives up.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// Every YAML file (`*.yaml`, `*.yml`) under `path` (or `path` itself when it is a file),
+/// sorted by path. Hidden entries (`.name`) are skipped, without following them: a
+/// Kubernetes ConfigMap mount keeps its data behind `..data`, and editors leave dangling
+/// `.#name` lock links. Other symbolic links are followed, and the walk fails, with an
+/// error naming the entry, on anything that would make it incomplete or endless:
+/// - a link loop: a link to a folder above it, or to one that holds `path` (walkdir
+///   compares each linked folder with the folders above it, up to the file system's root);
+/// - a dangling link (an unmounted volume looks like one): a missing folder must not read
+///   as an empty one;
+/// - a `*.yaml` entry that is not a regular file (a FIFO would block the read);
+/// - more than [`MAX_DEPTH`] folder levels or [`MAX_ENTRIES`] entries.
+pub fn yaml_files(path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use std::io::{Error, ErrorKind};
+    let meta = std::fs::metadata(path)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let hidden = |name: &std::ffi::OsStr, depth: usize| {
+        depth > 0 && name.as_encoded_bytes().starts_with(b".")
+    };
+    let walk = walkdir::WalkDir::new(path)
+        .follow_links(true)
+        .max_depth(MAX_DEPTH)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| !hidden(e.file_name(), e.depth()));
+    let mut out = Vec::new();
+    for (seen, entry) in walk.enumerate() {
+        if seen >= MAX_ENTRIES {
+            return Err(Error::other(format!(
+                "{}: more than {MAX_ENTRIES} files, folders and links below it; point at a \
+                 smaller folder (or check for links that lead far away)",
+                path.display()
+            )));
+        }
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let name = e.path().and_then(|p| p.file_name());
+                if name.is_some_and(|n| hidden(n, e.depth())) {
+                    continue; // a hidden link that leads nowhere: not ours to follow
+                }
+                return Err(walk_error(e));
+            }
+        };
+        let p = entry.path();
+        if entry.file_type().is_dir() {
+            if entry.depth() == MAX_DEPTH {
+                return Err(Error::other(format!(
+                    "{}: more than {MAX_DEPTH} folder levels below {}; move the manifests up",
+                    p.display(),
+                    path.display()
+                )));
+            }
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy();
+        if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        if !entry.file_type().is_file() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("{}: not a regular file", p.display()),
+            ));
+        }
+        out.push(entry.into_path());
+    }
+    Ok(out)
+}
+
+/// A walk error that names the entry and says what is wrong with it.
+fn walk_error(e: walkdir::Error) -> std::io::Error {
+    use std::io::{Error, ErrorKind};
+    let shown = e
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if let Some(ancestor) = e.loop_ancestor() {
+        return Error::other(format!(
+            "{shown}: a symbolic link loop: it leads back to {}, which holds it; remove the \
+             link or point it elsewhere",
+            ancestor.display()
+        ));
+    }
+    let link = e.path().and_then(|p| std::fs::read_link(p).ok());
+    let kind = e.io_error().map_or(ErrorKind::Other, |io| io.kind());
+    match link {
+        Some(target) if kind == ErrorKind::NotFound => Error::new(
+            kind,
+            format!(
+                "{shown}: a symbolic link to {}, which does not exist (an unmounted volume?); \
+                 restore its target or remove the link",
+                target.display()
+            ),
+        ),
+        _ => {
+            let why = e
+                .io_error()
+                .map_or_else(|| e.to_string(), |io| io.to_string());
+            Error::new(kind, format!("{shown}: {why}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,28 +808,29 @@ spec:
         );
         assert_eq!(parent("spec"), "");
     }
-}
 
-/// Every YAML file under `path` (or `path` itself), in a stable order.
-pub fn yaml_files(path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let meta = std::fs::metadata(path)?;
-    if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.path());
-    for e in entries {
-        let p = e.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') {
-            continue;
+    #[test]
+    fn the_walk_is_bounded_in_depth_and_reads_regular_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_path_buf();
+        for _ in 0..MAX_DEPTH - 1 {
+            deep.push("d");
         }
-        if p.is_dir() {
-            out.extend(yaml_files(&p)?);
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(p);
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("a.yaml"), "").unwrap();
+        let found = yaml_files(dir.path()).unwrap();
+        assert_eq!(found, [deep.join("a.yaml")]);
+        std::fs::create_dir(deep.join("d")).unwrap();
+        let err = yaml_files(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("more than 32 folder levels"), "{err}");
+        std::fs::remove_dir(deep.join("d")).unwrap();
+
+        // A FIFO would block the read forever.
+        let fifo = dir.path().join("f.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let err = yaml_files(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("f.yaml: not a regular file"), "{err}");
         }
     }
-    Ok(out)
 }

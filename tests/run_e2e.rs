@@ -145,6 +145,8 @@ async fn run_dir_applies_a_file_edit_to_a_served_hub_and_the_cli_reads_and_opera
             .arg(&src)
             .arg("--state")
             .arg(dir.path().join("state.db"))
+            // The test ends by deleting the only rollout file.
+            .arg("--allow-empty")
             .args(["--api-token-env", "TEST_API_TOKEN"])
             .env("TEST_API_TOKEN", "s3cret")
             .env("RINGMASTER_HUB_FLEET_DEFAULT", &cs)

@@ -878,3 +878,84 @@ async fn post_signed_webhook(http: &reqwest::Client, api: &str) {
         .unwrap();
     assert_eq!(res.status(), 202, "a signed webhook is accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_leaves_the_path_without_rollout_files_deletes_nothing() {
+    use ringmaster::clock::SystemClock;
+    use ringmaster::hub::EmbeddedHub;
+    use ringmaster::run::api::ApiState;
+    use ringmaster::run::store::StateStore;
+    use ringmaster::run::{Controller, HubAccess};
+
+    let repo = Repo::new();
+    let cache = tempfile::tempdir().unwrap();
+    let source = GitSource {
+        url: repo.url.clone(),
+        branch: "main".into(),
+        path: Some("rollouts".into()),
+        cache: cache.path().join("cache.git"),
+        ..Default::default()
+    };
+    let hub = EmbeddedHub::in_memory(Arc::new(SystemClock));
+    let store = StateStore::in_memory().unwrap();
+    let api = Arc::new(ApiState::new(store.clone()));
+    let mut ctl = Controller::new(api, Catalog::default(), hub.clone(), HubAccess::default());
+    let configs = || {
+        let mut ids: Vec<String> = hub
+            .list_configurations()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let fetch = || {
+        let source = source.clone();
+        async move {
+            tokio::task::spawn_blocking(move || source.fetch())
+                .await
+                .unwrap()
+        }
+    };
+
+    repo.commit(
+        &[
+            ("rollouts/a.yaml", Some(&rollout("a", 1))),
+            ("rollouts/b.yaml", Some(&rollout("b", 1))),
+        ],
+        false,
+    );
+    ctl.ingest(&fetch().await.unwrap()).await.unwrap();
+    ctl.reconcile_due().await.unwrap();
+    let applied = configs();
+    assert_eq!(applied.len(), 2, "{applied:?}");
+
+    // The folder keeps only a `.keep`: the fetch succeeds with no file, and nothing goes.
+    repo.commit(
+        &[
+            ("rollouts/a.yaml", None),
+            ("rollouts/b.yaml", None),
+            ("rollouts/.keep", Some("")),
+        ],
+        false,
+    );
+    let snap = fetch().await.unwrap();
+    assert!(snap.files.is_empty());
+    ctl.ingest(&snap).await.unwrap();
+    for _ in 0..2 {
+        ctl.reconcile_all_now();
+        ctl.reconcile_due().await.unwrap();
+    }
+    assert_eq!(configs(), applied, "nothing deleted on the hub");
+    for name in ["a", "b"] {
+        let r = store.rollout("fleet", name).unwrap().unwrap();
+        assert!(!r.deleting, "{name} is being deleted");
+        let error = r.error.unwrap_or_default();
+        assert!(error.contains("--allow-empty"), "{name}: {error}");
+    }
+
+    // The folder gone altogether: the fetch fails, as it did before.
+    repo.commit(&[("rollouts/.keep", None)], false);
+    let err = fetch().await.unwrap_err().to_string();
+    assert!(err.contains("is not a folder at commit"), "{err}");
+}

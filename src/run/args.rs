@@ -32,6 +32,11 @@ pub struct RunArgs {
     /// How often to rescan the directory even without file events (`--dir`).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse_duration)]
     pub rescan: Duration,
+    /// Let a read that finds no DeviceRollout delete every rollout. Without it such a read
+    /// (an emptied or unmounted folder, a commit leaving `--path` without rollout files)
+    /// changes nothing and is reported, when the last good read had rollouts.
+    #[arg(long)]
+    pub allow_empty: bool,
     /// The bare cache repository for `--git`.
     #[arg(long, default_value = "ringmaster-git-cache")]
     pub git_cache: PathBuf,

@@ -103,6 +103,9 @@ impl Controller {
     /// specs in the store and marks what changed as due.
     pub async fn ingest(&mut self, snap: &Snapshot) -> Result<()> {
         let changes = self.catalog.apply(snap);
+        if changes.emptied {
+            self.api.metrics.source_error();
+        }
         if changes.is_empty() && self.ingested_once && snap.revision == self.source_revision {
             return Ok(()); // nothing new: the rescan found what the last one did
         }

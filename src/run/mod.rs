@@ -216,7 +216,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         secrets_dir: args.hub_secrets_dir.clone(),
         ca_pem,
     };
-    let mut ctl = Controller::new(api.clone(), Catalog::restore(good), embedded, access);
+    let mut ctl = Controller::new(
+        api.clone(),
+        Catalog::restore(good).allow_empty(args.allow_empty),
+        embedded,
+        access,
+    );
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut next_read = Instant::now();

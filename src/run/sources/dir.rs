@@ -5,7 +5,9 @@
 //! periodic rescan is the backstop for events that never come (network and overlay
 //! filesystems drop them; a Kubernetes ConfigMap mount swaps a `..data` symlink, which is
 //! why hidden entries are skipped and symlinks followed). Rename and delete need no special
-//! case: the next scan simply sees the new set of files.
+//! case: the next scan simply sees the new set of files. A link loop, a dangling link or a
+//! tree too deep or too large fails the scan ([`crate::manifest::yaml_files`]), and a failed
+//! scan changes nothing.
 
 use super::Snapshot;
 use notify::{EventKind, RecursiveMode};
@@ -17,13 +19,16 @@ use tokio::sync::mpsc;
 /// How long events are gathered before a rescan is hinted.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Reads every `*.yaml` / `*.yml` under `root` (hidden entries skipped). An error reading
-/// the directory or any file fails the whole scan: a partial view would look like deleted
-/// files, and nothing may be deleted because a source could not be read.
+/// Reads every `*.yaml` / `*.yml` under `root` (hidden entries skipped, links followed:
+/// see [`yaml_files`](crate::manifest::yaml_files)). An error reading the directory or any
+/// file fails the whole scan, and so does a link loop, a dangling link, or a tree too deep
+/// or too large: a partial view would look like deleted files, and nothing may be deleted
+/// because a source could not be read.
 pub fn scan(root: &Path) -> std::io::Result<Snapshot> {
     let mut snap = Snapshot::default();
     for path in crate::manifest::yaml_files(root)? {
-        let bytes = std::fs::read(&path)?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let rel = path.strip_prefix(root).unwrap_or(&path);
         let rel = if rel.as_os_str().is_empty() {
             path.file_name().map(PathBuf::from).unwrap_or_default()

@@ -3,7 +3,10 @@
 //! Files are read from the fetched commit's tree, never from a worktree, so there is no
 //! checkout state to corrupt, and the commit id goes into the snapshot (and the status).
 //! The refspec forces the update, so a force-push is followed like any other commit.
-//! git2 blocks: [`GitSource::fetch`] runs on the blocking pool (docs/design.md, "Implementation notes").
+//! git2 blocks: [`GitSource::fetch`] runs on the blocking pool, and is bounded by
+//! [`FETCH_TIMEOUT`]: a server that accepts the connection and never answers, or answers
+//! too slowly, fails the fetch with an error naming the URL, and the cache stays as it was
+//! (libgit2 moves the branch's ref only after a complete fetch).
 //!
 //! Auth: a token (from an environment variable or a file, never from the repository) is
 //! sent as HTTP basic auth with user `x-access-token` (GitHub's convention; GitLab and
@@ -22,6 +25,21 @@ use git2::{
     TreeWalkMode, TreeWalkResult,
 };
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a fetch may take. Connecting and each wait for the server fail at once when
+/// they take longer (libgit2's connect and server timeouts, which cover `git://`, HTTP(S)
+/// and SSH); a transfer still running at the deadline is given up at its next progress
+/// report. Flux's `GitRepository` uses the same default
+/// (https://fluxcd.io/flux/components/source/gitrepositories/#timeout).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// libgit2's timeouts are process-wide settings that libgit2 reads without
+/// synchronization when it opens a connection: every fetch of the process sets them and
+/// runs under this lock (the one source of `ringmaster run` fetches one at a time anyway).
+/// Holds the timeout last set, in milliseconds.
+static NETWORK: Mutex<i32> = Mutex::new(0);
 
 /// An SSH private key (OpenSSH or PEM text) and its passphrase.
 #[derive(Clone, Default)]
@@ -104,13 +122,63 @@ pub enum GitError {
         branch: String,
         error: git2::Error,
     },
+    #[error("git {url} (branch {branch}): timed out after {timeout:?}: {error}")]
+    Timeout {
+        url: String,
+        branch: String,
+        timeout: Duration,
+        error: git2::Error,
+    },
     #[error("git: --path {0} is not a folder at commit {1}")]
     NoPath(String, String),
 }
 
 impl GitSource {
-    /// Fetches the branch and reads the YAML files of its commit (blocking).
+    /// Fetches the branch and reads the YAML files of its commit (blocking, at most
+    /// [`FETCH_TIMEOUT`]).
     pub fn fetch(&self) -> Result<Snapshot, GitError> {
+        self.fetch_within(FETCH_TIMEOUT)
+    }
+
+    /// [`GitSource::fetch`] with another timeout.
+    pub fn fetch_within(&self, timeout: Duration) -> Result<Snapshot, GitError> {
+        let mut set = NETWORK.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = i32::try_from(timeout.as_millis())
+            .unwrap_or(i32::MAX)
+            .max(1);
+        if *set != ms {
+            // SAFETY: libgit2 reads these settings when it opens a connection, and every
+            // libgit2 connection of the process is opened under `NETWORK`, held here.
+            unsafe {
+                git2::opts::set_server_connect_timeout_in_milliseconds(ms)
+                    .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(ms))
+                    .map_err(|error| GitError::Git {
+                        url: self.url.clone(),
+                        branch: self.branch.clone(),
+                        error,
+                    })?;
+            }
+            *set = ms;
+        }
+        let deadline = Instant::now() + timeout;
+        let result = self.fetch_until(deadline);
+        drop(set);
+        match result {
+            Err(GitError::Git { url, branch, error })
+                if error.code() == ErrorCode::Timeout || Instant::now() >= deadline =>
+            {
+                Err(GitError::Timeout {
+                    url,
+                    branch,
+                    timeout,
+                    error,
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn fetch_until(&self, deadline: Instant) -> Result<Snapshot, GitError> {
         let wrap = |error| GitError::Git {
             url: self.url.clone(),
             branch: self.branch.clone(),
@@ -187,6 +255,10 @@ impl GitSource {
                 }
             });
         }
+        // A transfer that is still running at the deadline is given up (a wait for the
+        // server is bounded by libgit2's server timeout).
+        callbacks.transfer_progress(move |_| Instant::now() < deadline);
+        callbacks.sideband_progress(move |_| Instant::now() < deadline);
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(callbacks);
         let local_ref = format!("refs/remotes/origin/{}", self.branch);
@@ -246,5 +318,74 @@ impl GitSource {
             return Err(wrap(e));
         }
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Fetches with a 2 s timeout on a thread; `None` when it has not ended after `within`
+    /// (it hangs).
+    fn fetch_on_thread(src: GitSource, within: Duration) -> Option<Result<Snapshot, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                src.fetch_within(Duration::from_secs(2))
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        rx.recv_timeout(within).ok()
+    }
+
+    #[test]
+    fn a_server_that_never_answers_fails_the_fetch_naming_the_url() {
+        // Accepts every connection and never writes a byte.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming().flatten() {
+                held.push(s);
+            }
+        });
+        let cache = tempfile::tempdir().unwrap();
+        for url in [
+            format!("git://{addr}/origin.git"),
+            format!("http://{addr}/origin.git"),
+        ] {
+            let src = GitSource {
+                url: url.clone(),
+                branch: "main".into(),
+                cache: cache.path().join("cache.git"),
+                ..Default::default()
+            };
+            let err = fetch_on_thread(src, Duration::from_secs(20))
+                .expect("the fetch ends")
+                .unwrap_err();
+            assert!(err.contains(&url) && err.contains("timed out"), "{err}");
+        }
+
+        // The cache is still a good repository: a fetch into it from a reachable one works.
+        let origin = tempfile::tempdir().unwrap();
+        let repo = Repository::init(origin.path()).unwrap();
+        std::fs::write(origin.path().join("a.yaml"), "kind: Hub\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(std::path::Path::new("a.yaml")).unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let commit = repo
+            .commit(Some("refs/heads/main"), &sig, &sig, "a", &tree, &[])
+            .unwrap();
+        let src = GitSource {
+            url: format!("file://{}", origin.path().display()),
+            branch: "main".into(),
+            cache: cache.path().join("cache.git"),
+            ..Default::default()
+        };
+        let snap = src.fetch_within(Duration::from_secs(30)).unwrap();
+        assert_eq!(snap.revision, Some(commit.to_string()));
+        assert_eq!(snap.files.keys().collect::<Vec<_>>(), ["a.yaml"]);
     }
 }

@@ -11,6 +11,10 @@
 //!   unreadable never deletes anything from a hub;
 //! - a file that is gone takes its documents with it: its rollouts are deleted (through
 //!   the driver's deletion semantics, which refuse to strip devices without a baseline).
+//! - but a snapshot without any rollout, where the catalog has some, is refused as a whole
+//!   (unless `run --allow-empty`): an emptied or unmounted folder, or a commit that leaves
+//!   `--path` without rollout files, would otherwise delete every rollout. The files that
+//!   lost their rollouts carry the error, and [`Changes::emptied`] says so, for the metric.
 //!
 //! The catalog is seeded from the state store on start, so the last good version of a
 //! broken file survives a restart too.
@@ -85,19 +89,49 @@ pub struct Changes {
     pub failed: Vec<(String, Vec<String>)>,
     /// Files gone.
     pub removed: Vec<String>,
+    /// The snapshot was refused as a whole: it holds no rollout where the catalog had some
+    /// (see [`Catalog::allow_empty`]). Set on every refused snapshot, so that each such
+    /// read can be counted; the files that lost their rollouts are in `failed` the first
+    /// time.
+    pub emptied: bool,
 }
 
 impl Changes {
-    /// True when nothing changed.
+    /// True when nothing changed (a refused snapshot changes nothing either).
     pub fn is_empty(&self) -> bool {
         self.updated.is_empty() && self.failed.is_empty() && self.removed.is_empty()
     }
+}
+
+/// Why an emptied source changes nothing, on each file that lost its rollouts.
+fn emptied_error(path: &str, gone: bool) -> String {
+    let what = if gone {
+        "is gone"
+    } else {
+        "holds no DeviceRollout now"
+    };
+    format!(
+        "{path} {what}, and with it the last rollout of the source: nothing is deleted while \
+         the source holds no rollout (an emptied or unmounted folder, or a commit without \
+         rollout files, looks just like that); put the rollout files back, or run with \
+         --allow-empty to delete every rollout"
+    )
+}
+
+/// A file of a snapshot that changed: path, content hash, and its text and documents or
+/// its problems.
+type Read = (String, String, Result<(String, Vec<Document>), Vec<String>>);
+
+/// Whether documents hold a rollout.
+fn has_rollout(docs: &[Document]) -> bool {
+    docs.iter().any(|d| matches!(d, Document::DeviceRollout(_)))
 }
 
 /// The documents of a source, file by file, with the last good version of each.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
     files: BTreeMap<String, FileState>,
+    allow_empty: bool,
 }
 
 impl Catalog {
@@ -117,12 +151,51 @@ impl Catalog {
                 );
             }
         }
-        Catalog { files }
+        Catalog {
+            files,
+            allow_empty: false,
+        }
+    }
+
+    /// Whether a snapshot without any rollout may replace a catalog that has some
+    /// (`run --allow-empty`, after Argo CD's `allowEmpty`). By default it may not: an
+    /// emptied or unmounted folder, or a commit that leaves `--path` without rollout files,
+    /// would delete every rollout; such a snapshot changes nothing and the files that lost
+    /// their rollouts carry the error instead.
+    pub fn allow_empty(mut self, allow: bool) -> Catalog {
+        self.allow_empty = allow;
+        self
+    }
+
+    /// Whether a good version holds a rollout.
+    fn has_rollouts(&self) -> bool {
+        self.files
+            .values()
+            .any(|f| f.good.as_ref().is_some_and(|(_, d)| has_rollout(d)))
     }
 
     /// Takes a new snapshot in: parses what changed, keeps last good versions of broken
-    /// files, forgets files that are gone.
+    /// files, forgets files that are gone. A snapshot that would leave no rollout where
+    /// there were some is refused (unless [`Catalog::allow_empty`]): see [`Changes::emptied`].
     pub fn apply(&mut self, snap: &Snapshot) -> Changes {
+        // First read what changed, without touching the catalog.
+        let mut read: Vec<Read> = Vec::new();
+        for (path, bytes) in &snap.files {
+            let hash = content_hash(bytes);
+            if self.files.get(path).is_some_and(|f| f.hash == hash) {
+                continue;
+            }
+            let parsed = match std::str::from_utf8(bytes) {
+                Ok(text) => load_manifests(path, text)
+                    .map(|docs| (text.to_string(), docs))
+                    .map_err(|errs| errs.iter().map(ManifestError::to_string).collect()),
+                Err(e) => Err(vec![format!("{path}: not UTF-8 text: {e}")]),
+            };
+            read.push((path.clone(), hash, parsed));
+        }
+        if !self.allow_empty && self.has_rollouts() && !self.keeps_a_rollout(snap, &read) {
+            return self.refuse_emptied(snap);
+        }
         let mut changes = Changes::default();
         let gone: Vec<String> = self
             .files
@@ -134,19 +207,9 @@ impl Catalog {
             self.files.remove(&p);
             changes.removed.push(p);
         }
-        for (path, bytes) in &snap.files {
-            let hash = content_hash(bytes);
+        for (path, hash, parsed) in read {
             let entry = self.files.entry(path.clone()).or_default();
-            if entry.hash == hash {
-                continue;
-            }
             entry.hash = hash;
-            let parsed = match std::str::from_utf8(bytes) {
-                Ok(text) => load_manifests(path, text)
-                    .map(|docs| (text.to_string(), docs))
-                    .map_err(|errs| errs.iter().map(ManifestError::to_string).collect()),
-                Err(e) => Err(vec![format!("{path}: not UTF-8 text: {e}")]),
-            };
             match parsed {
                 Ok((text, docs)) => {
                     if entry.good.as_ref().is_some_and(|(t, _)| *t == text)
@@ -156,12 +219,48 @@ impl Catalog {
                     }
                     entry.good = Some((text, docs));
                     entry.errors.clear();
-                    changes.updated.push(path.clone());
+                    changes.updated.push(path);
                 }
                 Err(errors) => {
                     entry.errors = errors.clone();
-                    changes.failed.push((path.clone(), errors));
+                    changes.failed.push((path, errors));
                 }
+            }
+        }
+        changes
+    }
+
+    /// Whether the catalog would hold a rollout after taking `snap` in (`read`: the files
+    /// of `snap` that changed, parsed).
+    fn keeps_a_rollout(&self, snap: &Snapshot, read: &[Read]) -> bool {
+        let changed: BTreeMap<&str, _> = read.iter().map(|(p, _, r)| (p.as_str(), r)).collect();
+        snap.files.keys().any(|path| {
+            let kept = self.files.get(path).and_then(|f| f.good.as_ref());
+            match changed.get(path.as_str()) {
+                Some(Ok((_, docs))) => has_rollout(docs),
+                // A broken or unchanged file keeps its last good version.
+                Some(Err(_)) | None => kept.is_some_and(|(_, d)| has_rollout(d)),
+            }
+        })
+    }
+
+    /// Refuses an emptied snapshot: nothing changes but the errors of the files that had
+    /// rollouts. Their hashes are forgotten, so that each comes back (and is read again)
+    /// as soon as the source holds it again.
+    fn refuse_emptied(&mut self, snap: &Snapshot) -> Changes {
+        let mut changes = Changes {
+            emptied: true,
+            ..Default::default()
+        };
+        for (path, f) in &mut self.files {
+            if !f.good.as_ref().is_some_and(|(_, d)| has_rollout(d)) {
+                continue;
+            }
+            f.hash.clear();
+            let errors = vec![emptied_error(path, !snap.files.contains_key(path))];
+            if f.errors != errors {
+                f.errors = errors.clone();
+                changes.failed.push((path.clone(), errors));
             }
         }
         changes
@@ -237,6 +336,8 @@ mod tests {
         let ch = c.apply(&snap(&[("a.yaml", "kind: DeviceRollout\nspec: [")]));
         assert_eq!(ch.failed.len(), 1);
         assert_eq!(c.rollouts().0.len(), 1, "the last good version stays");
+        // The last rollout file gone: only with --allow-empty (see the next test).
+        let mut c = c.allow_empty(true);
         let ch = c.apply(&snap(&[]));
         assert_eq!(ch.removed, ["a.yaml"]);
         assert!(c.rollouts().0.is_empty());
@@ -249,5 +350,46 @@ mod tests {
         assert!(ch.updated.is_empty());
         c.apply(&snap(&[("a.yaml", "{")]));
         assert_eq!(c.rollouts().0.len(), 1);
+    }
+
+    const HUB: &str = "apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {name: h, namespace: fleet}\nspec: {type: embedded}\n";
+
+    #[test]
+    fn a_snapshot_without_rollouts_is_refused_unless_allowed() {
+        let b = GOOD.replace("name: a,", "name: b,");
+        let mut c = Catalog::default();
+        c.apply(&snap(&[
+            ("a.yaml", GOOD),
+            ("b.yaml", &b),
+            ("hub.yaml", HUB),
+        ]));
+        // Some files gone: those rollouts go.
+        let ch = c.apply(&snap(&[("a.yaml", GOOD), ("hub.yaml", HUB)]));
+        assert_eq!(ch.removed, ["b.yaml"]);
+        assert!(!ch.emptied);
+        // The last one gone: refused, said once, counted each time.
+        let ch = c.apply(&snap(&[("hub.yaml", HUB)]));
+        assert!(ch.emptied && ch.removed.is_empty(), "{ch:?}");
+        assert_eq!(ch.failed.len(), 1);
+        assert!(ch.failed[0].1[0].contains("--allow-empty"), "{ch:?}");
+        assert_eq!(c.rollouts().0.len(), 1);
+        let ch = c.apply(&snap(&[("hub.yaml", HUB)]));
+        assert!(ch.emptied && ch.is_empty(), "{ch:?}");
+        // Back: read again, the error goes.
+        let ch = c.apply(&snap(&[("a.yaml", GOOD), ("hub.yaml", HUB)]));
+        assert_eq!(ch.updated, ["a.yaml"]);
+        assert!(c.files()["a.yaml"].errors.is_empty());
+        // A broken file keeps its rollouts: the rest may go.
+        let ch = c.apply(&snap(&[("a.yaml", "{")]));
+        assert!(!ch.emptied && ch.removed == ["hub.yaml"], "{ch:?}");
+        // Allowed: the source may empty.
+        let mut c = c.allow_empty(true);
+        let ch = c.apply(&snap(&[]));
+        assert!(!ch.emptied && ch.removed == ["a.yaml"], "{ch:?}");
+        assert!(c.rollouts().0.is_empty());
+        // With nothing to lose, an empty source is no error.
+        let mut c = Catalog::default();
+        assert!(!c.apply(&snap(&[("hub.yaml", HUB)])).emptied);
+        assert!(!c.apply(&snap(&[])).emptied);
     }
 }

@@ -479,9 +479,15 @@ async fn run_dir_keeps_every_rollout_when_all_rollout_files_are_moved_out() {
     let body = loop {
         let body = get_json(&http, &list).await.unwrap_or_default();
         let items = body["items"].as_array().cloned().unwrap_or_default();
+        // The refusal shows on the files first, then on each rollout of those files.
         let refused = body["files"]
             .as_array()
-            .is_some_and(|f| f.iter().any(|f| f["error"].is_string()));
+            .is_some_and(|f| f.iter().any(|f| f["error"].is_string()))
+            && items.iter().all(|r| {
+                r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("--allow-empty"))
+            });
         let deleted = items.len() < 2 || items.iter().any(|r| r["deleting"] == true);
         if refused || deleted {
             break body;

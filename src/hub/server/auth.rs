@@ -33,6 +33,10 @@ impl Rights {
     pub fn contains(self, other: Rights) -> bool {
         self.0 & other.0 == other.0
     }
+    /// True when the two sets share a right.
+    pub fn intersects(self, other: Rights) -> bool {
+        self.0 & other.0 != 0
+    }
 }
 
 impl fmt::Debug for Rights {

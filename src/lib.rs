@@ -20,6 +20,7 @@ pub mod iothub;
 pub mod kube;
 pub mod manifest;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod resources;
 pub mod run;

@@ -12,11 +12,12 @@ use super::IfMatchMode;
 use super::api::{DEFAULT_MAX_BODY, ServerOptions, router};
 use super::auth::{Authenticator, DEFAULT_POLICIES, Policy};
 use super::limits::{Faults, ThrottleLimits};
-use super::tls::{self, SelfSigned, TlsListener};
+use super::tls::{self, SelfSigned};
 use crate::clock::SystemClock;
 use crate::hub::fleet::{FleetAgent, FleetSpec};
 use crate::hub::{EmbeddedHub, HubOptions};
 use crate::iothub::sas::{ConnectionString, SasKey};
+use crate::net::{self, Limits};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -90,6 +91,17 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 MessageTooLarge beyond).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's head, from connect (TLS handshake included)
+    /// and after each answer on a kept-alive connection (`15s`, `500ms`).
+    #[arg(long, default_value = "15s", value_parser = crate::duration::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a connection may move no byte before it is closed; keep it above the slowest
+    /// request (a configuration write over a large fleet).
+    #[arg(long, default_value = "120s", value_parser = crate::duration::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most connections served at once; more wait until one ends.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_connections as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 /// Keys for the default policies: from flags, else from the store, else new (and stored).
@@ -279,22 +291,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     drop(out);
     tracing::info!(address = %local, %host_name, tls = tls_config.is_some(), "hub serving");
 
+    let limits = Limits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections as usize,
+    };
     let result = match tls_config {
         Some(cfg) => {
-            let listener = TlsListener::new(tcp, cfg)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await
+            let acceptor = tls::acceptor(cfg);
+            net::serve_with(tcp, app, limits, shutdown(), move |io| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(io).await }
+            })
+            .await
         }
-        None => {
-            use axum::serve::ListenerExt;
-            let listener = tcp.tap_io(|s| {
-                let _ = s.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await
-        }
+        None => net::serve(tcp, app, limits, shutdown()).await,
     };
     cycles.abort();
     if let Some(f) = fleet {

@@ -25,6 +25,7 @@ pub mod iothub;
 pub mod kube;
 pub mod manifest;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod resolver;
 pub mod resources;

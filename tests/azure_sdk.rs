@@ -48,6 +48,8 @@ fn serve() -> Served {
             "--store",
         ])
         .arg(dir.path().join("hub.db"))
+        .arg("--connection-string-file")
+        .arg(dir.path().join("hub.cs"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -70,8 +72,9 @@ fn serve() -> Served {
         if let Some(rest) = line.strip_prefix("CA certificate: ") {
             ca = Some(PathBuf::from(rest.split(" (").next().unwrap()));
         }
-        if line.starts_with("HostName=") {
-            cs = Some(line);
+        if line.starts_with("connection string: written to ") {
+            let text = std::fs::read_to_string(dir.path().join("hub.cs")).unwrap();
+            cs = text.lines().next().map(str::to_string);
         }
     }
     Served {

@@ -134,6 +134,8 @@ async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rol
     use ringmaster::client::azure::{AzureHub, AzureHubOptions};
     use std::io::BufRead;
 
+    let dir = tempfile::tempdir().unwrap();
+    let cs_file = dir.path().join("hub.cs");
     let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("ringmaster"))
         .args([
             "demo",
@@ -147,12 +149,15 @@ async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rol
             "--listen",
             "127.0.0.1:0",
         ])
+        .arg("--connection-string-file")
+        .arg(&cs_file)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut child = Running(child);
     let stdout = child.0.stdout.take().unwrap();
+    let file = cs_file.clone();
     let (url, cs) = tokio::task::spawn_blocking(move || {
         let mut url = None;
         for line in std::io::BufReader::new(stdout).lines() {
@@ -160,10 +165,11 @@ async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rol
             if let Some(rest) = line.strip_prefix("the hub keeps running in real time at ") {
                 url = rest.split_whitespace().next().map(str::to_string);
             }
-            if let Some(cs) = line.strip_prefix("connection string: ") {
+            if line.starts_with("connection string: written to ") {
+                let cs = std::fs::read_to_string(&file).unwrap();
                 return (
                     url.expect("the URL is printed before the connection string"),
-                    cs.to_string(),
+                    cs.lines().next().unwrap().to_string(),
                 );
             }
         }

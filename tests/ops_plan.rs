@@ -28,8 +28,12 @@ fn config(id: &str, priority: i32, target: &str) -> Configuration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_counts_each_ring_and_exits_1_until_the_rollout_is_on_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let cs_file = dir.path().join("hub.cs");
     let mut child = Command::new(BIN)
         .args(["hub", "serve", "--in-memory", "--listen", "127.0.0.1:0"])
+        .arg("--connection-string-file")
+        .arg(&cs_file)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -43,7 +47,11 @@ async fn plan_counts_each_ring_and_exits_1_until_the_rollout_is_on_the_hub() {
                 .map(str::to_string)
         })
         .unwrap();
-    let cs = lines.find(|l| l.starts_with("HostName=")).unwrap();
+    lines
+        .find(|l| l.starts_with("connection string: written to "))
+        .unwrap();
+    let cs = std::fs::read_to_string(&cs_file).unwrap();
+    let cs = cs.lines().next().unwrap().to_string();
     let hub = AzureHub::new(
         &cs,
         AzureHubOptions {

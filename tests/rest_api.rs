@@ -145,6 +145,133 @@ async fn each_policy_reaches_only_what_its_rights_allow() {
     assert_eq!(device_count(&s), 2);
 }
 
+/// Every method on every route (and on no route) passes the same rights check: a policy
+/// without the rights gets 401, never a 2xx, a 404 that says whether a device exists, a 405
+/// or a 400. HEAD is GET without a body and needs what GET needs.
+#[tokio::test]
+async fn every_method_on_every_route_checks_rights_first() {
+    let s = TestServer::start(|_| {}).await;
+    device(&s, "d1").await;
+    let r = s
+        .call(
+            Method::PUT,
+            "/configurations/c1",
+            OWNER,
+            Some(config("c1", "*")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    const SVC: &str = "ServiceConnect";
+    const READ: &str = "RegistryRead";
+    const WRITE: &str = "RegistryWrite";
+    // What each request needs, by the hub's documented rights: twins, queries and
+    // configurations ServiceConnect; device identities RegistryRead to read (GET, HEAD)
+    // and RegistryWrite for anything else; statistics RegistryRead; an unknown route any
+    // service right (the `device` policy reaches nothing).
+    let needs = |m: &Method, path: &str| -> &str {
+        let read = *m == Method::GET || *m == Method::HEAD;
+        match path {
+            "/devices/query" if *m == Method::POST => SVC,
+            "/devices" | "/devices/d1" | "/devices/nobody" | "/devices/query" if read => READ,
+            "/devices" | "/devices/d1" | "/devices/nobody" | "/devices/query" => WRITE,
+            "/statistics/devices" => READ,
+            "/no/such/route" => "any",
+            _ => SVC,
+        }
+    };
+    let routes = [
+        "/twins/d1",
+        "/twins/nobody",
+        "/devices/d1",
+        "/devices/nobody",
+        "/configurations/c1",
+        "/configurations/nothing",
+        "/configurations",
+        "/configurations/testQueries",
+        "/devices/query",
+        "/statistics/devices",
+        "/devices",
+        "/no/such/route",
+    ];
+    let methods = [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::PATCH,
+        Method::POST,
+        Method::DELETE,
+    ];
+    let now = jiff::Timestamp::now().as_second();
+    let wrong_key = s.keys["service"].token(&s.host, OWNER, now + 600);
+    // (name, token, its rights by name)
+    let policies: Vec<(&str, Option<String>, &[&str])> = vec![
+        ("none", None, &[]),
+        ("wrong key", Some(wrong_key), &[]),
+        ("device", Some(s.token("device")), &[]),
+        ("registryRead", Some(s.token("registryRead")), &[READ]),
+        ("service", Some(s.token("service")), &[SVC]),
+        (OWNER, Some(s.token(OWNER)), &[SVC, READ, WRITE]),
+    ];
+    let mut leaks = Vec::new();
+    for path in routes {
+        for m in &methods {
+            let needs = needs(m, path);
+            for (name, token, rights) in &policies {
+                let allowed = if needs == "any" {
+                    !rights.is_empty()
+                } else {
+                    rights.contains(&needs)
+                };
+                if allowed {
+                    continue;
+                }
+                // Writes that were allowed would change what the next requests see; only
+                // refusals are sent, so the hub stays as it was set up.
+                let r = s
+                    .raw(
+                        m.clone(),
+                        &s.url(path),
+                        token.as_deref(),
+                        &[],
+                        Some(b"{}".to_vec()),
+                    )
+                    .await;
+                if r.status != 401 {
+                    leaks.push(format!(
+                        "{m} {path} as {name}: {} etag {:?}",
+                        r.status,
+                        r.etag()
+                    ));
+                } else if *m != Method::HEAD {
+                    r.assert_error(401, "IotHubUnauthorizedAccess");
+                } else {
+                    assert_eq!(
+                        r.code(),
+                        "IotHubUnauthorizedAccess",
+                        "HEAD {path} as {name}"
+                    );
+                    assert!(r.etag().is_none(), "HEAD {path} as {name} shows an etag");
+                }
+            }
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "answers without the rights:\n{}",
+        leaks.join("\n")
+    );
+    // What a policy with the rights sees: HEAD is GET without a body.
+    let r = s.call(Method::HEAD, "/twins/d1", "service", None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.etag().is_some());
+    let r = s
+        .call(Method::HEAD, "/devices/nobody", "registryRead", None)
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(device_count(&s), 1, "nothing was written");
+    assert!(s.hub.get_configuration("c1").is_ok());
+}
+
 #[tokio::test]
 async fn api_versions_are_checked() {
     let s = TestServer::start(|_| {}).await;

@@ -86,6 +86,8 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let cs_file = dir.path().join("hub.cs");
     let hub = Proc::spawn(
         Command::new(BIN)
             .args([
@@ -97,13 +99,20 @@ fn setup() -> Setup {
                 "--cycle-interval",
                 "1s",
             ])
+            .arg("--connection-string-file")
+            .arg(&cs_file)
             .env("RUST_LOG", "warn"),
     );
     let url = hub.wait_for(|l| {
         l.strip_prefix("ringmaster hub listening on ")
             .map(str::to_string)
     });
-    let cs = hub.wait_for(|l| l.starts_with("HostName=").then(|| l.to_string()));
+    hub.wait_for(|l| {
+        l.starts_with("connection string: written to ")
+            .then_some(())
+    });
+    let cs = std::fs::read_to_string(&cs_file).unwrap();
+    let cs = cs.lines().next().unwrap().to_string();
     let client = AzureHub::new(
         &cs,
         AzureHubOptions {
@@ -112,7 +121,6 @@ fn setup() -> Setup {
         },
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(

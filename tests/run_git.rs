@@ -872,6 +872,10 @@ async fn post_signed_webhook(http: &reqwest::Client, api: &str) {
             "X-Hub-Signature-256",
             ringmaster::run::api::webhook_signature(b"hook-secret", body),
         )
+        .header(
+            "X-GitHub-Delivery",
+            format!("{:032x}", rand::random::<u128>()),
+        )
         .body(&body[..])
         .send()
         .await

@@ -5,7 +5,7 @@
 //! small: configurations, queries and counts, twin read and patch.
 
 use crate::iothub::configuration::Configuration;
-use crate::iothub::error::HubError;
+use crate::iothub::error::{ErrorCode, HubError};
 use async_trait::async_trait;
 
 pub use crate::iothub::{QueryPage, TestQueriesResult};
@@ -57,6 +57,10 @@ pub trait Hub: Send + Sync {
     ) -> Result<serde_json::Value, HubError>;
 
     /// The number of twins matching a bare predicate (`*` for all), via `SELECT COUNT()`.
+    ///
+    /// Fails closed: an answer without a non-negative integer `n` in its first row is a
+    /// `ServerError`, never 0, because 0 is what confirms a rollback and permits cleanup.
+    /// (The hub answers `[{"n": 0}]` when nothing matches.)
     async fn count(&self, condition: &str) -> Result<u64, HubError> {
         let q = if condition.trim() == "*" {
             "SELECT COUNT() AS n FROM devices".to_string()
@@ -64,11 +68,115 @@ pub trait Hub: Send + Sync {
             format!("SELECT COUNT() AS n FROM devices WHERE {condition}")
         };
         let page = self.query(&q, None, None).await?;
-        Ok(page
-            .items
+        page.items
             .first()
             .and_then(|r| r.get("n"))
             .and_then(|n| n.as_u64())
-            .unwrap_or(0))
+            .ok_or_else(|| {
+                let got = match page.items.first() {
+                    None => "no row".to_string(),
+                    Some(r) => match r.get("n") {
+                        None => "a row without n".to_string(),
+                        Some(n) => format!("n = {}", n.to_string().chars().take(40).collect::<String>()),
+                    },
+                };
+                HubError::new(
+                    ErrorCode::ServerError,
+                    format!(
+                        "the hub answered the query `{q}` with {got}; expected one row with a non-negative integer n"
+                    ),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// A hub whose every query answers `items`; nothing else is called.
+    struct Answers(Vec<Value>);
+
+    #[async_trait]
+    impl Hub for Answers {
+        async fn list_configurations(&self) -> Result<Vec<Configuration>, HubError> {
+            unimplemented!()
+        }
+        async fn get_configuration(&self, _: &str) -> Result<Option<Configuration>, HubError> {
+            unimplemented!()
+        }
+        async fn create_configuration(&self, _: &Configuration) -> Result<Configuration, HubError> {
+            unimplemented!()
+        }
+        async fn update_configuration(
+            &self,
+            _: &Configuration,
+            _: Option<&str>,
+        ) -> Result<Configuration, HubError> {
+            unimplemented!()
+        }
+        async fn delete_configuration(&self, _: &str, _: Option<&str>) -> Result<(), HubError> {
+            unimplemented!()
+        }
+        async fn query(
+            &self,
+            _: &str,
+            _: Option<usize>,
+            _: Option<&str>,
+        ) -> Result<QueryPage, HubError> {
+            Ok(QueryPage {
+                item_type: "raw".into(),
+                items: self.0.clone(),
+                continuation: None,
+            })
+        }
+        async fn test_queries(
+            &self,
+            _: &str,
+            _: &BTreeMap<String, String>,
+        ) -> Result<TestQueriesResult, HubError> {
+            unimplemented!()
+        }
+        async fn get_twin(&self, _: &str) -> Result<Option<Value>, HubError> {
+            unimplemented!()
+        }
+        async fn update_twin(
+            &self,
+            _: &str,
+            _: &Value,
+            _: Option<&str>,
+        ) -> Result<Value, HubError> {
+            unimplemented!()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_count_without_an_integer_n_is_a_hub_error_not_zero() {
+        for items in [
+            vec![json!({})],
+            vec![],
+            vec![json!({"n": "x"})],
+            vec![json!({"n": -1})],
+            vec![json!({"n": 1.5})],
+            vec![json!({"n": 3.0})],
+            vec![json!({"n": null})],
+            vec![json!(7)],
+        ] {
+            let e = Answers(items.clone())
+                .count("tags.ring='canary'")
+                .await
+                .expect_err(&format!("{items:?} is not a count"));
+            assert_eq!(e.code, ErrorCode::ServerError, "{items:?}");
+            assert!(
+                e.message
+                    .contains("SELECT COUNT() AS n FROM devices WHERE tags.ring='canary'"),
+                "{}",
+                e.message
+            );
+        }
+        for (items, n) in [(vec![json!({"n": 0})], 0), (vec![json!({"n": 12})], 12)] {
+            assert_eq!(Answers(items).count("*").await.unwrap(), n);
+        }
     }
 }

@@ -111,6 +111,10 @@ pub struct DemoArgs {
     /// Where `--keep-running` listens (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// With `--keep-running`: write the hub's connection string to this file (mode
+    /// 0600). It is printed only when stdout is a terminal, never to a log stream.
+    #[arg(long)]
+    pub connection_string_file: Option<PathBuf>,
     /// One line per event even on a terminal (no redrawing).
     #[arg(long)]
     pub plain: bool,
@@ -434,8 +438,22 @@ async fn keep_running(
         hub.clone(),
         ServerOptions::new(Authenticator::new(&host_name, policies.clone())),
     );
-    let server = tokio::spawn(async move { axum::serve(tcp, app).await });
-    view.serving(&format!("http://{local}"), &cs.expose());
+    let server = tokio::spawn(crate::net::serve(
+        tcp,
+        app,
+        crate::net::Limits::default(),
+        std::future::pending(),
+    ));
+    let mut note = Vec::new();
+    crate::hub::server::serve::hand_over_secrets(
+        &[cs.expose()],
+        args.connection_string_file.as_deref(),
+        "--connection-string-file",
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        &mut note,
+        "connection string: ",
+    )?;
+    view.serving(&format!("http://{local}"), &String::from_utf8_lossy(&note));
 
     // Real time from here: one virtual second per wall second.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -472,6 +490,7 @@ mod tests {
             rollouts: None,
             fleet: None,
             keep_running: false,
+            connection_string_file: None,
             listen: "127.0.0.1:0".parse().unwrap(),
             plain: true,
         };

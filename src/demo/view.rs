@@ -404,13 +404,16 @@ impl View {
         self.line(&verdict);
     }
 
-    /// `--keep-running`: where the hub is.
-    pub fn serving(&mut self, url: &str, connection_string: &str) {
+    /// `--keep-running`: where the hub is, and the lines about its connection string
+    /// (the string itself only on a terminal).
+    pub fn serving(&mut self, url: &str, connection_string_lines: &str) {
         self.line("");
         self.line(&format!(
             "the hub keeps running in real time at {url} (Ctrl-C to stop)"
         ));
-        self.line(&format!("connection string: {connection_string}"));
+        for l in connection_string_lines.lines() {
+            self.line(l);
+        }
     }
 }
 

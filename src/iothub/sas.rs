@@ -62,6 +62,31 @@ pub enum SasError {
     BadKey,
 }
 
+/// The latest expiry a token may name: the last second of the year 9999 (Unix seconds).
+/// Anything later is nonsense, not a long-lived token.
+pub const MAX_EXPIRY: i64 = 253_402_300_799;
+
+/// Why a token's expiry (`se`) is refused. The arithmetic behind it is checked: no value
+/// of `se` or of the clock overflows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExpiryError {
+    #[error("the token's expiry (se) is not a number of seconds since 1970")]
+    NotANumber,
+    #[error(
+        "the token's expiry (se) {0} is out of range; give Unix seconds between 1 and {MAX_EXPIRY}"
+    )]
+    OutOfRange(i64),
+    #[error("the token expired {0} second{s} ago; create a new one", s = if *.0 == 1 { "" } else { "s" })]
+    Expired(u64),
+}
+
+/// The expiry of a token made at `now` (Unix seconds) to live `ttl`: saturates at
+/// [`MAX_EXPIRY`] instead of overflowing, whatever the clock and the TTL say.
+pub fn expiry_after(now: i64, ttl: std::time::Duration) -> i64 {
+    let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    now.saturating_add(ttl).clamp(1, MAX_EXPIRY)
+}
+
 /// A shared access key, decoded. Its `Debug` shows no key material.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SasKey {
@@ -191,6 +216,21 @@ impl<'a> SasToken<'a> {
         self.se.trim().parse().ok()
     }
 
+    /// Checks the expiry at `now` (Unix seconds): a number in `1..=MAX_EXPIRY` and not in
+    /// the past. Every value of `se` and `now` gives an answer; none overflows.
+    pub fn check_expiry(&self, now: i64) -> Result<(), ExpiryError> {
+        let expiry = self.expiry().ok_or(ExpiryError::NotANumber)?;
+        if !(1..=MAX_EXPIRY).contains(&expiry) {
+            return Err(ExpiryError::OutOfRange(expiry));
+        }
+        if expiry < now {
+            // Both sides fit in i128 whatever they are.
+            let ago = (now as i128 - expiry as i128).clamp(0, u64::MAX as i128) as u64;
+            return Err(ExpiryError::Expired(ago));
+        }
+        Ok(())
+    }
+
     /// The resource, decoded.
     pub fn resource(&self) -> String {
         decode(self.sr)
@@ -307,6 +347,52 @@ mod tests {
             ConnectionString::parse(&format!("HostName=h;DeviceId=d;SharedAccessKey={KEY}")),
             Err(SasError::DeviceConnectionString)
         ));
+    }
+
+    #[test]
+    fn expiries_are_checked_without_overflow() {
+        let tok = |se: &'static str| SasToken {
+            sr: "h",
+            sig: "s",
+            se,
+            skn: None,
+        };
+        use ExpiryError::*;
+        assert_eq!(tok("2000").check_expiry(1000), Ok(()));
+        assert_eq!(tok("2000").check_expiry(2000), Ok(()));
+        assert_eq!(tok("2000").check_expiry(2001), Err(Expired(1)));
+        assert_eq!(
+            tok("1").check_expiry(i64::MAX),
+            Err(Expired(i64::MAX as u64 - 1))
+        );
+        assert_eq!(tok("1").check_expiry(i64::MIN), Ok(()));
+        for (se, want) in [
+            ("-9223372036854775808", OutOfRange(i64::MIN)),
+            ("9223372036854775807", OutOfRange(i64::MAX)),
+            ("0", OutOfRange(0)),
+            ("-1", OutOfRange(-1)),
+            ("253402300800", OutOfRange(MAX_EXPIRY + 1)),
+            ("9223372036854775808", NotANumber),
+            ("-9223372036854775809", NotANumber),
+            ("1e9", NotANumber),
+            ("", NotANumber),
+        ] {
+            for now in [i64::MIN, -1, 0, 1000, i64::MAX] {
+                assert_eq!(
+                    tok(se).check_expiry(now),
+                    Err(want.clone()),
+                    "{se} at {now}"
+                );
+            }
+        }
+        assert!(Expired(1).to_string().contains("1 second ago"));
+        assert_eq!(expiry_after(1000, std::time::Duration::from_secs(60)), 1060);
+        assert_eq!(
+            expiry_after(i64::MAX, std::time::Duration::from_secs(60)),
+            MAX_EXPIRY
+        );
+        assert_eq!(expiry_after(1000, std::time::Duration::MAX), MAX_EXPIRY);
+        assert_eq!(expiry_after(i64::MIN, std::time::Duration::ZERO), 1);
     }
 
     #[test]

@@ -1,12 +1,9 @@
 //! The controller's `/metrics` ([`crate::metrics`], the same in every mode), `/healthz`
-//! and `/readyz`.
+//! and `/readyz`: the routes of [`crate::net::health_routes`], shared with `run`.
 
 use super::leader::Leadership;
+use crate::net::{self, Limits};
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,36 +21,29 @@ pub struct Health {
 /// `/metrics`, `/healthz` (the process serves), `/readyz` (the API server answered and
 /// the CRD is installed; a standby replica is ready too, it is just not the leader).
 pub fn router(health: Health) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(health)
+    net::health_routes(readiness, metrics).with_state(health)
 }
 
-async fn metrics(State(h): State<Health>) -> impl IntoResponse {
+/// Serves [`router`] on `tcp` within the listener bounds of [`crate::net`], until the
+/// process ends.
+pub async fn serve(tcp: tokio::net::TcpListener, health: Health) -> std::io::Result<()> {
+    net::serve(tcp, router(health), Limits::DEFAULT, std::future::pending()).await
+}
+
+fn metrics(h: &Health) -> String {
     h.metrics.set_leader(h.leader.is_leader());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        h.metrics.encode(),
-    )
+    h.metrics.encode()
 }
 
-async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+fn readiness(h: &Health) -> Result<String, String> {
     if h.ready.load(Ordering::Relaxed) {
         let role = if h.leader.is_leader() {
             "leader"
         } else {
             "standby"
         };
-        (StatusCode::OK, format!("ok ({role})\n"))
+        Ok(format!("ok ({role})"))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the Kubernetes API has not answered yet\n".to_string(),
-        )
+        Err("not ready: the Kubernetes API has not answered yet".into())
     }
 }

@@ -222,13 +222,13 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
                 settings.metrics_addr
             )
         })?;
-    let app = metrics::router(Health {
+    let health = Health {
         metrics: metrics.clone(),
         leader: leader.clone(),
         ready: ready.clone(),
-    });
+    };
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = metrics::serve(listener, health).await {
             tracing::error!(error = %e, "the metrics server stopped");
         }
     });

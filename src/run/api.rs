@@ -5,13 +5,14 @@
 //! | `GET /api/v1/rollouts` | every rollout with its status, the source files' problems, the source revision |
 //! | `GET /api/v1/rollouts/{namespace}/{name}` | one rollout |
 //! | `POST /api/v1/rollouts/{namespace}/{name}/{promote\|pause\|resume\|abort\|retry}` | queue an operator request (bearer token) |
-//! | `POST /webhook/git` | fetch now (GitHub-style `X-Hub-Signature-256`) |
+//! | `POST /webhook/git` | fetch now (GitHub-style `X-Hub-Signature-256` and `X-GitHub-Delivery`; a delivery id seen before is refused) |
 //! | `/healthz`, `/readyz`, `/metrics` | liveness, readiness (first source read done), Prometheus |
 //!
 //! Writes need `Authorization: Bearer <token>` with the token given to `run` by
 //! `--api-token-env` or `--api-token-file`. Without a configured token the API is
 //! read-only: every write answers 403 and says how to enable writes.
 
+use crate::net::{self, Limits};
 use crate::resources::{Operation, OperationKind};
 use crate::run::store::StateStore;
 use axum::body::Bytes;
@@ -25,9 +26,39 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 pub use crate::metrics::Metrics;
+
+/// How many webhook delivery ids are remembered to refuse replays (the oldest is
+/// forgotten first). A replay needs a captured delivery and as many newer genuine ones
+/// to get through.
+pub const REMEMBERED_DELIVERIES: usize = 4096;
+
+/// The delivery ids of accepted webhooks, newest last, at most [`REMEMBERED_DELIVERIES`].
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    seen: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Deliveries {
+    /// Records `id`; false when it was seen before (a replay).
+    pub fn first_time(&mut self, id: &str) -> bool {
+        if self.seen.contains(id) {
+            return false;
+        }
+        if self.order.len() >= REMEMBERED_DELIVERIES
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        true
+    }
+}
 
 /// What the API shares with the controller loop.
 pub struct ApiState {
@@ -43,6 +74,8 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// True once the source has been read once.
     pub ready: AtomicBool,
+    /// Webhook deliveries already accepted.
+    pub deliveries: parking_lot::Mutex<Deliveries>,
 }
 
 impl ApiState {
@@ -56,6 +89,7 @@ impl ApiState {
             webhook_secret: None,
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
+            deliveries: parking_lot::Mutex::new(Deliveries::default()),
         }
     }
 }
@@ -70,10 +104,16 @@ pub fn router(state: Arc<ApiState>) -> Router {
             post(operation),
         )
         .route("/webhook/git", post(webhook))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .merge(net::health_routes(readiness, |st: &Arc<ApiState>| {
+            st.metrics.encode()
+        }))
         .with_state(state)
+}
+
+/// Serves the API on `tcp` within the listener bounds of [`crate::net`], until the
+/// process ends.
+pub async fn serve(tcp: tokio::net::TcpListener, state: Arc<ApiState>) -> std::io::Result<()> {
+    net::serve(tcp, router(state), Limits::DEFAULT, std::future::pending()).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -150,7 +190,7 @@ fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Box<Response>> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match got {
-        Some(t) if constant_time_eq(t.trim().as_bytes(), want.as_bytes()) => Ok(()),
+        Some(t) if bool::from(t.trim().as_bytes().ct_eq(want.as_bytes())) => Ok(()),
         Some(_) => Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "the bearer token is not the one `ringmaster run` was given",
@@ -160,10 +200,6 @@ fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Box<Response>> {
             "send `Authorization: Bearer <token>` (the token given to `ringmaster run`)",
         ))),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn operation(
@@ -259,6 +295,37 @@ async fn webhook(State(st): State<Arc<ApiState>>, headers: HeaderMap, body: Byte
             "X-Hub-Signature-256 does not match the body and the webhook secret",
         );
     }
+    let delivery = ["x-github-delivery", "x-gitea-delivery"]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|d| !d.is_empty());
+    let delivery = match delivery {
+        Some(d) if d.len() <= 128 => d.to_string(),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "X-GitHub-Delivery is longer than 128 characters; it should be the delivery's GUID",
+            );
+        }
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing X-GitHub-Delivery: each delivery needs its id (GitHub, Gitea and Forgejo send it) so that replays can be refused",
+            );
+        }
+    };
+    // Checked after the signature, so that only genuine deliveries take a place in the
+    // bounded set.
+    if !st.deliveries.lock().first_time(&delivery) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "delivery {delivery} was already received; a webhook delivery is accepted once (replays are refused)"
+            ),
+        );
+    }
     st.metrics.webhook();
     st.fetch.notify_one();
     (StatusCode::ACCEPTED, Json(json!({"fetch": "queued"}))).into_response()
@@ -272,25 +339,10 @@ pub fn webhook_signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
+fn readiness(st: &Arc<ApiState>) -> Result<String, String> {
     if st.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
+        Ok("ready".into())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the source has not been read yet\n",
-        )
-            .into_response()
+        Err("the source has not been read yet".into())
     }
-}
-
-async fn metrics_text(State(st): State<Arc<ApiState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        st.metrics.encode(),
-    )
-        .into_response()
 }

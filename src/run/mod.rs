@@ -198,9 +198,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
     println!("ringmaster api listening on http://{}", tcp.local_addr()?);
-    let app = api::router(api.clone());
+    let served = api.clone();
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(tcp, app).await {
+        if let Err(e) = api::serve(tcp, served).await {
             tracing::error!("api server: {e}");
         }
     });

@@ -1,9 +1,10 @@
 //! The routes of the served hub: IoT Hub's service operations (docs/design.md §3.2) over an
 //! [`EmbeddedHub`].
 //!
-//! Every request first passes [`gate`]: SAS auth, then the api-version, then the rights
-//! the operation needs, then the throttle, injected faults and latency. Only then does a
-//! handler run. Handlers read the body with a size limit, parse it, and run the hub
+//! Every request first passes [`gate`]: SAS auth, then the rights (every method on every
+//! path, HEAD and unknown routes included: a token without the rights gets 401 and
+//! nothing else), then the api-version, then the throttle, injected faults and latency.
+//! Only then does a handler run. Handlers read the body with a size limit, parse it, and run the hub
 //! operation on the blocking pool (`spawn_blocking`): writes commit to SQLite and
 //! configuration writes run an engine cycle over every twin, which must not stall the
 //! async workers.
@@ -120,10 +121,15 @@ pub enum Op {
 }
 
 impl Op {
-    /// Which operation a request is (`None`: no such route).
+    /// Which operation a request is (`None`: no such route or method). HEAD is the GET
+    /// of the same path without a body, and is the same operation.
     pub fn classify(method: &Method, path: &str) -> Option<Op> {
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let m = method.as_str();
+        let m = if method == Method::HEAD {
+            "GET"
+        } else {
+            method.as_str()
+        };
         Some(match (segs.as_slice(), m) {
             (["configurations"], "GET") => Op::ListConfigurations,
             (["configurations", "testQueries"], "POST") => Op::TestQueries,
@@ -155,6 +161,25 @@ impl Op {
         }
     }
 
+    /// The rights a request needs, whether or not it names an operation: the operation's
+    /// rights; for a method the route does not have, what a write to that route needs
+    /// (RegistryWrite for device identities, RegistryRead for statistics, ServiceConnect
+    /// for twins and configurations); nothing more for an unknown route (every request
+    /// also needs a service right, see [`SERVICE_RIGHTS`]). So a 404 or 405 is only ever
+    /// the answer to a token that could have used the route.
+    pub fn rights_for(method: &Method, path: &str) -> Rights {
+        if let Some(op) = Op::classify(method, path) {
+            return op.rights();
+        }
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match segs.as_slice() {
+            ["devices"] | ["devices", _] => Rights::REGISTRY_WRITE,
+            ["statistics", "devices"] => Rights::REGISTRY_READ,
+            ["configurations"] | ["configurations", _] | ["twins", _] => Rights::SERVICE_CONNECT,
+            _ => Rights::NONE,
+        }
+    }
+
     /// The throttle class (a bulk call is charged per device by its handler).
     pub fn class(self) -> Class {
         use Op::*;
@@ -181,7 +206,15 @@ fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Auth, api-version, rights, throttle, faults, latency: in that order.
+/// The rights of the service API: a policy needs one of them to reach anything (the
+/// `device` policy's DeviceConnect reaches no operation here).
+pub const SERVICE_RIGHTS: Rights = Rights::REGISTRY_READ
+    .union(Rights::REGISTRY_WRITE)
+    .union(Rights::SERVICE_CONNECT);
+
+/// Auth, rights, api-version, throttle, faults, latency: in that order, for every method
+/// on every path (HEAD and unknown routes included), so that nothing but a 401 answers a
+/// token without the rights.
 async fn gate(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let auth_header = req
         .headers()
@@ -195,6 +228,23 @@ async fn gate(State(s): State<Shared>, req: Request, next: Next) -> Response {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    let needed = Op::rights_for(req.method(), req.uri().path());
+    if !policy.rights.intersects(SERVICE_RIGHTS) || !policy.rights.contains(needed) {
+        let needs = if needed == Rights::NONE {
+            SERVICE_RIGHTS
+        } else {
+            needed
+        };
+        return ApiError::unauthorized(format!(
+            "policy '{}' has {:?}; {} {} needs {:?}",
+            policy.name,
+            policy.rights,
+            req.method(),
+            req.uri().path().chars().take(200).collect::<String>(),
+            needs
+        ))
+        .into_response();
+    }
     match query_param(req.uri(), "api-version") {
         Some(v) if API_VERSIONS.contains(&v) => {}
         Some(v) => {
@@ -219,21 +269,11 @@ async fn gate(State(s): State<Shared>, req: Request, next: Next) -> Response {
             .into_response();
         }
     }
-    if let Some(op) = Op::classify(req.method(), req.uri().path()) {
-        if !policy.rights.contains(op.rights()) {
-            return ApiError::unauthorized(format!(
-                "policy '{}' has {:?}; this operation needs {:?}",
-                policy.name,
-                policy.rights,
-                op.rights()
-            ))
-            .into_response();
-        }
-        if let Some(t) = &s.throttle
-            && let Err(e) = t.admit(op.class(), 1)
-        {
-            return e.into_response();
-        }
+    if let Some(op) = Op::classify(req.method(), req.uri().path())
+        && let Some(t) = &s.throttle
+        && let Err(e) = t.admit(op.class(), 1)
+    {
+        return e.into_response();
     }
     if let Some(e) = s.opts.faults.draw() {
         return e.into_response();
@@ -1047,6 +1087,21 @@ mod tests {
         assert_eq!(c(Method::PUT, "/devices/query"), Some(Op::PutDevice));
         assert_eq!(c(Method::PATCH, "/twins/d1"), Some(Op::UpdateTwin));
         assert_eq!(c(Method::GET, "/nothing"), None);
+        assert_eq!(c(Method::HEAD, "/twins/d1"), Some(Op::GetTwin));
+        assert_eq!(c(Method::HEAD, "/devices"), Some(Op::ListDevices));
+        assert_eq!(c(Method::POST, "/twins/d1"), None);
+        let r = |m: Method, p: &str| Op::rights_for(&m, p);
+        assert_eq!(
+            r(Method::HEAD, "/configurations/c1"),
+            Rights::SERVICE_CONNECT
+        );
+        assert_eq!(r(Method::POST, "/twins/d1"), Rights::SERVICE_CONNECT);
+        assert_eq!(r(Method::PATCH, "/devices/d1"), Rights::REGISTRY_WRITE);
+        assert_eq!(
+            r(Method::POST, "/statistics/devices"),
+            Rights::REGISTRY_READ
+        );
+        assert_eq!(r(Method::GET, "/no/such/route"), Rights::NONE);
         assert_eq!(Op::GetTwin.rights(), Rights::SERVICE_CONNECT);
         assert_eq!(Op::Bulk.rights(), Rights::REGISTRY_WRITE);
         assert_eq!(Op::Statistics.rights(), Rights::REGISTRY_READ);

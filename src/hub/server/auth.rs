@@ -33,6 +33,10 @@ impl Rights {
     pub fn contains(self, other: Rights) -> bool {
         self.0 & other.0 == other.0
     }
+    /// True when the two sets share a right.
+    pub fn intersects(self, other: Rights) -> bool {
+        self.0 & other.0 != 0
+    }
 }
 
 impl fmt::Debug for Rights {
@@ -146,15 +150,9 @@ impl Authenticator {
             .ok_or_else(|| {
                 ApiError::unauthorized("the token's policy (skn) is not a policy of this hub")
             })?;
-        let expiry = token
-            .expiry()
-            .ok_or_else(|| ApiError::unauthorized("the token's expiry (se) is not a number"))?;
-        if expiry < now {
-            return Err(ApiError::unauthorized(format!(
-                "the token expired {} seconds ago; create a new one",
-                now - expiry
-            )));
-        }
+        token
+            .check_expiry(now)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
         if !policy.key.verify(&token) {
             return Err(ApiError::unauthorized(
                 "the token's signature does not match the policy's key",
@@ -173,6 +171,7 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iothub::sas::encode;
 
     fn auth() -> (Authenticator, SasKey, SasKey) {
         let owner = SasKey::generate();
@@ -249,6 +248,50 @@ mod tests {
                 assert!(!e.message.contains(sig));
             }
         }
+    }
+
+    #[test]
+    fn nonsense_expiries_are_unauthorized_and_never_overflow() {
+        let (a, owner, _) = auth();
+        let host = "localhost:8443";
+        // Signed with the right key, so only the expiry is wrong.
+        for (se, now, want) in [
+            (i64::MIN, 1000, "expiry"),
+            (i64::MIN, i64::MAX, "expiry"),
+            (i64::MIN + 1, 0, "expiry"),
+            (-1, 1000, "expiry"),
+            (0, 1000, "expiry"),
+            (i64::MAX, 1000, "expiry"),
+            (i64::MAX, i64::MIN, "expiry"),
+            (999, i64::MAX, "expired"),
+            (999, 1000, "expired 1 second"),
+        ] {
+            let t = owner.token(host, "iothubowner", se);
+            let e = a.check(Some(&t), now).unwrap_err();
+            assert_eq!(e.status, 401, "se={se} now={now}");
+            assert!(e.message.contains(want), "se={se} now={now}: {}", e.message);
+        }
+        // An expiry that is not an i64 at all, or not a number.
+        for se in [
+            "99999999999999999999",
+            "-99999999999999999999",
+            "1e9",
+            "",
+            "0x10",
+        ] {
+            let sig = encode(&owner.sign(&encode(host), se));
+            let t = format!(
+                "SharedAccessSignature sr={}&sig={sig}&se={se}&skn=iothubowner",
+                encode(host)
+            );
+            let e = a.check(Some(&t), 1000).unwrap_err();
+            assert_eq!(e.status, 401, "se={se}");
+        }
+        // A clock at either end of the range still reads a good token without overflow.
+        let t = owner.token(host, "iothubowner", 2000);
+        assert!(a.check(Some(&t), i64::MIN).is_ok());
+        assert!(a.check(Some(&t), 1999).is_ok());
+        assert!(a.check(Some(&t), i64::MAX).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The embedded hub over HTTP: an Azure IoT Hub compatible REST API (`ringmaster hub serve`).
 //!
 //! - [`api`]: the routes, one handler per service operation (docs/design.md §3.2), and the
-//!   middleware every request passes: SAS auth, api-version, rights, throttle, faults.
+//!   middleware every request passes: SAS auth, rights, api-version, throttle, faults.
 //! - [`auth`]: shared access policies and token checks.
 //! - [`error`]: IoT Hub's error body and `iothub-errorcode` header.
 //! - [`limits`]: throttles shaped like an S1 unit, injected faults and latency.

@@ -5,18 +5,21 @@
 //! or SIGTERM. Every write commits to the store before it is answered, so stopping the
 //! process at any time loses nothing that was acknowledged.
 //!
-//! The service connection string (with the `iothubowner` key) is printed once to stdout:
-//! it is the user's own secret on their own terminal. Logs (stderr) never carry keys.
+//! The service connection string (with the `iothubowner` key) is printed once to stdout
+//! only when stdout is a terminal (the user's own secret on their own screen); with
+//! `--connection-string-file` it goes to a file only its owner can read. A pipe (a pod
+//! log, a CI log) never gets it, and logs (stderr) never carry keys.
 
 use super::IfMatchMode;
 use super::api::{DEFAULT_MAX_BODY, ServerOptions, router};
 use super::auth::{Authenticator, DEFAULT_POLICIES, Policy};
 use super::limits::{Faults, ThrottleLimits};
-use super::tls::{self, SelfSigned, TlsListener};
+use super::tls::{self, SelfSigned};
 use crate::clock::SystemClock;
 use crate::hub::fleet::{FleetAgent, FleetSpec};
 use crate::hub::{EmbeddedHub, HubOptions};
 use crate::iothub::sas::{ConnectionString, SasKey};
+use crate::net::{self, Limits};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -71,6 +74,10 @@ pub struct ServeArgs {
     /// Print the connection string of every policy, not only iothubowner.
     #[arg(long)]
     pub print_all_keys: bool,
+    /// Write the connection string(s) to this file, readable by its owner only (0600).
+    /// They are printed only when stdout is a terminal, never to a log stream.
+    #[arg(long)]
+    pub connection_string_file: Option<PathBuf>,
     /// Throttle like one IoT Hub S1 unit (429 ThrottlingException over the limits).
     #[arg(long)]
     pub throttle: bool,
@@ -90,6 +97,17 @@ pub struct ServeArgs {
     /// Largest request body in bytes (413 MessageTooLarge beyond).
     #[arg(long, default_value_t = DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// Time a client has to send a request's head, from connect (TLS handshake included)
+    /// and after each answer on a kept-alive connection (`15s`, `500ms`).
+    #[arg(long, default_value = "15s", value_parser = crate::duration::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Time a connection may move no byte before it is closed; keep it above the slowest
+    /// request (a configuration write over a large fleet).
+    #[arg(long, default_value = "120s", value_parser = crate::duration::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most connections served at once; more wait until one ends.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_connections as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 /// Keys for the default policies: from flags, else from the store, else new (and stored).
@@ -265,42 +283,117 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             ca.display()
         )?;
     }
-    for p in &policies {
-        if p.name == "iothubowner" || args.print_all_keys {
-            let cs = ConnectionString {
+    let secrets: Vec<String> = policies
+        .iter()
+        .filter(|p| p.name == "iothubowner" || args.print_all_keys)
+        .map(|p| {
+            ConnectionString {
                 host_name: host_name.clone(),
                 key_name: p.name.clone(),
                 key: p.key.clone(),
-            };
-            writeln!(out, "{}", cs.expose())?;
-        }
-    }
+            }
+            .expose()
+        })
+        .collect();
+    hand_over_secrets(
+        &secrets,
+        args.connection_string_file.as_deref(),
+        "--connection-string-file",
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        &mut out,
+        "",
+    )?;
     out.flush()?;
     drop(out);
     tracing::info!(address = %local, %host_name, tls = tls_config.is_some(), "hub serving");
 
+    let limits = Limits {
+        header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections as usize,
+    };
     let result = match tls_config {
         Some(cfg) => {
-            let listener = TlsListener::new(tcp, cfg)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await
+            let acceptor = tls::acceptor(cfg);
+            net::serve_with(tcp, app, limits, shutdown(), move |io| {
+                let acceptor = acceptor.clone();
+                async move { acceptor.accept(io).await }
+            })
+            .await
         }
-        None => {
-            use axum::serve::ListenerExt;
-            let listener = tcp.tap_io(|s| {
-                let _ = s.set_nodelay(true);
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown())
-                .await
-        }
+        None => net::serve(tcp, app, limits, shutdown()).await,
     };
     cycles.abort();
     if let Some(f) = fleet {
         f.abort();
     }
     result.context("the server stopped with an error")
+}
+
+/// Hands connection strings to the user, never to a log stream: written to `file` (mode
+/// 0600, replaced atomically) when given, printed on `out` only when it is a terminal.
+/// Otherwise `out` gets a line that says how to get them (`flag`). Printed strings follow
+/// `prefix`; the line about the file or the flag starts with `connection string: `.
+pub fn hand_over_secrets(
+    secrets: &[String],
+    file: Option<&std::path::Path>,
+    flag: &str,
+    out_is_terminal: bool,
+    out: &mut impl Write,
+    prefix: &str,
+) -> Result<()> {
+    if let Some(path) = file {
+        write_private(path, &format!("{}\n", secrets.join("\n")))?;
+    }
+    if out_is_terminal {
+        for s in secrets {
+            writeln!(out, "{prefix}{s}")?;
+        }
+    }
+    match file {
+        Some(path) => writeln!(out, "connection string: written to {}", path.display())?,
+        None if out_is_terminal => {}
+        None => writeln!(
+            out,
+            "connection string: not printed, stdout is not a terminal; give {flag} PATH to have it written to a file only you can read"
+        )?,
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` with mode 0600: into a new temporary file beside it, then
+/// renamed over it, so the secret is never in a file others can read.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| -> std::io::Result<()> {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Creates the fleet's devices and ticks it every second.

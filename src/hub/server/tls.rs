@@ -9,21 +9,15 @@
 //!
 //! rustls runs on the aws-lc-rs provider, picked explicitly (docs/design.md, "Implementation notes"). ALPN
 //! offers `http/1.1` first and `h2` second: clients that offer only HTTP/1.1 (or nothing)
-//! must succeed. Handshakes run in their own tasks so a slow client cannot stall accepts.
+//! must succeed.
 
 use anyhow::{Context, Result, bail};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 /// Builds a server config from PEM certificate chain and key files.
 pub fn from_files(cert: &Path, key: &Path) -> Result<ServerConfig> {
@@ -159,67 +153,11 @@ fn write_private(path: &Path, pem: &str) -> Result<()> {
     Ok(())
 }
 
-/// A listener that yields TLS connections whose handshake has finished.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Starts accepting on `tcp`; each handshake runs in its own task.
-    pub fn new(tcp: TcpListener, cfg: ServerConfig) -> io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(Arc::new(cfg));
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx2 = tx.clone();
-                tokio::spawn(async move {
-                    let tx = tx2;
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    break;
-                }
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            // The accept task only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+/// The acceptor that runs the TLS handshake on each connection ([`crate::net::serve_with`]
+/// runs it in the connection's own task, within the header-read timeout, so a slow
+/// client cannot stall accepts).
+pub fn acceptor(cfg: ServerConfig) -> TlsAcceptor {
+    TlsAcceptor::from(Arc::new(cfg))
 }
 
 #[cfg(test)]

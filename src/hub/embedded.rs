@@ -7,13 +7,14 @@
 //! changes are picked up by the periodic cycle ([`EmbeddedHub::spawn_cycles`] or an explicit
 //! [`EmbeddedHub::run_cycle`] in virtual time).
 
-use super::engine::{Changes, CycleStats, HubState, Limits};
+use super::engine::CycleStats;
+use super::state::{Changes, HubState, Limits};
 use super::store::{Durability, Store};
-use crate::client::{QueryPage, TestQueriesResult};
 use crate::clock::Clock;
 use crate::iothub::configuration::{Configuration, DEFAULT_MAX_CONFIGURATIONS};
 use crate::iothub::device::Device;
 use crate::iothub::error::{ErrorCode, HubError, Result};
+use crate::iothub::page::{QueryPage, TestQueriesResult};
 use crate::iothub::query::{Condition, ItemType, Query};
 use jiff::Timestamp;
 use parking_lot::{Mutex, RwLock};

@@ -9,7 +9,7 @@
 //! The schema carries a version in `meta`; opening a file with a newer version is refused
 //! rather than guessed at.
 
-use super::engine::{Changes, HubState, Slot};
+use super::state::{Changes, HubState, Slot};
 use crate::iothub::configuration::Configuration;
 use crate::iothub::device::Device;
 use crate::iothub::error::{ErrorCode, HubError, Result};

@@ -1,4 +1,5 @@
-//! Error responses in IoT Hub's wire shape (reference §3.4).
+//! Error responses in IoT Hub's wire shape
+//! (<https://learn.microsoft.com/azure/iot-hub/troubleshoot-error-codes>).
 //!
 //! Every refusal is a JSON body
 //! `{"Message":"ErrorCode:<Name>;<text>","ExceptionMessage":"Tracking ID:<id>-G:0-TimeStamp:<MM/dd/yyyy HH:mm:ss>"}`

@@ -1,6 +1,7 @@
 //! Knobs for testing clients: IoT Hub's throttles and injected faults. All off by default.
 //!
-//! `--throttle` shapes traffic like one S1 unit (reference §3.5, §1.11): configuration
+//! `--throttle` shapes traffic like one S1 unit
+//! (<https://learn.microsoft.com/azure/iot-hub/iot-hub-devguide-quotas-throttling>): configuration
 //! operations 20/min, queries 20/min, identity-registry operations 100/min (a bulk call
 //! costs one per device), twin reads 100/s, twin updates 50/s. Over a limit the answer is
 //! 429 `ThrottlingException` with no `Retry-After` (the real hub documents none).

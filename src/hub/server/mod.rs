@@ -1,6 +1,7 @@
 //! The embedded hub over HTTP: an Azure IoT Hub compatible REST API (`ringmaster hub serve`).
 //!
-//! - [`api`]: the routes, one handler per service operation (reference §3.2), and the
+//! - [`api`]: the routes, one handler per service operation
+//!   (<https://learn.microsoft.com/rest/api/iothub/service>), and the
 //!   middleware every request passes: SAS auth, api-version, rights, throttle, faults.
 //! - [`auth`]: shared access policies and token checks.
 //! - [`error`]: IoT Hub's error body and `iothub-errorcode` header.

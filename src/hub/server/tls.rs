@@ -7,7 +7,9 @@
 //! start, for `localhost`, `127.0.0.1`, `::1` and the host name the connection string
 //! names. Clients trust the CA file (`REQUESTS_CA_BUNDLE=<ca.pem>` for Python).
 //!
-//! rustls runs on the aws-lc-rs provider, picked explicitly (rust-stack trap 1). ALPN
+//! rustls runs on the aws-lc-rs provider, named in the server configuration itself
+//! (`builder_with_provider`): with more than one provider compiled in, rustls cannot pick a
+//! process default by itself. ALPN
 //! offers `http/1.1` first and `h2` second: clients that offer only HTTP/1.1 (or nothing)
 //! must succeed. Handshakes run in their own tasks so a slow client cannot stall accepts.
 

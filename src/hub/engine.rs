@@ -18,7 +18,7 @@
 
 use super::bitset::BitSet;
 use super::registry::{if_match, precondition_failed, scan_slots};
-use super::state::{Changes, HubState, STATUS_APPLIED, STATUS_TARGETED};
+use super::state::{Changes, HubState, STATUS_APPLIED, STATUS_TARGETED, Slot};
 use crate::iothub::configuration::{
     Configuration, ConfigurationMetrics, MAX_CUSTOM_METRICS, MAX_QUERY_LEN, validate_id,
 };
@@ -78,6 +78,30 @@ impl ConfigState {
             target_dirty: true,
             metrics_dirty: true,
         }
+    }
+
+    /// A copy for undoing a write: the configuration and its compiled form, with the
+    /// derived sets left empty and marked for a full recount at the next cycle.
+    pub(super) fn undo_copy(&self) -> ConfigState {
+        ConfigState::new(
+            self.config.clone(),
+            self.seq,
+            self.target.clone(),
+            self.metrics
+                .iter()
+                .map(|m| Metric {
+                    name: m.name.clone(),
+                    condition: m.condition.clone(),
+                    set: BitSet::new(),
+                })
+                .collect(),
+            self.content.clone(),
+        )
+    }
+
+    /// The slots it targets now.
+    pub(super) fn targeted_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.targeted.iter()
     }
 
     /// Twins the configuration targets now.
@@ -291,6 +315,7 @@ impl HubState {
         c.etag = Some(config_etag(e));
         c.metrics.results.clear();
         c.system_metrics = system_metrics(&c.id, &c.target_condition);
+        self.journal_configs();
         let seq = self.next_seq;
         self.next_seq += 1;
         self.configs
@@ -307,13 +332,13 @@ impl HubState {
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<Configuration> {
-        let e = self.next_etag();
-        let Some(cs) = self.configs.iter_mut().find(|c| c.config.id == config.id) else {
+        let Some(pos) = self.configs.iter().position(|c| c.config.id == config.id) else {
             return Err(HubError::new(
                 ErrorCode::ConfigurationNotFound,
                 format!("configuration '{}' does not exist", config.id),
             ));
         };
+        let cs = &self.configs[pos];
         if let Some(want) = if_match(etag)
             && Some(want) != cs.config.etag.as_deref()
         {
@@ -338,6 +363,10 @@ impl HubState {
         } else {
             None
         };
+        // Checked: from here on the configuration changes.
+        self.journal_configs();
+        let e = self.next_etag();
+        let cs = &mut self.configs[pos];
         if let Some(t) = target {
             cs.target = t;
             cs.target_dirty = true;
@@ -381,6 +410,7 @@ impl HubState {
         {
             return Err(precondition_failed("configuration"));
         }
+        self.journal_configs();
         let cs = self.configs.remove(pos);
         self.removed.push(cs);
         changes.deleted_configurations.push(id.to_string());
@@ -619,9 +649,20 @@ impl HubState {
         let e = self.next_etag();
         twin.etag_counter = e;
         let slot = self.slots[s as usize].as_mut().expect("slot checked above");
-        slot.twin = twin;
-        slot.owners = new_owners;
-        slot.statuses = new_statuses;
+        let twin = std::mem::replace(&mut slot.twin, twin);
+        let owners = std::mem::replace(&mut slot.owners, new_owners);
+        let statuses = std::mem::replace(&mut slot.statuses, new_statuses);
+        if let Some(j) = self.journal.as_mut() {
+            // The replaced parts are the before-image: no copy of the twin.
+            j.record(s, || {
+                Some(Slot {
+                    device: slot.device.clone(),
+                    twin,
+                    owners,
+                    statuses,
+                })
+            });
+        }
         for (i, on) in applied_bits {
             self.configs[i].applied.set(s, on);
         }

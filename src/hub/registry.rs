@@ -69,6 +69,7 @@ impl HubState {
             .index
             .get(device_id)
             .ok_or_else(|| not_found(device_id))?;
+        self.journal_slot(i);
         Ok((
             i,
             self.slots[i as usize]
@@ -123,16 +124,19 @@ impl HubState {
             owners: Vec::new(),
             statuses: Vec::new(),
         };
+        if !self.free.is_empty() {
+            self.journal_free();
+        }
         let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(slot);
-                i
-            }
-            None => {
-                self.slots.push(Some(slot));
-                (self.slots.len() - 1) as u32
-            }
+            Some(i) => i,
+            None => self.slots.len() as u32,
         };
+        self.journal_slot(i);
+        if i as usize == self.slots.len() {
+            self.slots.push(Some(slot));
+        } else {
+            self.slots[i as usize] = Some(slot);
+        }
         self.index.insert(device.device_id.clone(), i);
         self.mark_dirty(i);
         changes.devices.push(device.device_id.clone());
@@ -191,6 +195,7 @@ impl HubState {
         }
         self.slots[i as usize] = None;
         self.index.remove(device_id);
+        self.journal_free();
         self.free.push(i);
         self.forget_slot(i);
         self.dirty_flag.set(i, false);

@@ -126,6 +126,41 @@ pub struct HubState {
     pub(super) removed: Vec<ConfigState>,
     /// The hub's limits (configuration quota).
     pub limits: Limits,
+    /// Before-images of what the current write changed; `None` outside a write.
+    pub(super) journal: Option<Journal>,
+}
+
+/// What one write changed, as it was before: enough to undo the write when the store
+/// refuses it (see [`HubState::begin`]).
+///
+/// Slots keep their first before-image; the configurations are copied whole on their first
+/// change (they are at most a few hundred, and change rarely) but without the engine's
+/// derived sets, which are recomputed instead. A cycle changes only twins and derived
+/// state, so a failed cycle journals only the twins it rewrote.
+#[derive(Default)]
+pub(super) struct Journal {
+    /// `(slot, what it held)`: `None` when the slot was free or did not exist.
+    slots: Vec<(u32, Option<Slot>)>,
+    /// The slots listed in `slots`.
+    saved: BitSet,
+    /// How many slots there were.
+    slot_count: usize,
+    /// The free list, copied on its first change.
+    free: Option<Vec<u32>>,
+    /// The configurations (without their derived sets), copied on their first change.
+    configs: Option<Vec<ConfigState>>,
+    next_seq: u64,
+    etag_counter: u64,
+}
+
+impl Journal {
+    /// Records what slot `i` holds before its first change in this write; `before` is
+    /// called only then.
+    pub(super) fn record(&mut self, i: u32, before: impl FnOnce() -> Option<Slot>) {
+        if self.saved.set(i, true) {
+            self.slots.push((i, before()));
+        }
+    }
 }
 
 impl HubState {
@@ -142,6 +177,117 @@ impl HubState {
             dirty_flag: BitSet::new(),
             removed: Vec::new(),
             limits,
+            journal: None,
+        }
+    }
+
+    // ----- writes are all or nothing ----------------------------------------------
+
+    /// Starts a write: from here until [`HubState::commit`] or [`HubState::rollback`],
+    /// every change keeps what it replaced. [`super::EmbeddedHub`] calls this under its
+    /// write lock, changes memory, saves to the store, and commits; when the operation or
+    /// the store fails it rolls back, so memory never holds what the store does not.
+    pub fn begin(&mut self) {
+        self.journal = Some(Journal {
+            slot_count: self.slots.len(),
+            next_seq: self.next_seq,
+            etag_counter: self.etag_counter,
+            ..Journal::default()
+        });
+    }
+
+    /// Ends a write that the store accepted: what it replaced is dropped.
+    pub fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undoes every change since [`HubState::begin`]. Devices, twins and configurations
+    /// are as they were; the engine re-decides the twins this write touched at its next
+    /// cycle, and rescans every configuration when configurations were restored.
+    pub fn rollback(&mut self) {
+        let Some(j) = self.journal.take() else {
+            return;
+        };
+        // Ids first out of the index, then back in: a slot may have changed hands.
+        for (i, _) in &j.slots {
+            if let Some(Some(now)) = self.slots.get(*i as usize)
+                && self.index.get(&now.device.device_id) == Some(i)
+            {
+                self.index.remove(&now.device.device_id);
+            }
+        }
+        let mut touched = Vec::with_capacity(j.slots.len());
+        for (i, before) in j.slots {
+            if let Some(b) = &before {
+                self.index.insert(b.device.device_id.clone(), i);
+            }
+            // A slot that did not exist when the write began goes with the truncation.
+            if let Some(slot) = self.slots.get_mut(i as usize) {
+                *slot = before;
+            }
+            touched.push(i);
+        }
+        self.slots.truncate(j.slot_count);
+        if let Some(free) = j.free {
+            self.free = free;
+        }
+        if let Some(configs) = j.configs {
+            // A configuration deleted before this write and not yet cycled: its twins
+            // still hold its content, so they are re-decided.
+            for cs in std::mem::take(&mut self.removed) {
+                for s in cs.targeted_slots() {
+                    self.mark_dirty(s);
+                }
+            }
+            self.configs = configs;
+        }
+        self.next_seq = j.next_seq;
+        self.etag_counter = j.etag_counter;
+        // Slots freed by the undo leave the engine's sets and the dirty list; the restored
+        // ones are re-decided by the next cycle.
+        let live =
+            |slots: &[Option<Slot>], s: u32| slots.get(s as usize).is_some_and(Option::is_some);
+        for i in touched {
+            if live(&self.slots, i) {
+                self.mark_dirty(i);
+            } else {
+                self.forget_slot(i);
+            }
+        }
+        let slots = &self.slots;
+        let flag = &mut self.dirty_flag;
+        self.dirty.retain(|&s| {
+            let keep = live(slots, s);
+            if !keep {
+                flag.set(s, false);
+            }
+            keep
+        });
+    }
+
+    /// Records slot `i`'s before-image (a copy) ahead of its first change in this write.
+    pub(super) fn journal_slot(&mut self, i: u32) {
+        if let Some(j) = self.journal.as_mut() {
+            let slots = &self.slots;
+            j.record(i, || slots.get(i as usize).cloned().flatten());
+        }
+    }
+
+    /// Records the free list ahead of its first change in this write.
+    pub(super) fn journal_free(&mut self) {
+        if let Some(j) = self.journal.as_mut()
+            && j.free.is_none()
+        {
+            j.free = Some(self.free.clone());
+        }
+    }
+
+    /// Records the configurations ahead of their first change in this write.
+    pub(super) fn journal_configs(&mut self) {
+        if let Some(j) = self.journal.as_mut()
+            && j.configs.is_none()
+        {
+            j.configs = Some(self.configs.iter().map(ConfigState::undo_copy).collect());
         }
     }
 

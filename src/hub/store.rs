@@ -99,6 +99,16 @@ impl Store {
         Ok(store)
     }
 
+    /// Tests: makes every later write fail as SQLite fails on a read-only file (`true`),
+    /// or lets writes through again (`false`). Reads keep working, as they do on a
+    /// read-only or full filesystem.
+    #[cfg(test)]
+    pub(crate) fn set_read_only(&self, on: bool) {
+        self.conn
+            .pragma_update(None, "query_only", on)
+            .expect("query_only is a connection setting");
+    }
+
     /// A value from the `meta` table (schema version, hub keys, counters).
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         self.conn

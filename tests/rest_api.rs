@@ -5,9 +5,12 @@ mod common;
 
 use common::TestServer;
 use reqwest::Method;
+use ringmaster::clock::SystemClock;
 use ringmaster::hub::server::IfMatchMode;
 use ringmaster::hub::server::limits::{Faults, ThrottleLimits};
+use ringmaster::hub::{EmbeddedHub, HubOptions};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 const OWNER: &str = "iothubowner";
 
@@ -650,6 +653,57 @@ async fn bulk_registry_calls_report_per_device_and_refuse_bad_requests_whole() {
         .await
         .assert_error(400, "ArgumentInvalid");
     assert_eq!(device_count(&s), before);
+}
+
+#[tokio::test]
+async fn a_bulk_entry_of_the_wrong_shape_refuses_the_call_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.db");
+    let open = || EmbeddedHub::open(&path, Arc::new(SystemClock), HubOptions::default()).unwrap();
+    let s = TestServer::start_with(open(), |_| {}).await;
+    let r = s
+        .call(
+            Method::POST,
+            "/devices",
+            OWNER,
+            Some(json!([{"id": "bk0", "importMode": "create"}, {"id": "bk1", "importMode": "create", "tags": "x"}])),
+        )
+        .await;
+    r.assert_error(400, "ArgumentInvalid");
+    let msg = r.body["Message"].as_str().unwrap();
+    assert!(
+        msg.contains("entry 1 ('bk1')") && msg.contains("tags"),
+        "{msg}"
+    );
+    s.call(Method::GET, "/devices/bk0", OWNER, None)
+        .await
+        .assert_error(404, "DeviceNotFound");
+    for (body, field) in [
+        (json!({"id": "p1", "properties": []}), "properties"),
+        (
+            json!({"id": "p1", "properties": {"desired": 1}}),
+            "properties.desired",
+        ),
+        (
+            json!({"id": "p1", "properties": {"reported": "x"}}),
+            "properties.reported",
+        ),
+    ] {
+        let r = s
+            .call(
+                Method::POST,
+                "/devices",
+                OWNER,
+                Some(json!([{"id": "p0"}, body])),
+            )
+            .await;
+        r.assert_error(400, "ArgumentInvalid");
+        let msg = r.body["Message"].as_str().unwrap();
+        assert!(msg.contains(&format!("entry 1 ('p1'): {field}")), "{msg}");
+    }
+    assert_eq!(device_count(&s), 0);
+    // Memory and disk agree: a fresh process sees no device either.
+    assert_eq!(open().statistics().total_device_count, 0);
 }
 
 // ----- knobs -----------------------------------------------------------------------

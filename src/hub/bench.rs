@@ -58,7 +58,11 @@ fn twin_doc(i: usize) -> (Value, Value) {
         2..=19 => "early",
         _ => "broad",
     };
-    let model = if i % 3 == 0 { "5000x" } else { "4000x" };
+    let model = if i.is_multiple_of(3) {
+        "5000x"
+    } else {
+        "4000x"
+    };
     let tags = json!({
         "environment": if i % 10 == 9 { "test" } else { "prod" },
         "ring": ring, "model": model, "region": format!("region-{}", i % 10),

@@ -1,18 +1,22 @@
 //! The embedded hub as one object: state behind a lock, written through to the store.
 //!
 //! One writer at a time holds the lock, changes memory, and commits the same change to
-//! SQLite before it returns, so what a caller was told succeeded is on disk. Readers share
+//! SQLite before it returns, so what a caller was told succeeded is on disk. A write is all
+//! or nothing: when the operation or the commit fails, memory is rolled back to what the
+//! store holds (see [`HubState::begin`]), so memory and disk never disagree. Readers share
 //! the lock. A configuration change runs an engine cycle inside the same critical section
 //! (IoT Hub: "when you modify a configuration, the changes immediately replicate"); twin
 //! changes are picked up by the periodic cycle ([`EmbeddedHub::spawn_cycles`] or an explicit
 //! [`EmbeddedHub::run_cycle`] in virtual time).
 
-use super::engine::{Changes, CycleStats, HubState, Limits};
+use super::engine::CycleStats;
+use super::state::{Changes, HubState, Limits};
 use super::store::{Durability, Store};
 use crate::clock::Clock;
 use crate::iothub::configuration::{Configuration, DEFAULT_MAX_CONFIGURATIONS};
 use crate::iothub::device::Device;
 use crate::iothub::error::{ErrorCode, HubError, Result};
+use crate::iothub::page::{QueryPage, TestQueriesResult};
 use crate::iothub::query::{Condition, ItemType, Query};
 use crate::iothub::{QueryPage, TestQueriesResult};
 use jiff::Timestamp;
@@ -106,6 +110,14 @@ impl EmbeddedHub {
         Arc::strong_count(&self.inner)
     }
 
+    /// Tests: makes the store refuse (`true`) or accept (`false`) writes.
+    #[cfg(test)]
+    pub(crate) fn set_store_read_only(&self, on: bool) {
+        if let Some(s) = self.inner.store.lock().as_ref() {
+            s.set_read_only(on);
+        }
+    }
+
     /// The hub's clock.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()
@@ -116,16 +128,35 @@ impl EmbeddedHub {
     }
 
     /// Runs a mutation under the write lock and commits what it changed before returning.
+    ///
+    /// All or nothing: when the mutation fails, or the store refuses its changes (disk
+    /// full, read-only, I/O error), memory is rolled back to what it was, which is what the
+    /// store still holds, and the caller gets the error. Readers wait on the lock, so none
+    /// sees a change that is later undone.
     fn write<T>(
         &self,
         f: impl FnOnce(&mut HubState, Timestamp, &mut Changes) -> Result<T>,
     ) -> Result<T> {
         let mut st = self.inner.state.write();
+        st.begin();
         let mut ch = Changes::default();
-        let out = f(&mut st, self.inner.clock.now(), &mut ch)?;
-        if let Some(store) = self.inner.store.lock().as_mut() {
-            store.save(&st, &ch)?;
+        let out = match f(&mut st, self.inner.clock.now(), &mut ch) {
+            Ok(out) => out,
+            Err(e) => {
+                st.rollback();
+                return Err(e);
+            }
+        };
+        if let Some(store) = self.inner.store.lock().as_mut()
+            && let Err(e) = store.save(&st, &ch)
+        {
+            st.rollback();
+            return Err(HubError::new(
+                e.code,
+                format!("{}; nothing was changed", e.message),
+            ));
         }
+        st.commit();
         Ok(out)
     }
 
@@ -161,31 +192,15 @@ impl EmbeddedHub {
         self.write(|st, now, ch| st.create_device(device, Some(twin), now, ch))
     }
 
-    /// Creates many devices in one transaction; stops at the first error (nothing is
-    /// written when any fails).
+    /// Creates many devices in one transaction: all of them, or none when any is refused.
     pub fn create_devices(&self, devices: Vec<(Device, Option<Value>)>) -> Result<usize> {
-        let mut st = self.inner.state.write();
-        // Check everything first so that a bad entry writes nothing.
-        let mut seen = std::collections::HashSet::new();
-        for (d, _) in &devices {
-            d.validate()?;
-            if st.slot(&d.device_id).is_some() || !seen.insert(d.device_id.clone()) {
-                return Err(HubError::new(
-                    ErrorCode::DeviceAlreadyExists,
-                    format!("A device with ID '{}' is already registered", d.device_id),
-                ));
+        self.write(|st, now, ch| {
+            let n = devices.len();
+            for (d, twin) in devices {
+                st.create_device(d, twin.as_ref(), now, ch)?;
             }
-        }
-        let now = self.inner.clock.now();
-        let mut ch = Changes::default();
-        let n = devices.len();
-        for (d, twin) in devices {
-            st.create_device(d, twin.as_ref(), now, &mut ch)?;
-        }
-        if let Some(store) = self.inner.store.lock().as_mut() {
-            store.save(&st, &ch)?;
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
 
     pub fn get_device(&self, device_id: &str) -> Result<Device> {
@@ -377,5 +392,182 @@ impl EmbeddedHub {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A write is all-or-nothing across memory and disk: what a refused write changed in
+    //! memory is undone, so a reopened store shows exactly what memory showed.
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::iothub::configuration::ConfigurationContent;
+    use serde_json::json;
+
+    fn open(path: &Path) -> EmbeddedHub {
+        let clock = Arc::new(ManualClock::new("2024-01-01T00:00:00Z".parse().unwrap()));
+        EmbeddedHub::open(path, clock, HubOptions::default()).unwrap()
+    }
+
+    fn config(id: &str, ring: &str, firmware: &str) -> Configuration {
+        Configuration {
+            id: id.into(),
+            target_condition: format!("tags.ring='{ring}'"),
+            priority: 5,
+            content: ConfigurationContent {
+                device_content: Some(
+                    json!({ "properties.desired.firmware": firmware })
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// Everything a client can read: every twin and every configuration (with counts).
+    fn snapshot(hub: &EmbeddedHub) -> (Vec<Value>, Vec<Value>) {
+        let twins = hub
+            .list_devices(usize::MAX)
+            .iter()
+            .map(|d| hub.get_twin(&d.device_id).unwrap())
+            .collect();
+        let configs = hub
+            .list_configurations()
+            .iter()
+            .map(|c| serde_json::to_value(c).unwrap())
+            .collect();
+        (twins, configs)
+    }
+
+    /// What a fresh process would read from the same file.
+    fn reopened(path: &Path) -> (Vec<Value>, Vec<Value>) {
+        snapshot(&open(path))
+    }
+
+    #[test]
+    fn a_bulk_create_refused_by_one_entry_creates_none_in_memory_or_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let hub = open(&path);
+        // A freed slot, which the first entry takes and the undo gives back.
+        hub.create_device(Device::new("gone")).unwrap();
+        hub.delete_device("gone", None).unwrap();
+        let err = hub
+            .create_devices(vec![
+                (Device::new("bk0"), None),
+                (Device::new("bk1"), Some(json!({ "tags": "x" }))),
+            ])
+            .unwrap_err();
+        assert!(err.message.contains("tags"), "{}", err.message);
+        assert!(
+            hub.get_device("bk0").is_err(),
+            "bk0 must not exist in memory"
+        );
+        assert_eq!(snapshot(&hub), reopened(&path));
+        // The same call without the bad entry goes through.
+        assert_eq!(
+            hub.create_devices(vec![(Device::new("bk0"), None), (Device::new("bk2"), None)])
+                .unwrap(),
+            2
+        );
+        assert!(hub.get_device("gone").is_err());
+        assert!(hub.get_device("bk0").is_ok());
+        assert_eq!(snapshot(&hub), reopened(&path));
+    }
+
+    #[test]
+    fn a_write_the_store_refuses_changes_nothing_and_writes_work_once_the_fault_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let hub = open(&path);
+        hub.create_configuration(&config("fw", "canary", "2"))
+            .unwrap();
+        hub.create_device_with_twin(Device::new("d1"), &json!({"tags": {"ring": "canary"}}))
+            .unwrap();
+        hub.run_cycle().unwrap();
+        assert_eq!(
+            hub.get_twin("d1").unwrap()["properties"]["desired"]["firmware"],
+            "2"
+        );
+        let settled = snapshot(&hub);
+
+        hub.set_store_read_only(true);
+        let refused = |e: HubError| {
+            assert_eq!(e.code, ErrorCode::ServerError);
+            assert!(e.message.contains("hub store"), "{}", e.message);
+            assert!(e.message.contains("nothing was changed"), "{}", e.message);
+        };
+        refused(hub.create_device(Device::new("d2")).unwrap_err());
+        assert!(
+            hub.get_device("d2").is_err(),
+            "a refused create leaves no device"
+        );
+        refused(
+            hub.create_devices(vec![(Device::new("d3"), None), (Device::new("d4"), None)])
+                .unwrap_err(),
+        );
+        refused(
+            hub.update_twin("d1", &json!({"tags": {"ring": "early"}}), None)
+                .unwrap_err(),
+        );
+        refused(hub.patch_reported("d1", &json!({"x": 1})).unwrap_err());
+        refused(hub.delete_device("d1", None).unwrap_err());
+        refused(
+            hub.create_configuration(&config("fw3", "canary", "3"))
+                .unwrap_err(),
+        );
+        refused(hub.delete_configuration("fw", None).unwrap_err());
+        let mut higher = hub.get_configuration("fw").unwrap();
+        higher.priority = 9;
+        refused(hub.update_configuration(&higher, None).unwrap_err());
+        assert_eq!(
+            snapshot(&hub),
+            settled,
+            "memory is as before the refused writes"
+        );
+
+        // A cycle whose result the store refuses is undone as well, and redone later.
+        hub.set_store_read_only(false);
+        hub.update_twin("d1", &json!({"tags": {"ring": "early"}}), None)
+            .unwrap();
+        hub.set_store_read_only(true);
+        refused(hub.run_cycle().unwrap_err());
+        assert_eq!(
+            hub.get_twin("d1").unwrap()["properties"]["desired"]["firmware"],
+            "2",
+            "the refused cycle's change is not in memory"
+        );
+        let before_cycle = snapshot(&hub);
+        hub.set_store_read_only(false);
+        // A second process sees what memory shows (its own open-time cycle aside).
+        let on_disk = {
+            let other = Store::open(&path, Durability::Full).unwrap();
+            let mut st = HubState::new(Limits::default());
+            other.load(&mut st).unwrap();
+            st.twin_json("d1").unwrap()
+        };
+        assert_eq!(on_disk, before_cycle.0[0]);
+
+        // Writes work again, and the undone cycle is redone.
+        hub.run_cycle().unwrap();
+        assert!(
+            hub.get_twin("d1").unwrap()["properties"]["desired"]
+                .get("firmware")
+                .is_none()
+        );
+        hub.create_device(Device::new("d2")).unwrap();
+        hub.create_configuration(&config("fw3", "early", "3"))
+            .unwrap();
+        assert_eq!(
+            hub.get_twin("d1").unwrap()["properties"]["desired"]["firmware"],
+            "3"
+        );
+        let c = hub.get_configuration("fw3").unwrap();
+        assert_eq!(c.system_metrics.results["appliedCount"], 1);
+        assert_eq!(snapshot(&hub), reopened(&path));
     }
 }

@@ -1,83 +1,41 @@
-//! The hub's state and the automatic-configuration engine.
+//! Automatic device configurations and the incremental engine that applies them
+//! (<https://learn.microsoft.com/azure/iot-hub/iot-hub-automatic-device-management>).
 //!
-//! [`HubState`] owns every device, twin and configuration. It is plain data with no locks
-//! and no I/O: [`super::EmbeddedHub`] wraps it with a lock and the SQLite store.
+//! The engine is incremental: each configuration keeps the set of twin slots it targets,
+//! applies to, and matches for each metric. A changed twin is re-checked against every
+//! configuration (at most 100); a changed configuration is re-checked against every twin
+//! once. A cycle in which nothing changed only refreshes the counts, which are popcounts of
+//! those sets. `ringmaster hub bench` prints what this costs.
 //!
-//! The engine is incremental (DESIGN "Performance shape"): each configuration keeps the set
-//! of twin slots it targets, applies to, and matches for each metric. A changed twin is
-//! re-checked against every configuration (at most 100); a changed configuration is
-//! re-checked against every twin once. A cycle in which nothing changed only refreshes the
-//! counts, which are popcounts of those sets.
-//!
-//! Conflicts are decided per content path (reference §1.5): among the configurations that
-//! target a twin, the highest priority wins a path, ties go to the most recently created.
-//! Each twin remembers which configuration owns each path it received ("owners"), so when
-//! a twin stops being targeted, or a configuration is deleted, exactly those settings are
-//! removed and the next configuration in line fills in. A value a user wrote over a
-//! configuration's path is not re-asserted until the owner of that path changes: the hub
-//! does not fight operators (the real hub's behaviour here is undocumented).
+//! Conflicts are decided per content path, as IoT Hub documents for automatic device
+//! configurations: among the configurations that target a twin, the highest priority wins a
+//! path, ties go to the most recently created. Each twin remembers which configuration owns
+//! each path it received ("owners"), so when a twin stops being targeted, or a configuration
+//! is deleted, exactly those settings are removed and the next configuration in line fills
+//! in. A value a user wrote over a configuration's path is not re-asserted until the owner
+//! of that path changes: the hub does not fight operators (the real hub's behaviour here is
+//! undocumented).
 
 use super::bitset::BitSet;
+use super::registry::{if_match, precondition_failed, scan_slots};
+use super::state::{Changes, HubState, STATUS_APPLIED, STATUS_TARGETED, Slot};
 use crate::iothub::configuration::{
-    Configuration, ConfigurationMetrics, DEFAULT_MAX_CONFIGURATIONS, MAX_CUSTOM_METRICS,
-    MAX_QUERY_LEN, validate_id,
+    Configuration, ConfigurationMetrics, MAX_CUSTOM_METRICS, MAX_QUERY_LEN, validate_id,
 };
-use crate::iothub::device::{Device, device_etag, generate_key};
 use crate::iothub::error::{ErrorCode, HubError, Result};
 use crate::iothub::query::{Condition, Query};
-use crate::iothub::twin::{Section, Twin, TwinRow, merge_patch, strip_system_keys};
-use crate::iothub::value::Row;
+use crate::iothub::twin::Section;
 use base64::Engine as _;
 use jiff::Timestamp;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-/// Status values in a twin's `configurations` map (the SDKs serialize them lowercase).
-pub const STATUS_TARGETED: &str = "targeted";
-pub const STATUS_APPLIED: &str = "applied";
+/// The `schemaVersion` a configuration gets when its author gave none (the only version
+/// IoT Hub defines for configurations).
+const DEFAULT_SCHEMA_VERSION: &str = "1.0";
 
-/// Largest page a twin query returns.
-pub const MAX_PAGE_SIZE: usize = 100;
-
-/// One device: identity, twin, and which configuration owns each content path it holds.
-#[derive(Clone, Debug)]
-pub struct Slot {
-    pub device: Device,
-    pub twin: Twin,
-    /// `(content path, configuration id)`, sorted by path.
-    pub owners: Vec<(String, String)>,
-    /// `(configuration id, applied?)`, sorted by id: the engine's copy of the twin's
-    /// `configurations` map, so that deciding "did anything change" compares a few
-    /// strings instead of rebuilding JSON.
-    pub statuses: Vec<(String, bool)>,
-}
-
-impl Slot {
-    /// A slot restored from storage: the status copy is read back from the twin.
-    pub fn restored(device: Device, twin: Twin, owners: Vec<(String, String)>) -> Slot {
-        let mut statuses: Vec<(String, bool)> = twin
-            .section(Section::Configurations)
-            .iter()
-            .map(|(id, v)| (id.clone(), v["status"].as_str() == Some(STATUS_APPLIED)))
-            .collect();
-        statuses.sort();
-        Slot {
-            device,
-            twin,
-            owners,
-            statuses,
-        }
-    }
-
-    pub fn row(&self) -> TwinRow<'_> {
-        TwinRow {
-            device: &self.device,
-            twin: &self.twin,
-        }
-    }
-}
-
-struct Metric {
+/// A custom metric: its name, compiled condition, and the twins it counts.
+pub(super) struct Metric {
     name: String,
     /// `None`: the query has no WHERE and counts every device.
     condition: Option<Condition>,
@@ -86,6 +44,7 @@ struct Metric {
 
 /// A configuration with the engine's compiled and derived state.
 pub struct ConfigState {
+    /// The configuration as the hub reports it (counts included).
     pub config: Configuration,
     /// Creation order: breaks priority ties (later wins).
     pub seq: u64,
@@ -121,43 +80,38 @@ impl ConfigState {
         }
     }
 
+    /// A copy for undoing a write: the configuration and its compiled form, with the
+    /// derived sets left empty and marked for a full recount at the next cycle.
+    pub(super) fn undo_copy(&self) -> ConfigState {
+        ConfigState::new(
+            self.config.clone(),
+            self.seq,
+            self.target.clone(),
+            self.metrics
+                .iter()
+                .map(|m| Metric {
+                    name: m.name.clone(),
+                    condition: m.condition.clone(),
+                    set: BitSet::new(),
+                })
+                .collect(),
+            self.content.clone(),
+        )
+    }
+
+    /// The slots it targets now.
+    pub(super) fn targeted_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.targeted.iter()
+    }
+
+    /// Twins the configuration targets now.
     pub fn targeted_count(&self) -> usize {
         self.targeted.len()
     }
+    /// Twins it is applied to: those holding at least one of its content paths (every
+    /// twin it targets when it has no content).
     pub fn applied_count(&self) -> usize {
         self.applied.len()
-    }
-}
-
-/// Limits of one hub.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub max_configurations: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_configurations: DEFAULT_MAX_CONFIGURATIONS,
-        }
-    }
-}
-
-/// What a mutation or cycle changed, for the store to persist.
-#[derive(Debug, Default)]
-pub struct Changes {
-    pub devices: Vec<String>,
-    pub deleted_devices: Vec<String>,
-    pub configurations: Vec<String>,
-    pub deleted_configurations: Vec<String>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
-            && self.deleted_devices.is_empty()
-            && self.configurations.is_empty()
-            && self.deleted_configurations.is_empty()
     }
 }
 
@@ -172,45 +126,8 @@ pub struct CycleStats {
     pub twins_changed: usize,
 }
 
-/// Every device, twin and configuration of one hub.
-pub struct HubState {
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
-    index: HashMap<String, u32>,
-    configs: Vec<ConfigState>,
-    next_seq: u64,
-    etag_counter: u64,
-    dirty: Vec<u32>,
-    dirty_flag: BitSet,
-    removed: Vec<ConfigState>,
-    pub limits: Limits,
-}
-
 fn config_etag(n: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(n.to_string())
-}
-
-/// Strips one layer of quotes from an If-Match value; `None` and `*` mean unconditional.
-pub fn if_match(etag: Option<&str>) -> Option<&str> {
-    let e = etag?.trim();
-    let e = e
-        .strip_prefix('"')
-        .and_then(|x| x.strip_suffix('"'))
-        .unwrap_or(e);
-    if e == "*" || e.is_empty() {
-        None
-    } else {
-        Some(e)
-    }
-}
-
-fn precondition_failed(what: &str) -> HubError {
-    HubError::new(
-        ErrorCode::PreconditionFailed,
-        format!(
-            "The etag in the request does not match the etag of the existing {what}, as per RFC7232; read it again and retry with its current etag"
-        ),
-    )
 }
 
 /// Compiles a custom metric query (a full `SELECT ... FROM devices WHERE ...`).
@@ -349,282 +266,14 @@ fn remove_path(root: &mut Map<String, Value>, rel: &str) {
 }
 
 impl HubState {
-    pub fn new(limits: Limits) -> HubState {
-        HubState {
-            slots: Vec::new(),
-            free: Vec::new(),
-            index: HashMap::new(),
-            configs: Vec::new(),
-            next_seq: 1,
-            etag_counter: 1,
-            dirty: Vec::new(),
-            dirty_flag: BitSet::new(),
-            removed: Vec::new(),
-            limits,
-        }
-    }
-
-    fn next_etag(&mut self) -> u64 {
-        self.etag_counter += 1;
-        self.etag_counter
-    }
-
-    fn mark_dirty(&mut self, slot: u32) {
-        if self.dirty_flag.set(slot, true) {
-            self.dirty.push(slot);
-        }
-    }
-
-    // ----- devices -----------------------------------------------------------------
-
-    /// Number of devices.
-    pub fn device_count(&self) -> usize {
-        self.index.len()
-    }
-
-    pub fn slot(&self, device_id: &str) -> Option<&Slot> {
-        let i = *self.index.get(device_id)?;
-        self.slots[i as usize].as_ref()
-    }
-
-    /// Calls `f(slot number, slot)` for every device matching `cond` (`None`: all), in slot
-    /// order. This is the engine's hot loop: it prefetches twins ahead of evaluation.
-    pub fn scan<'a>(&'a self, cond: Option<&Condition>, f: impl FnMut(u32, &'a Slot)) {
-        scan_slots(&self.slots, cond, f)
-    }
-
-    /// Every device, in slot order.
-    pub fn slots(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().flatten()
-    }
-
-    fn slot_mut(&mut self, device_id: &str) -> Result<(u32, &mut Slot)> {
-        let i = *self
-            .index
-            .get(device_id)
-            .ok_or_else(|| not_found(device_id))?;
-        Ok((
-            i,
-            self.slots[i as usize]
-                .as_mut()
-                .expect("indexed slot exists"),
-        ))
-    }
-
-    /// Creates a device and its twin. The twin may start with tags and desired properties
-    /// (bulk import does this).
-    pub fn create_device(
-        &mut self,
-        mut device: Device,
-        initial: Option<&Value>,
-        now: Timestamp,
-        changes: &mut Changes,
-    ) -> Result<Device> {
-        device.validate()?;
-        if self.index.contains_key(&device.device_id) {
-            return Err(HubError::new(
-                ErrorCode::DeviceAlreadyExists,
-                format!(
-                    "A device with ID '{}' is already registered",
-                    device.device_id
-                ),
-            ));
-        }
-        if device.authentication.kind == "sas" {
-            let k = &mut device.authentication.symmetric_key;
-            if k.primary_key.as_deref().unwrap_or("").is_empty() {
-                k.primary_key = Some(generate_key());
-            }
-            if k.secondary_key.as_deref().unwrap_or("").is_empty() {
-                k.secondary_key = Some(generate_key());
-            }
-        }
-        device.generation_id = format!("{:018}", rand::random::<u64>() % 10u64.pow(18));
-        let e = self.next_etag();
-        device.etag = device_etag(e);
-        device.status_updated_time = now;
-        let mut twin = Twin::new(now);
-        if let Some(init) = initial {
-            apply_twin_sections(&mut twin, init, false)?;
-        }
-        let slot = Slot {
-            device: device.clone(),
-            twin,
-            owners: Vec::new(),
-            statuses: Vec::new(),
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(slot);
-                i
-            }
-            None => {
-                self.slots.push(Some(slot));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.index.insert(device.device_id.clone(), i);
-        self.mark_dirty(i);
-        changes.devices.push(device.device_id.clone());
-        Ok(device)
-    }
-
-    /// Updates a device identity (status, status reason, keys).
-    pub fn update_device(
-        &mut self,
-        device: Device,
-        etag: Option<&str>,
-        now: Timestamp,
-        changes: &mut Changes,
-    ) -> Result<Device> {
-        device.validate()?;
-        let e = self.next_etag();
-        let (_, slot) = self.slot_mut(&device.device_id)?;
-        if let Some(want) = if_match(etag) {
-            if want != slot.device.etag {
-                return Err(precondition_failed("device"));
-            }
-        }
-        let cur = &mut slot.device;
-        if cur.status != device.status || cur.status_reason != device.status_reason {
-            cur.status_updated_time = now;
-        }
-        cur.status = device.status;
-        cur.status_reason = device.status_reason;
-        if device.authentication.kind == "sas" {
-            let k = &device.authentication.symmetric_key;
-            if k.primary_key.as_deref().is_some_and(|s| !s.is_empty()) {
-                cur.authentication.symmetric_key = k.clone();
-            }
-        } else {
-            cur.authentication = device.authentication;
-        }
-        cur.capabilities = device.capabilities;
-        cur.etag = device_etag(e);
-        let out = cur.clone();
-        changes.devices.push(out.device_id.clone());
-        Ok(out)
-    }
-
-    /// Deletes a device and its twin.
-    pub fn delete_device(
-        &mut self,
-        device_id: &str,
-        etag: Option<&str>,
-        changes: &mut Changes,
-    ) -> Result<()> {
-        let (i, slot) = self.slot_mut(device_id)?;
-        if let Some(want) = if_match(etag) {
-            if want != slot.device.etag {
-                return Err(precondition_failed("device"));
-            }
-        }
-        self.slots[i as usize] = None;
-        self.index.remove(device_id);
-        self.free.push(i);
-        for c in &mut self.configs {
-            c.targeted.set(i, false);
-            c.applied.set(i, false);
-            for m in &mut c.metrics {
-                m.set.set(i, false);
-            }
-        }
-        self.dirty_flag.set(i, false);
-        self.dirty.retain(|&d| d != i);
-        changes.deleted_devices.push(device_id.to_string());
-        Ok(())
-    }
-
-    /// A twin as JSON.
-    pub fn twin_json(&self, device_id: &str) -> Result<Value> {
-        self.slot(device_id)
-            .map(|s| s.row().to_json())
-            .ok_or_else(|| not_found(device_id))
-    }
-
-    /// Service-side twin update: `replace` swaps tags and desired whole (PUT), otherwise
-    /// they are merged (PATCH, `null` deletes).
-    pub fn update_twin(
-        &mut self,
-        device_id: &str,
-        patch: &Value,
-        etag: Option<&str>,
-        replace: bool,
-        now: Timestamp,
-        changes: &mut Changes,
-    ) -> Result<Value> {
-        if !patch.is_object() {
-            return Err(HubError::invalid(
-                "the twin patch must be a JSON object with tags and/or properties.desired",
-            ));
-        }
-        let e = self.next_etag();
-        let (i, slot) = self.slot_mut(device_id)?;
-        if let Some(want) = if_match(etag) {
-            if want != slot.twin.etag() {
-                return Err(precondition_failed("twin"));
-            }
-        }
-        let mut twin = slot.twin.clone();
-        let (tags_changed, desired_changed) = apply_twin_sections(&mut twin, patch, replace)?;
-        if tags_changed || desired_changed {
-            twin.version += 1;
-        }
-        if desired_changed {
-            twin.desired_version += 1;
-            twin.desired_updated = now;
-        }
-        twin.etag_counter = e;
-        slot.twin = twin;
-        let out = slot.row().to_json();
-        self.mark_dirty(i);
-        changes.devices.push(device_id.to_string());
-        Ok(out)
-    }
-
-    /// Device-side reported-properties patch (merge, `null` deletes). Returns the new
-    /// reported `$version`.
-    pub fn patch_reported(
-        &mut self,
-        device_id: &str,
-        patch: &Value,
-        now: Timestamp,
-        changes: &mut Changes,
-    ) -> Result<i64> {
-        let Some(p) = patch.as_object() else {
-            return Err(HubError::invalid(
-                "a reported-properties patch must be a JSON object",
-            ));
-        };
-        let e = self.next_etag();
-        let (i, slot) = self.slot_mut(device_id)?;
-        if slot.device.status == "disabled" {
-            return Err(HubError::new(
-                ErrorCode::IotHubUnauthorizedAccess,
-                format!("device '{device_id}' is disabled"),
-            ));
-        }
-        let mut p = p.clone();
-        strip_system_keys(&mut p);
-        let mut rep = slot.twin.section(Section::Reported);
-        merge_patch(&mut rep, &p);
-        slot.twin.set_section(Section::Reported, &rep)?;
-        slot.twin.reported_version += 1;
-        slot.twin.reported_updated = now;
-        slot.twin.etag_counter = e;
-        slot.device.last_activity_time = now;
-        let v = slot.twin.reported_version;
-        self.mark_dirty(i);
-        changes.devices.push(device_id.to_string());
-        Ok(v)
-    }
-
     // ----- configurations ---------------------------------------------------------
 
+    /// Every configuration, in creation order.
     pub fn configurations(&self) -> Vec<Configuration> {
         self.configs.iter().map(|c| c.config.clone()).collect()
     }
 
+    /// One configuration by id.
     pub fn configuration(&self, id: &str) -> Option<&ConfigState> {
         self.configs.iter().find(|c| c.config.id == id)
     }
@@ -661,11 +310,12 @@ impl HubState {
         let mut c = config.clone();
         c.created_time_utc = Some(now);
         c.last_updated_time_utc = Some(now);
-        c.schema_version = c.schema_version.or(Some("1.0".into()));
+        c.schema_version = c.schema_version.or(Some(DEFAULT_SCHEMA_VERSION.into()));
         let e = self.next_etag();
         c.etag = Some(config_etag(e));
         c.metrics.results.clear();
         c.system_metrics = system_metrics(&c.id, &c.target_condition);
+        self.journal_configs();
         let seq = self.next_seq;
         self.next_seq += 1;
         self.configs
@@ -682,17 +332,17 @@ impl HubState {
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<Configuration> {
-        let e = self.next_etag();
-        let Some(cs) = self.configs.iter_mut().find(|c| c.config.id == config.id) else {
+        let Some(pos) = self.configs.iter().position(|c| c.config.id == config.id) else {
             return Err(HubError::new(
                 ErrorCode::ConfigurationNotFound,
                 format!("configuration '{}' does not exist", config.id),
             ));
         };
-        if let Some(want) = if_match(etag) {
-            if Some(want) != cs.config.etag.as_deref() {
-                return Err(precondition_failed("configuration"));
-            }
+        let cs = &self.configs[pos];
+        if let Some(want) = if_match(etag)
+            && Some(want) != cs.config.etag.as_deref()
+        {
+            return Err(precondition_failed("configuration"));
         }
         if config.content != cs.config.content {
             return Err(HubError::new(
@@ -713,6 +363,10 @@ impl HubState {
         } else {
             None
         };
+        // Checked: from here on the configuration changes.
+        self.journal_configs();
+        let e = self.next_etag();
+        let cs = &mut self.configs[pos];
         if let Some(t) = target {
             cs.target = t;
             cs.target_dirty = true;
@@ -751,11 +405,12 @@ impl HubState {
                 format!("configuration '{id}' does not exist"),
             ));
         };
-        if let Some(want) = if_match(etag) {
-            if Some(want) != self.configs[pos].config.etag.as_deref() {
-                return Err(precondition_failed("configuration"));
-            }
+        if let Some(want) = if_match(etag)
+            && Some(want) != self.configs[pos].config.etag.as_deref()
+        {
+            return Err(precondition_failed("configuration"));
         }
+        self.journal_configs();
         let cs = self.configs.remove(pos);
         self.removed.push(cs);
         changes.deleted_configurations.push(id.to_string());
@@ -763,6 +418,17 @@ impl HubState {
     }
 
     // ----- the engine -------------------------------------------------------------
+
+    /// Drops a freed slot from every configuration's sets (its device was deleted).
+    pub(super) fn forget_slot(&mut self, i: u32) {
+        for c in &mut self.configs {
+            c.targeted.set(i, false);
+            c.applied.set(i, false);
+            for m in &mut c.metrics {
+                m.set.set(i, false);
+            }
+        }
+    }
 
     /// Runs one configuration cycle: re-target what changed, apply content, refresh counts.
     pub fn run_cycle(&mut self, now: Timestamp, changes: &mut Changes) -> CycleStats {
@@ -983,126 +649,46 @@ impl HubState {
         let e = self.next_etag();
         twin.etag_counter = e;
         let slot = self.slots[s as usize].as_mut().expect("slot checked above");
-        slot.twin = twin;
-        slot.owners = new_owners;
-        slot.statuses = new_statuses;
+        let twin = std::mem::replace(&mut slot.twin, twin);
+        let owners = std::mem::replace(&mut slot.owners, new_owners);
+        let statuses = std::mem::replace(&mut slot.statuses, new_statuses);
+        if let Some(j) = self.journal.as_mut() {
+            // The replaced parts are the before-image: no copy of the twin.
+            j.record(s, || {
+                Some(Slot {
+                    device: slot.device.clone(),
+                    twin,
+                    owners,
+                    statuses,
+                })
+            });
+        }
         for (i, on) in applied_bits {
             self.configs[i].applied.set(s, on);
         }
         true
     }
 
-    // ----- queries ----------------------------------------------------------------
+    /// Restores a configuration; targets and counts are recomputed by the next cycle.
+    pub fn restore_configuration(&mut self, config: Configuration, seq: u64) -> Result<()> {
+        let target = compile_target(&config.target_condition)?;
+        let metrics = check_metrics(&config.metrics)?;
+        let content = compile_content(&config)?;
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.configs
+            .push(ConfigState::new(config, seq, target, metrics, content));
+        self.configs.sort_by_key(|c| c.seq);
+        Ok(())
+    }
 
-    /// Runs a twin query and returns one page (see [`super::QueryPage`] for the shape).
-    pub fn query(
-        &self,
-        text: &str,
-        page_size: Option<usize>,
-        continuation: Option<&str>,
-    ) -> Result<(crate::iothub::query::ItemType, Vec<Value>, Option<String>)> {
-        if text.len() > MAX_QUERY_LEN {
-            return Err(HubError::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "query is {} characters long; at most {MAX_QUERY_LEN} are allowed",
-                    text.len()
-                ),
-            ));
-        }
-        let q = Query::parse(text)
-            .map_err(|e| HubError::new(ErrorCode::BadRequest, format!("query: {e}")))?;
-        let cond = q.condition();
-        if q.is_aggregate() {
-            let rows: Vec<TwinRow<'_>> = self
-                .slots
-                .iter()
-                .flatten()
-                .map(|s| s.row())
-                .filter(|r| cond.is_none_or(|c| c.matches(r)))
-                .collect();
-            let mut it = rows.iter().map(|r| r as &dyn Row);
-            let mut out = q.aggregate(&mut it);
-            if let Some(top) = q.top() {
-                out.truncate(top);
-            }
-            return Ok((q.item_type(), out, None));
-        }
-        let page = page_size.unwrap_or(MAX_PAGE_SIZE).clamp(1, MAX_PAGE_SIZE);
-        let (mut start, mut emitted) = match continuation {
-            Some(tok) if !tok.is_empty() => decode_continuation(tok)?,
-            _ => (0, 0),
-        };
-        let top = q.top();
-        let mut out = Vec::new();
-        while (start as usize) < self.slots.len() {
-            if out.len() >= page || top.is_some_and(|t| emitted >= t) {
-                break;
-            }
-            if let Some(slot) = &self.slots[start as usize] {
-                let row = slot.row();
-                if cond.is_none_or(|c| c.matches(&row)) {
-                    out.push(q.project(&row));
-                    emitted += 1;
-                }
-            }
-            start += 1;
-        }
-        let more = (start as usize) < self.slots.len()
-            && top.is_none_or(|t| emitted < t)
-            && self.slots[start as usize..]
-                .iter()
-                .flatten()
-                .any(|s| cond.is_none_or(|c| c.matches(&s.row())));
-        let token = more.then(|| encode_continuation(start, emitted));
-        Ok((q.item_type(), out, token))
+    /// The creation sequence number of a configuration.
+    pub fn configuration_seq(&self, id: &str) -> Option<u64> {
+        self.configuration(id).map(|c| c.seq)
     }
 }
 
-/// See [`HubState::scan`].
-fn scan_slots<'a>(
-    slots: &'a [Option<Slot>],
-    cond: Option<&Condition>,
-    mut f: impl FnMut(u32, &'a Slot),
-) {
-    const AHEAD: usize = 12;
-    for i in 0..slots.len() {
-        if let Some(Some(next)) = slots.get(i + AHEAD) {
-            next.twin.prefetch();
-        }
-        if let Some(slot) = &slots[i] {
-            if cond.is_none_or(|c| c.matches(&slot.row())) {
-                f(i as u32, slot);
-            }
-        }
-    }
-}
-
-fn encode_continuation(slot: u32, emitted: usize) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("rm1:{slot}:{emitted}"))
-}
-
-fn decode_continuation(tok: &str) -> Result<(u32, usize)> {
-    let bad = || {
-        HubError::new(
-            ErrorCode::BadRequest,
-            "x-ms-continuation is not a token this hub issued; start the query again without it",
-        )
-    };
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(tok.trim())
-        .map_err(|_| bad())?;
-    let s = String::from_utf8(raw).map_err(|_| bad())?;
-    let mut it = s.split(':');
-    if it.next() != Some("rm1") {
-        return Err(bad());
-    }
-    let slot = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
-    let emitted = it.next().and_then(|x| x.parse().ok()).ok_or_else(bad)?;
-    Ok((slot, emitted))
-}
-
-/// The `systemMetrics.queries` the hub writes for a configuration (reference §1.9).
+/// The `systemMetrics.queries` the hub writes for a configuration: `targetedCount` and
+/// `appliedCount`, as IoT Hub reports them for automatic device configurations.
 pub fn system_metrics(id: &str, target: &str) -> ConfigurationMetrics {
     let mut q = BTreeMap::new();
     let targeted = if target.trim() == "*" {
@@ -1118,111 +704,5 @@ pub fn system_metrics(id: &str, target: &str) -> ConfigurationMetrics {
     ConfigurationMetrics {
         queries: q,
         results: BTreeMap::new(),
-    }
-}
-
-/// Applies the `tags` and `properties.desired` members of a service-side twin update.
-/// Returns which of the two changed. Nothing is written to `twin` on error.
-fn apply_twin_sections(twin: &mut Twin, patch: &Value, replace: bool) -> Result<(bool, bool)> {
-    let mut work = twin.clone();
-    let mut tags_changed = false;
-    let mut desired_changed = false;
-    let tags = patch.get("tags");
-    if let Some(t) = tags.filter(|t| !t.is_null()) {
-        let Some(t) = t.as_object() else {
-            return Err(HubError::invalid("'tags' must be a JSON object"));
-        };
-        let mut cur = if replace {
-            Map::new()
-        } else {
-            work.section(Section::Tags)
-        };
-        merge_patch(&mut cur, t);
-        if cur != work.section(Section::Tags) {
-            work.set_section(Section::Tags, &cur)?;
-            tags_changed = true;
-        }
-    } else if replace {
-        if !work.section(Section::Tags).is_empty() {
-            work.set_section(Section::Tags, &Map::new())?;
-            tags_changed = true;
-        }
-    }
-    let desired = patch.get("properties").and_then(|p| p.get("desired"));
-    if let Some(d) = desired.filter(|d| !d.is_null()) {
-        let Some(d) = d.as_object() else {
-            return Err(HubError::invalid(
-                "'properties.desired' must be a JSON object",
-            ));
-        };
-        let mut d = d.clone();
-        strip_system_keys(&mut d);
-        let mut cur = if replace {
-            Map::new()
-        } else {
-            work.section(Section::Desired)
-        };
-        merge_patch(&mut cur, &d);
-        if cur != work.section(Section::Desired) {
-            work.set_section(Section::Desired, &cur)?;
-            desired_changed = true;
-        }
-    } else if replace && !work.section(Section::Desired).is_empty() {
-        work.set_section(Section::Desired, &Map::new())?;
-        desired_changed = true;
-    }
-    if patch
-        .get("properties")
-        .and_then(|p| p.get("reported"))
-        .is_some_and(|r| !r.is_null() && r.as_object().is_some_and(|m| !m.is_empty()))
-    {
-        return Err(HubError::invalid(
-            "reported properties are written by the device; a service twin update may change tags and properties.desired only",
-        ));
-    }
-    *twin = work;
-    Ok((tags_changed, desired_changed))
-}
-
-fn not_found(device_id: &str) -> HubError {
-    HubError::new(
-        ErrorCode::DeviceNotFound,
-        format!("Device {device_id} not registered"),
-    )
-}
-
-/// Restores a slot from the store (used when the hub opens its SQLite file).
-impl HubState {
-    pub fn restore_device(&mut self, slot: Slot) {
-        let id = slot.device.device_id.clone();
-        self.slots.push(Some(slot));
-        let i = (self.slots.len() - 1) as u32;
-        self.index.insert(id, i);
-    }
-
-    /// Restores a configuration; targets and counts are recomputed by the next cycle.
-    pub fn restore_configuration(&mut self, config: Configuration, seq: u64) -> Result<()> {
-        let target = compile_target(&config.target_condition)?;
-        let metrics = check_metrics(&config.metrics)?;
-        let content = compile_content(&config)?;
-        self.next_seq = self.next_seq.max(seq + 1);
-        self.configs
-            .push(ConfigState::new(config, seq, target, metrics, content));
-        self.configs.sort_by_key(|c| c.seq);
-        Ok(())
-    }
-
-    /// Sets the etag counter at least to `n` (restored from the store).
-    pub fn restore_etag_counter(&mut self, n: u64) {
-        self.etag_counter = self.etag_counter.max(n);
-    }
-
-    pub fn etag_counter(&self) -> u64 {
-        self.etag_counter
-    }
-
-    /// The creation sequence number of a configuration.
-    pub fn configuration_seq(&self, id: &str) -> Option<u64> {
-        self.configuration(id).map(|c| c.seq)
     }
 }

@@ -9,7 +9,7 @@
 //! The schema carries a version in `meta`; opening a file with a newer version is refused
 //! rather than guessed at.
 
-use super::engine::{Changes, HubState, Slot};
+use super::state::{Changes, HubState, Slot};
 use crate::iothub::configuration::Configuration;
 use crate::iothub::device::Device;
 use crate::iothub::error::{ErrorCode, HubError, Result};
@@ -44,8 +44,20 @@ fn db_err(e: rusqlite::Error) -> HubError {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`. The store holds the hub's shared access
+    /// keys, so its file (and the WAL and shared-memory files SQLite makes beside it, which
+    /// take the file's mode) is readable by its owner only: created 0600, and made 0600
+    /// when an older build left it readable by others.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
+        make_private(path).map_err(|e| {
+            HubError::new(
+                ErrorCode::ServerError,
+                format!(
+                    "cannot create hub store {} (readable by its owner only): {e}",
+                    path.display()
+                ),
+            )
+        })?;
         let conn = Connection::open(path).map_err(|e| {
             HubError::new(
                 ErrorCode::ServerError,
@@ -97,6 +109,16 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Tests: makes every later write fail as SQLite fails on a read-only file (`true`),
+    /// or lets writes through again (`false`). Reads keep working, as they do on a
+    /// read-only or full filesystem.
+    #[cfg(test)]
+    pub(crate) fn set_read_only(&self, on: bool) {
+        self.conn
+            .pragma_update(None, "query_only", on)
+            .expect("query_only is a connection setting");
     }
 
     /// A value from the `meta` table (schema version, hub keys, counters).
@@ -236,6 +258,36 @@ impl Store {
     }
 }
 
+/// Creates the store's file with mode 0600 if it is missing, and sets 0600 on the file and
+/// on any WAL or shared-memory file beside it. Nothing to do off Unix.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// The stored twin (schema 2): its versions, times and etag counter, and its nodes as
 /// [`Twin::write_nodes`] writes them, built in `buf` without JSON values.
 fn twin_to_stored<'b>(t: &Twin, buf: &'b mut Vec<u8>) -> &'b str {
@@ -283,4 +335,44 @@ fn twin_from_stored(v: &Value) -> Result<Twin> {
         t.set_section(s, v[k].as_object().unwrap_or(&empty))?;
     }
     Ok(t)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn side(path: &Path, suffix: &str) -> std::path::PathBuf {
+        let mut s = path.as_os_str().to_owned();
+        s.push(suffix);
+        s.into()
+    }
+
+    /// The store holds the shared access policies' keys: its file, WAL and shared-memory
+    /// index are readable by their owner only.
+    #[test]
+    fn the_store_and_its_wal_are_readable_by_their_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let store = Store::open(&path, Durability::Full).unwrap();
+        store.set_meta("key", "secret").unwrap();
+        for p in [path.clone(), side(&path, "-wal"), side(&path, "-shm")] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(store);
+
+        // A store an older build created readable by others is made private on open.
+        let old = dir.path().join("old.db");
+        drop(Store::open(&old, Durability::Full).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&old, Durability::Full).unwrap();
+        store.set_meta("key", "secret").unwrap();
+        for p in [old.clone(), side(&old, "-wal"), side(&old, "-shm")] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
 }

@@ -847,6 +847,19 @@ fn bulk_entry(i: usize, v: Value) -> Result<BulkEntry, ApiError> {
         |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
     let etag = text(&m, "eTag");
     let twin_etag = text(&m, "twinETag");
+    // Shapes are checked here, for every entry, before the call writes anything.
+    let object = |v: Option<&Value>, field: &str| match v {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(ApiError::invalid(format!(
+            "entry {i} ('{id}'): {field} must be a JSON object"
+        ))),
+    };
+    object(m.get("tags"), "tags")?;
+    object(m.get("properties"), "properties")?;
+    if let Some(Value::Object(props)) = m.get("properties") {
+        object(props.get("desired"), "properties.desired")?;
+        object(props.get("reported"), "properties.reported")?;
+    }
     let mut twin = Map::new();
     if let Some(t) = m.remove("tags").filter(|t| !t.is_null()) {
         twin.insert("tags".into(), t);

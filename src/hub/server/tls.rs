@@ -7,7 +7,9 @@
 //! start, for `localhost`, `127.0.0.1`, `::1` and the host name the connection string
 //! names. Clients trust the CA file (`REQUESTS_CA_BUNDLE=<ca.pem>` for Python).
 //!
-//! rustls runs on the aws-lc-rs provider, picked explicitly (docs/design.md, "Implementation notes"). ALPN
+//! rustls runs on the aws-lc-rs provider, named in the server configuration itself
+//! (`builder_with_provider`): with more than one provider compiled in, rustls cannot pick a
+//! process default by itself. ALPN
 //! offers `http/1.1` first and `h2` second: clients that offer only HTTP/1.1 (or nothing)
 //! must succeed.
 
@@ -149,6 +151,13 @@ fn write_private(path: &Path, pem: &str) -> Result<()> {
     let mut f = opts
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // The mode above applies only to a new file: one left by an older run keeps its own.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
     f.write_all(pem.as_bytes())?;
     Ok(())
 }
@@ -184,6 +193,23 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o077, 0, "CA key must be private");
+        }
+    }
+
+    /// Both private keys are 0600, also when a file from an older run was readable by
+    /// others (a mode given at creation does not change an existing file).
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = SelfSigned::in_dir(dir.path(), "hub");
+        std::fs::write(&files.key, "old").unwrap();
+        std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        files.ensure(&["localhost".into()]).unwrap();
+        for key in [&files.ca_key, &files.key] {
+            let mode = std::fs::metadata(key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
         }
     }
 }

@@ -18,7 +18,6 @@ use crate::iothub::device::Device;
 use crate::iothub::error::{ErrorCode, HubError, Result};
 use crate::iothub::page::{QueryPage, TestQueriesResult};
 use crate::iothub::query::{Condition, ItemType, Query};
-use crate::iothub::{QueryPage, TestQueriesResult};
 use jiff::Timestamp;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;

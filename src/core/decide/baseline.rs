@@ -116,6 +116,11 @@ impl<'a> Run<'a> {
             format!("{msg}; add a baseline configuration, or promote to go on"),
         ));
         self.message = msg;
-        Some(Step::Wait(HUMAN_POLL))
+        // The cover may be on its way (a baseline applied together with the rollout
+        // reaches the devices on the hub's next cycle): look again within seconds while
+        // the wait is young. Once it has lasted COVER_WATCH, the cover is a person's job.
+        let since = self.st.ring.as_ref().map_or(self.now, |r| r.since.0);
+        let young = self.now < since.checked_add(COVER_WATCH).unwrap_or(since);
+        Some(Step::Wait(if young { COVER_POLL } else { HUMAN_POLL }))
     }
 }

@@ -100,8 +100,19 @@ pub const ANALYZE_POLL: SignedDuration = SignedDuration::from_secs(60);
 /// Longest wait while baking (the status shows fresh numbers at least this often).
 pub const BAKE_POLL: SignedDuration = SignedDuration::from_secs(120);
 /// While waiting for a person: an approval, a pause, a ring held by `onFailure: pause`,
-/// a blocked baseline guard or cleanup, the hub's configuration quota.
+/// a baseline guard blocked for longer than [`COVER_WATCH`], a blocked cleanup, the hub's
+/// configuration quota.
 pub const HUMAN_POLL: SignedDuration = SignedDuration::from_secs(300);
+/// While `baseline: required` waits for cover, during the first [`COVER_WATCH`]: a
+/// baseline applied together with the rollout (one directory, one commit, one chart)
+/// covers the devices on the hub's next cycle, and the rollout starts within seconds
+/// of that. Each look costs one count query.
+pub const COVER_POLL: SignedDuration = SignedDuration::from_secs(5);
+/// How long a blocked baseline guard looks again every [`COVER_POLL`] before it waits at
+/// [`HUMAN_POLL`]: two of Azure's 5-minute cycles, enough for cover that was on its way.
+/// Beyond that the cover is a person's job, and a rollout waiting for days does not
+/// spend a count query every few seconds of the hub's query budget.
+pub const COVER_WATCH: SignedDuration = SignedDuration::from_secs(600);
 /// When nothing is expected to change (healthy, rolled back, suspended, invalid): drift checks.
 pub const IDLE_POLL: SignedDuration = SignedDuration::from_secs(600);
 /// How long a rollback waits for the devices it let go of to get their settings from

@@ -132,3 +132,41 @@ fn an_approval_runs_the_baseline_guard_again() {
         d.actions
     );
 }
+
+#[test]
+fn a_rollout_waiting_for_cover_looks_again_within_seconds() {
+    // The cover may be on its way (a baseline applied together with the rollout): the
+    // rollout must see it within seconds, not at a person's pace.
+    let mut s = Sim::new(rollout());
+    s.uncovered = 400;
+    for _ in 0..3 {
+        let d = s.step();
+        assert_eq!(s.ring_state(), (0, RingState::WaitingForBaseline));
+        assert!(
+            d.requeue_after <= SignedDuration::from_secs(10),
+            "waits {:?} for cover",
+            d.requeue_after
+        );
+        s.advance(d.requeue_after);
+    }
+    s.uncovered = 0;
+    let d = s.step();
+    assert!(matches!(&d.actions[..], [Action::Create(_)]));
+}
+
+#[test]
+fn a_guard_blocked_for_longer_than_the_watch_waits_at_a_persons_pace() {
+    let mut s = Sim::new(rollout());
+    s.uncovered = 400;
+    assert_eq!(s.step().requeue_after, COVER_POLL);
+    s.advance(COVER_WATCH);
+    let d = s.step();
+    assert_eq!(s.ring_state(), (0, RingState::WaitingForBaseline));
+    assert_eq!(d.requeue_after, HUMAN_POLL);
+    // A later ring's wait is watched from when that ring started waiting.
+    s.uncovered = 0;
+    s.run_until(40, |s| s.ring_state() == (0, RingState::Baking));
+    s.uncovered = 100;
+    s.run_until(40, |s| s.ring_state() == (1, RingState::WaitingForBaseline));
+    assert_eq!(s.log.last().unwrap().requeue_after, COVER_POLL);
+}

@@ -712,6 +712,40 @@ async fn an_approval_given_after_the_baseline_went_away_waits_for_the_baseline()
 }
 
 #[tokio::test]
+async fn a_rollout_and_the_baseline_it_requires_start_together_and_it_goes_within_seconds() {
+    // A fresh hub: the rollout looks before the baseline (applied in the same round, as
+    // `run --dir` does with a directory holding both) reaches any device.
+    let mut w = World::new(&chillers(), "2.4.0");
+    w.hub.delete_configuration("baseline", None).unwrap();
+    w.advance(SignedDuration::from_secs(10));
+    let requeue = w.reconcile().await;
+    assert_eq!(w.phase(), Some(Phase::Pending));
+    assert!(w.ring_is("canary", RingState::WaitingForBaseline));
+    let stalled = condition(&w.status, STALLED).unwrap();
+    assert_eq!(stalled.reason, "BaselineMissing");
+
+    w.hub
+        .create_configuration(&firmware_config(
+            "baseline",
+            "tags.environment='prod'",
+            1,
+            BASELINE_VERSION,
+        ))
+        .unwrap();
+    let created = w.clock.now();
+    w.advance(SignedDuration::try_from(requeue).unwrap());
+    w.run_until(1, "out of Pending", |w| w.phase() != Some(Phase::Pending))
+        .await;
+    let waited = w.clock.now().duration_since(created);
+    assert!(
+        waited <= SignedDuration::from_secs(20),
+        "the rollout started {}s after its baseline was created",
+        waited.as_secs()
+    );
+    assert!(w.ring_is("canary", RingState::Applying));
+}
+
+#[tokio::test]
 async fn a_too_small_sample_stays_inconclusive_and_stalls_at_the_deadline() {
     // Three canaries, and no verdict below five applied devices.
     let fleet = fleet(200, [0.015, 0.285, 0.7], 0.5, 0.3, 7);

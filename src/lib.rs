@@ -8,6 +8,7 @@
 //! the operator commands, [`server`] the hub's REST API, [`demo`] which plays all of it in one process in virtual time, and
 //! the CLI in `main.rs`.
 
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod clock;

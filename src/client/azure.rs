@@ -28,6 +28,8 @@
 //! errors.
 
 use super::{Hub, QueryPage, TestQueriesResult};
+use crate::budget::SharedBucket;
+use crate::clock::{Clock, SystemClock};
 use crate::iothub::configuration::Configuration;
 use crate::iothub::error::{ErrorCode, HubError};
 use crate::iothub::sas::{ConnectionString, encode};
@@ -37,7 +39,8 @@ use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The api-version the client speaks (that of the published SDKs).
 pub const API_VERSION: &str = "2021-04-12";
@@ -155,55 +158,21 @@ enum Class {
     TwinUpdates,
 }
 
-/// A pacer: requests reserve a slot and wait until it comes (a token bucket whose tokens
-/// may go negative, so waiters are served in order).
-#[derive(Debug)]
-struct Pacer {
-    capacity: f64,
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Pacer {
-    fn new(capacity: f64, rate_per_sec: f64) -> Pacer {
-        Pacer {
-            capacity,
-            rate: rate_per_sec,
-            state: Mutex::new((capacity, Instant::now())),
-        }
-    }
-
-    /// Reserves one request; returns how long to wait before sending it.
-    fn reserve(&self) -> Duration {
-        if !self.rate.is_finite() {
-            return Duration::ZERO;
-        }
-        let mut s = self.state.lock();
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-        s.0 = (s.0 + elapsed * self.rate).min(self.capacity);
-        s.1 = now;
-        s.0 -= 1.0;
-        if s.0 >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-s.0 / self.rate)
-        }
-    }
-}
-
+/// One bucket per class. A request reserves its slot and waits until it comes (the
+/// bucket's tokens may go negative, so waiters are served in order).
 struct Pacers {
-    configurations: Pacer,
-    queries: Pacer,
-    registry: Pacer,
-    twin_reads: Pacer,
-    twin_updates: Pacer,
+    configurations: SharedBucket,
+    queries: SharedBucket,
+    registry: SharedBucket,
+    twin_reads: SharedBucket,
+    twin_updates: SharedBucket,
 }
 
 impl Pacers {
     fn new(b: &RequestBudget) -> Pacers {
-        let per_min = |n: f64| Pacer::new(n, n / 60.0);
-        let per_sec = |n: f64| Pacer::new(n, n);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let per_min = |n| SharedBucket::per_minute(clock.clone(), n);
+        let per_sec = |n| SharedBucket::per_second(clock.clone(), n);
         Pacers {
             configurations: per_min(b.configurations_per_min),
             queries: per_min(b.queries_per_min),
@@ -212,7 +181,7 @@ impl Pacers {
             twin_updates: per_sec(b.twin_updates_per_sec),
         }
     }
-    fn get(&self, c: Class) -> &Pacer {
+    fn get(&self, c: Class) -> &SharedBucket {
         match c {
             Class::Configurations => &self.configurations,
             Class::Queries => &self.queries,
@@ -467,7 +436,7 @@ impl AzureHub {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let wait = self.pacers.get(call.class).reserve();
+            let wait = self.pacers.get(call.class).reserve(1.0);
             if !wait.is_zero() {
                 tracing::debug!(class = ?call.class, wait_ms = wait.as_millis() as u64, "waiting for request budget");
                 tokio::time::sleep(wait).await;
@@ -912,19 +881,23 @@ mod tests {
 
     #[test]
     fn pacer_spaces_requests_once_the_burst_is_spent() {
-        let p = Pacer::new(2.0, 10.0);
-        assert_eq!(p.reserve(), Duration::ZERO);
-        assert_eq!(p.reserve(), Duration::ZERO);
-        let w = p.reserve();
+        // Two at once, then one every 100 ms.
+        let clock = crate::clock::ManualClock::at_epoch();
+        let p = SharedBucket::new(Arc::new(clock), 2.0, Duration::from_millis(200));
+        assert_eq!(p.reserve(1.0), Duration::ZERO);
+        assert_eq!(p.reserve(1.0), Duration::ZERO);
+        let w = p.reserve(1.0);
         assert!(
             w > Duration::from_millis(80) && w <= Duration::from_millis(100),
             "{w:?}"
         );
-        let w2 = p.reserve();
+        let w2 = p.reserve(1.0);
         assert!(w2 > w, "waiters queue up: {w2:?}");
-        assert_eq!(
-            Pacer::new(f64::INFINITY, f64::INFINITY).reserve(),
-            Duration::ZERO
-        );
+        let unlimited = Pacers::new(&RequestBudget::unlimited());
+        for class in [Class::Configurations, Class::Queries, Class::TwinReads] {
+            for _ in 0..100 {
+                assert_eq!(unlimited.get(class).reserve(1.0), Duration::ZERO);
+            }
+        }
     }
 }

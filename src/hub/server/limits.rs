@@ -11,9 +11,11 @@
 //! safe), and `--latency-ms` delays every request.
 
 use super::error::ApiError;
+use crate::budget::SharedBucket;
+use crate::clock::{Clock, SystemClock};
 use crate::iothub::error::ErrorCode;
-use parking_lot::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The throttle classes of IoT Hub's quota page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,60 +53,32 @@ impl ThrottleLimits {
     }
 }
 
-/// A token bucket: `capacity` tokens, refilled at `rate` per second.
-#[derive(Debug)]
-struct Bucket {
-    capacity: f64,
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Bucket {
-    fn per_minute(n: f64) -> Bucket {
-        Bucket::new(n, n / 60.0)
-    }
-    fn per_second(n: f64) -> Bucket {
-        Bucket::new(n, n)
-    }
-    fn new(capacity: f64, rate: f64) -> Bucket {
-        Bucket {
-            capacity,
-            rate,
-            state: Mutex::new((capacity, Instant::now())),
-        }
-    }
-    fn take(&self, cost: f64, now: Instant) -> bool {
-        let mut s = self.state.lock();
-        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-        s.0 = (s.0 + elapsed * self.rate).min(self.capacity);
-        s.1 = now;
-        if s.0 >= cost {
-            s.0 -= cost;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The hub-wide throttle.
 #[derive(Debug)]
 pub struct Throttle {
-    configurations: Bucket,
-    queries: Bucket,
-    registry: Bucket,
-    twin_reads: Bucket,
-    twin_updates: Bucket,
+    configurations: SharedBucket,
+    queries: SharedBucket,
+    registry: SharedBucket,
+    twin_reads: SharedBucket,
+    twin_updates: SharedBucket,
 }
 
 impl Throttle {
+    /// A throttle on the wall clock.
     pub fn new(l: &ThrottleLimits) -> Throttle {
+        Throttle::with_clock(l, Arc::new(SystemClock))
+    }
+
+    /// A throttle whose buckets refill on `clock`.
+    pub fn with_clock(l: &ThrottleLimits, clock: Arc<dyn Clock>) -> Throttle {
+        let per_min = |n| SharedBucket::per_minute(clock.clone(), n);
+        let per_sec = |n| SharedBucket::per_second(clock.clone(), n);
         Throttle {
-            configurations: Bucket::per_minute(l.configurations_per_min),
-            queries: Bucket::per_minute(l.queries_per_min),
-            registry: Bucket::per_minute(l.registry_per_min),
-            twin_reads: Bucket::per_second(l.twin_reads_per_sec),
-            twin_updates: Bucket::per_second(l.twin_updates_per_sec),
+            configurations: per_min(l.configurations_per_min),
+            queries: per_min(l.queries_per_min),
+            registry: per_min(l.registry_per_min),
+            twin_reads: per_sec(l.twin_reads_per_sec),
+            twin_updates: per_sec(l.twin_updates_per_sec),
         }
     }
 
@@ -118,7 +92,7 @@ impl Throttle {
             Class::TwinUpdates => &self.twin_updates,
             Class::Free => return Ok(()),
         };
-        if b.take(cost as f64, Instant::now()) {
+        if b.try_take(f64::from(cost)) {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -161,19 +135,24 @@ impl Faults {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use jiff::SignedDuration;
 
     #[test]
     fn buckets_refill_continuously() {
-        let b = Bucket::per_minute(20.0);
-        let t0 = Instant::now();
+        let clock = ManualClock::at_epoch();
+        let t = Throttle::with_clock(&ThrottleLimits::s1(1), Arc::new(clock.clone()));
         for _ in 0..20 {
-            assert!(b.take(1.0, t0));
+            t.admit(Class::Configurations, 1).unwrap();
         }
-        assert!(!b.take(1.0, t0));
-        assert!(!b.take(1.0, t0 + Duration::from_secs(2)));
-        assert!(b.take(1.0, t0 + Duration::from_secs(3)));
+        t.admit(Class::Configurations, 1).unwrap_err();
+        clock.advance(SignedDuration::from_secs(2));
+        t.admit(Class::Configurations, 1).unwrap_err();
+        clock.advance(SignedDuration::from_secs(1));
+        t.admit(Class::Configurations, 1).unwrap();
+        clock.advance(SignedDuration::from_secs(3600));
         assert!(
-            !b.take(100.0, t0 + Duration::from_secs(3600)),
+            t.admit(Class::Configurations, 100).is_err(),
             "cost above capacity never passes"
         );
     }

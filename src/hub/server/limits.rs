@@ -1,6 +1,6 @@
 //! Knobs for testing clients: IoT Hub's throttles and injected faults. All off by default.
 //!
-//! `--throttle` shapes traffic like one S1 unit (reference §3.5, §1.11): configuration
+//! `--throttle` shapes traffic like one S1 unit ([`crate::iothub::throttle`]): configuration
 //! operations 20/min, queries 20/min, identity-registry operations 100/min (a bulk call
 //! costs one per device), twin reads 100/s, twin updates 50/s. Over a limit the answer is
 //! 429 `ThrottlingException` with no `Retry-After` (the real hub documents none).
@@ -11,56 +11,22 @@
 //! safe), and `--latency-ms` delays every request.
 
 use super::error::ApiError;
-use crate::budget::SharedBucket;
 use crate::clock::{Clock, SystemClock};
 use crate::iothub::error::ErrorCode;
+use crate::iothub::throttle::{Buckets, Rates};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The throttle classes of IoT Hub's quota page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    Configurations,
-    Queries,
-    Registry,
-    TwinReads,
-    TwinUpdates,
-    /// Not throttled (statistics).
-    Free,
-}
+/// The hub's throttle classes.
+pub use crate::iothub::throttle::Class;
 
-/// Per-class limits, as operations per minute.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ThrottleLimits {
-    pub configurations_per_min: f64,
-    pub queries_per_min: f64,
-    pub registry_per_min: f64,
-    pub twin_reads_per_sec: f64,
-    pub twin_updates_per_sec: f64,
-}
-
-impl ThrottleLimits {
-    /// One S1 unit.
-    pub fn s1(units: u32) -> ThrottleLimits {
-        let u = units.max(1) as f64;
-        ThrottleLimits {
-            configurations_per_min: 20.0 * u,
-            queries_per_min: 20.0 * u,
-            registry_per_min: 100.0 * u,
-            twin_reads_per_sec: 100.0,
-            twin_updates_per_sec: 50.0,
-        }
-    }
-}
+/// Per-class limits (the `--throttle` rates).
+pub type ThrottleLimits = Rates;
 
 /// The hub-wide throttle.
 #[derive(Debug)]
 pub struct Throttle {
-    configurations: SharedBucket,
-    queries: SharedBucket,
-    registry: SharedBucket,
-    twin_reads: SharedBucket,
-    twin_updates: SharedBucket,
+    buckets: Buckets,
 }
 
 impl Throttle {
@@ -71,34 +37,20 @@ impl Throttle {
 
     /// A throttle whose buckets refill on `clock`.
     pub fn with_clock(l: &ThrottleLimits, clock: Arc<dyn Clock>) -> Throttle {
-        let per_min = |n| SharedBucket::per_minute(clock.clone(), n);
-        let per_sec = |n| SharedBucket::per_second(clock.clone(), n);
         Throttle {
-            configurations: per_min(l.configurations_per_min),
-            queries: per_min(l.queries_per_min),
-            registry: per_min(l.registry_per_min),
-            twin_reads: per_sec(l.twin_reads_per_sec),
-            twin_updates: per_sec(l.twin_updates_per_sec),
+            buckets: Buckets::new(l, clock),
         }
     }
 
     /// Takes `cost` operations of `class`, or answers 429.
     pub fn admit(&self, class: Class, cost: u32) -> Result<(), ApiError> {
-        let b = match class {
-            Class::Configurations => &self.configurations,
-            Class::Queries => &self.queries,
-            Class::Registry => &self.registry,
-            Class::TwinReads => &self.twin_reads,
-            Class::TwinUpdates => &self.twin_updates,
-            Class::Free => return Ok(()),
-        };
-        if b.try_take(f64::from(cost)) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
+        match self.buckets.get(class) {
+            None => Ok(()),
+            Some(b) if b.try_take(f64::from(cost)) => Ok(()),
+            Some(_) => Err(ApiError::new(
                 ErrorCode::ThrottlingException,
                 format!("{class:?} operations are over this hub's limit; back off and retry"),
-            ))
+            )),
         }
     }
 }

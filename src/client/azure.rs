@@ -27,7 +27,7 @@
 //! [`ConnectionString`], whose `Debug` hides it, and tokens are never formatted into
 //! errors.
 
-use super::{Hub, QueryPage, TestQueriesResult};
+use super::{Hub, QueryPage, TestQueriesResult, not_found_as_none};
 use crate::clock::SystemClock;
 use crate::iothub::configuration::Configuration;
 use crate::iothub::error::{ErrorCode, HubError};
@@ -518,21 +518,6 @@ fn transport_error(base: &str, e: &reqwest::Error) -> HubError {
         src = s.source();
     }
     HubError::new(ErrorCode::ServiceUnavailable, msg)
-}
-
-fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e)
-            if matches!(
-                e.code,
-                ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// A configuration as sent: what the hub owns (etag, times, metric results) left out.

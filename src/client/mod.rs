@@ -5,7 +5,7 @@
 //! small: configurations, queries and counts, twin read and patch.
 
 use crate::iothub::configuration::Configuration;
-use crate::iothub::error::HubError;
+use crate::iothub::error::{ErrorCode, HubError};
 use async_trait::async_trait;
 
 pub use crate::iothub::{QueryPage, TestQueriesResult};
@@ -70,5 +70,22 @@ pub trait Hub: Send + Sync {
             .and_then(|r| r.get("n"))
             .and_then(|n| n.as_u64())
             .unwrap_or(0))
+    }
+}
+
+/// A configuration or device that does not exist as `None`, for the `Hub` methods that
+/// answer `Option`.
+pub(crate) fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }

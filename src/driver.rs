@@ -13,6 +13,7 @@
 //! configurations' labels, picks up from whatever was done. The same holds when the
 //! status is lost altogether (a restart without the CR's status, a wiped state store).
 
+use crate::budget::TokenBucket;
 use crate::client::Hub;
 use crate::clock::Clock;
 use crate::core::decide::{self, Action, Budget, Deletion, Observation};
@@ -97,52 +98,27 @@ impl ReconcileInput {
     }
 }
 
-/// A token bucket: `per_minute` tokens, refilled continuously.
-#[derive(Clone, Debug)]
-struct Bucket {
-    per_minute: u32,
-    tokens: f64,
-    at: Timestamp,
-}
-
-impl Bucket {
-    fn new(per_minute: u32, now: Timestamp) -> Bucket {
-        Bucket {
-            per_minute: per_minute.max(1),
-            tokens: f64::from(per_minute.max(1)),
-            at: now,
-        }
-    }
-    fn refill(&mut self, now: Timestamp) {
-        let elapsed = now.duration_since(self.at).as_secs_f64().max(0.0);
-        let cap = f64::from(self.per_minute);
-        self.tokens = (self.tokens + elapsed * cap / 60.0).min(cap);
-        self.at = now.max(self.at);
-    }
-    fn available(&mut self, now: Timestamp) -> u32 {
-        self.refill(now);
-        self.tokens.floor() as u32
-    }
-    fn take(&mut self, now: Timestamp) -> bool {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-    /// Time until one more token.
-    fn refill_in(&self) -> SignedDuration {
-        let missing = (1.0 - self.tokens.fract()).max(0.0);
-        SignedDuration::from_secs_f64(missing * 60.0 / f64::from(self.per_minute))
-            .max(SignedDuration::from_secs(1))
-    }
-}
-
+/// The hub's traffic budgets, shared by every rollout reconciled through the driver.
 struct Budgets {
-    queries: Bucket,
-    writes: Bucket,
+    queries: TokenBucket,
+    writes: TokenBucket,
+}
+
+impl Budgets {
+    fn new(limits: &HubLimits, now: Timestamp) -> Budgets {
+        let per_minute = |n: u32| TokenBucket::per_minute(f64::from(n.max(1)), now);
+        Budgets {
+            queries: per_minute(limits.queries_per_minute),
+            writes: per_minute(limits.configuration_writes_per_minute),
+        }
+    }
+}
+
+/// How long until `bucket` has one more whole token, at least a second.
+fn refill_in(bucket: &TokenBucket) -> SignedDuration {
+    SignedDuration::try_from(bucket.next_token_in())
+        .unwrap_or(SignedDuration::MAX)
+        .max(SignedDuration::from_secs(1))
 }
 
 /// Runs the decision core against one hub.
@@ -165,11 +141,7 @@ impl Driver {
 
     /// A driver with the limits of a `Hub` resource.
     pub fn with_limits(hub: Arc<dyn Hub>, clock: Arc<dyn Clock>, limits: HubLimits) -> Driver {
-        let now = clock.now();
-        let budgets = Budgets {
-            queries: Bucket::new(limits.queries_per_minute, now),
-            writes: Bucket::new(limits.configuration_writes_per_minute, now),
-        };
+        let budgets = Budgets::new(&limits, clock.now());
         Driver {
             hub,
             clock,
@@ -251,7 +223,7 @@ impl Driver {
                 break;
             }
             for req in &decision.counts_needed {
-                if !self.budgets.lock().queries.take(now) {
+                if !self.budgets.lock().queries.try_take(1.0, now) {
                     break;
                 }
                 let start = std::time::Instant::now();
@@ -273,15 +245,10 @@ impl Driver {
 
         // Act, in order; stop at the first failure.
         for action in &decision.actions {
-            if !self.budgets.lock().writes.take(now) {
+            if !self.budgets.lock().writes.try_take(1.0, now) {
                 // Another rollout spent the budget since the decision: try again later.
-                outcome.requeue_after = to_std(
-                    self.budgets
-                        .lock()
-                        .writes
-                        .refill_in()
-                        .max(decide::MIN_REQUEUE),
-                );
+                outcome.requeue_after =
+                    to_std(refill_in(&self.budgets.lock().writes).max(decide::MIN_REQUEUE));
                 return outcome;
             }
             let start = std::time::Instant::now();
@@ -344,10 +311,10 @@ impl Driver {
         let now = self.clock.now();
         let listed = {
             let mut b = self.budgets.lock();
-            if b.writes.take(now) {
+            if b.writes.try_take(1.0, now) {
                 Ok(())
             } else {
-                Err(b.writes.refill_in())
+                Err(refill_in(&b.writes))
             }
         };
         if let Err(wait) = listed {
@@ -361,9 +328,10 @@ impl Driver {
 
     fn budget(&self, now: Timestamp) -> Budget {
         let mut b = self.budgets.lock();
-        let queries = b.queries.available(now);
-        let writes = b.writes.available(now);
-        let refill = b.queries.refill_in().min(b.writes.refill_in());
+        // Whole tokens (`as` saturates: a negative count is 0).
+        let queries = b.queries.available(now).floor() as u32;
+        let writes = b.writes.available(now).floor() as u32;
+        let refill = refill_in(&b.queries).min(refill_in(&b.writes));
         Budget {
             queries,
             writes,

@@ -13,6 +13,7 @@
 //! - [`run`] (directory and git), [`kube`] (Kubernetes) and [`demo`]: the controllers.
 //! - [`cli`] and [`ops`]: the commands, dispatched by `main.rs`.
 
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -27,44 +27,28 @@
 //! [`ConnectionString`], whose `Debug` hides it, and tokens are never formatted into
 //! errors.
 
-use super::{Hub, QueryPage, TestQueriesResult};
+use super::{Hub, QueryPage, TestQueriesResult, not_found_as_none};
+use crate::clock::SystemClock;
 use crate::iothub::configuration::Configuration;
 use crate::iothub::error::{ErrorCode, HubError};
 use crate::iothub::sas::{ConnectionString, encode};
+use crate::iothub::throttle::{Buckets, Class, Rates};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The api-version the client speaks (that of the published SDKs).
 pub const API_VERSION: &str = "2021-04-12";
 
-/// Requests allowed per class. `f64::INFINITY` means no limit.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RequestBudget {
-    pub configurations_per_min: f64,
-    pub queries_per_min: f64,
-    pub registry_per_min: f64,
-    pub twin_reads_per_sec: f64,
-    pub twin_updates_per_sec: f64,
-}
+/// Requests allowed per class. `f64::INFINITY` means no limit; the default is one S1 unit.
+pub type RequestBudget = Rates;
 
 impl RequestBudget {
-    /// What `units` S1 units allow (IoT Hub's quota page, docs/design.md §3.5).
-    pub fn s1(units: u32) -> RequestBudget {
-        let u = units.max(1) as f64;
-        RequestBudget {
-            configurations_per_min: 20.0 * u,
-            queries_per_min: 20.0 * u,
-            registry_per_min: 100.0 * u,
-            twin_reads_per_sec: 100.0,
-            twin_updates_per_sec: 50.0,
-        }
-    }
-
     /// What a `Hub` resource's `limits` declare (its units and tier): configuration
     /// operations and queries at those rates, the rest as one S1 unit.
     pub fn for_limits(limits: &crate::resources::HubLimits) -> RequestBudget {
@@ -73,23 +57,6 @@ impl RequestBudget {
             queries_per_min: f64::from(limits.queries_per_minute.max(1)),
             ..RequestBudget::s1(1)
         }
-    }
-
-    /// No pacing at all (tests against a local server).
-    pub fn unlimited() -> RequestBudget {
-        RequestBudget {
-            configurations_per_min: f64::INFINITY,
-            queries_per_min: f64::INFINITY,
-            registry_per_min: f64::INFINITY,
-            twin_reads_per_sec: f64::INFINITY,
-            twin_updates_per_sec: f64::INFINITY,
-        }
-    }
-}
-
-impl Default for RequestBudget {
-    fn default() -> Self {
-        Self::s1(1)
     }
 }
 
@@ -145,84 +112,6 @@ impl fmt::Debug for AzureHubOptions {
     }
 }
 
-/// The throttle classes the budget paces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
-    Configurations,
-    Queries,
-    Registry,
-    TwinReads,
-    TwinUpdates,
-}
-
-/// A pacer: requests reserve a slot and wait until it comes (a token bucket whose tokens
-/// may go negative, so waiters are served in order).
-#[derive(Debug)]
-struct Pacer {
-    capacity: f64,
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Pacer {
-    fn new(capacity: f64, rate_per_sec: f64) -> Pacer {
-        Pacer {
-            capacity,
-            rate: rate_per_sec,
-            state: Mutex::new((capacity, Instant::now())),
-        }
-    }
-
-    /// Reserves one request; returns how long to wait before sending it.
-    fn reserve(&self) -> Duration {
-        if !self.rate.is_finite() {
-            return Duration::ZERO;
-        }
-        let mut s = self.state.lock();
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-        s.0 = (s.0 + elapsed * self.rate).min(self.capacity);
-        s.1 = now;
-        s.0 -= 1.0;
-        if s.0 >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-s.0 / self.rate)
-        }
-    }
-}
-
-struct Pacers {
-    configurations: Pacer,
-    queries: Pacer,
-    registry: Pacer,
-    twin_reads: Pacer,
-    twin_updates: Pacer,
-}
-
-impl Pacers {
-    fn new(b: &RequestBudget) -> Pacers {
-        let per_min = |n: f64| Pacer::new(n, n / 60.0);
-        let per_sec = |n: f64| Pacer::new(n, n);
-        Pacers {
-            configurations: per_min(b.configurations_per_min),
-            queries: per_min(b.queries_per_min),
-            registry: per_min(b.registry_per_min),
-            twin_reads: per_sec(b.twin_reads_per_sec),
-            twin_updates: per_sec(b.twin_updates_per_sec),
-        }
-    }
-    fn get(&self, c: Class) -> &Pacer {
-        match c {
-            Class::Configurations => &self.configurations,
-            Class::Queries => &self.queries,
-            Class::Registry => &self.registry,
-            Class::TwinReads => &self.twin_reads,
-            Class::TwinUpdates => &self.twin_updates,
-        }
-    }
-}
-
 /// A hub reached over REST.
 pub struct AzureHub {
     conn: ConnectionString,
@@ -230,7 +119,9 @@ pub struct AzureHub {
     http: reqwest::Client,
     opts: AzureHubOptions,
     token: Mutex<Option<(String, i64)>>,
-    pacers: Pacers,
+    /// A bucket per class: a request reserves its slot and waits until it comes (the
+    /// tokens may go negative, so waiters are served in order).
+    pacers: Buckets,
 }
 
 impl fmt::Debug for AzureHub {
@@ -413,7 +304,7 @@ impl AzureHub {
                 format!("cannot build the HTTP client: {e}"),
             )
         })?;
-        let pacers = Pacers::new(&opts.budget);
+        let pacers = Buckets::new(&opts.budget, Arc::new(SystemClock));
         Ok(AzureHub {
             conn,
             base_url,
@@ -467,7 +358,10 @@ impl AzureHub {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let wait = self.pacers.get(call.class).reserve();
+            let wait = self
+                .pacers
+                .get(call.class)
+                .map_or(Duration::ZERO, |b| b.reserve(1.0));
             if !wait.is_zero() {
                 tracing::debug!(class = ?call.class, wait_ms = wait.as_millis() as u64, "waiting for request budget");
                 tokio::time::sleep(wait).await;
@@ -624,21 +518,6 @@ fn transport_error(base: &str, e: &reqwest::Error) -> HubError {
         src = s.source();
     }
     HubError::new(ErrorCode::ServiceUnavailable, msg)
-}
-
-fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e)
-            if matches!(
-                e.code,
-                ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// A configuration as sent: what the hub owns (etag, times, metric results) left out.
@@ -912,19 +791,23 @@ mod tests {
 
     #[test]
     fn pacer_spaces_requests_once_the_burst_is_spent() {
-        let p = Pacer::new(2.0, 10.0);
-        assert_eq!(p.reserve(), Duration::ZERO);
-        assert_eq!(p.reserve(), Duration::ZERO);
-        let w = p.reserve();
+        // Two at once, then one every 100 ms.
+        let clock = crate::clock::ManualClock::at_epoch();
+        let p = crate::budget::SharedBucket::new(Arc::new(clock), 2.0, Duration::from_millis(200));
+        assert_eq!(p.reserve(1.0), Duration::ZERO);
+        assert_eq!(p.reserve(1.0), Duration::ZERO);
+        let w = p.reserve(1.0);
         assert!(
             w > Duration::from_millis(80) && w <= Duration::from_millis(100),
             "{w:?}"
         );
-        let w2 = p.reserve();
+        let w2 = p.reserve(1.0);
         assert!(w2 > w, "waiters queue up: {w2:?}");
-        assert_eq!(
-            Pacer::new(f64::INFINITY, f64::INFINITY).reserve(),
-            Duration::ZERO
-        );
+        let unlimited = Buckets::new(&RequestBudget::unlimited(), Arc::new(SystemClock));
+        for class in [Class::Configurations, Class::Queries, Class::TwinReads] {
+            for _ in 0..100 {
+                assert_eq!(unlimited.get(class).unwrap().reserve(1.0), Duration::ZERO);
+            }
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The `Hub` trait over the in-process embedded hub.
 
-use super::{Hub, QueryPage, TestQueriesResult};
+use super::{Hub, QueryPage, TestQueriesResult, not_found_as_none};
 use crate::hub::EmbeddedHub;
 use crate::iothub::configuration::Configuration;
-use crate::iothub::error::{ErrorCode, HubError};
+use crate::iothub::error::HubError;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
@@ -13,11 +13,7 @@ impl Hub for EmbeddedHub {
         Ok(EmbeddedHub::list_configurations(self))
     }
     async fn get_configuration(&self, id: &str) -> Result<Option<Configuration>, HubError> {
-        match EmbeddedHub::get_configuration(self, id) {
-            Ok(c) => Ok(Some(c)),
-            Err(e) if e.code == ErrorCode::ConfigurationNotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        not_found_as_none(EmbeddedHub::get_configuration(self, id))
     }
     async fn create_configuration(
         &self,
@@ -55,11 +51,7 @@ impl Hub for EmbeddedHub {
         ))
     }
     async fn get_twin(&self, device_id: &str) -> Result<Option<serde_json::Value>, HubError> {
-        match EmbeddedHub::get_twin(self, device_id) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.code == ErrorCode::DeviceNotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        not_found_as_none(EmbeddedHub::get_twin(self, device_id))
     }
     async fn update_twin(
         &self,

@@ -180,3 +180,20 @@ mod tests {
         }
     }
 }
+
+/// A configuration or device that does not exist as `None`, for the `Hub` methods that
+/// answer `Option`.
+pub(crate) fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -403,12 +403,16 @@ async fn operations_and_deletion_come_from_the_object() {
 #[test]
 fn buckets_refill_per_minute() {
     let t0 = Timestamp::UNIX_EPOCH;
-    let mut b = Bucket::new(20, t0);
+    let limits = HubLimits {
+        queries_per_minute: 20,
+        ..HubLimits::default()
+    };
+    let mut b = Budgets::new(&limits, t0).queries;
     for _ in 0..20 {
-        assert!(b.take(t0));
+        assert!(b.try_take(1.0, t0));
     }
-    assert!(!b.take(t0));
-    assert_eq!(b.refill_in(), SignedDuration::from_secs(3));
-    assert!(b.take(t0 + SignedDuration::from_secs(3)));
-    assert_eq!(b.available(t0 + SignedDuration::from_secs(600)), 20);
+    assert!(!b.try_take(1.0, t0));
+    assert_eq!(refill_in(&b), SignedDuration::from_secs(3));
+    assert!(b.try_take(1.0, t0 + SignedDuration::from_secs(3)));
+    assert_eq!(b.available(t0 + SignedDuration::from_secs(600)), 20.0);
 }

@@ -7,6 +7,7 @@
 //! - [`error`]: IoT Hub's error codes, their wire names and HTTP statuses.
 //! - [`page`]: a query page and a query test's answer.
 //! - [`sas`]: SAS tokens and connection strings.
+//! - [`throttle`]: the throttle classes, S1's rates, a token bucket per class.
 //!
 //! The embedded hub ([`crate::hub`]), the client ([`crate::client`]), the resources and the
 //! decision core all use these types; nothing here imports them back.
@@ -18,6 +19,7 @@ pub mod page;
 pub mod path;
 pub mod query;
 pub mod sas;
+pub mod throttle;
 pub mod twin;
 pub mod value;
 

@@ -14,7 +14,7 @@ use crate::client::Hub as _;
 use crate::client::azure::{AzureHub, AzureHubOptions};
 use crate::core::decide::paths_overlap;
 use crate::core::plan::{Cond, Plan, any_configuration};
-use crate::core::revision::label;
+use crate::core::revision::{ConfigLabels, ConfigState, belongs_to};
 use crate::iothub::configuration::Configuration;
 use crate::manifest::{Document, load_manifests};
 use crate::resources::DeviceRollout;
@@ -99,15 +99,30 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::from(changed)))
 }
 
-async fn plan_one(hub: &AzureHub, configs: &[Configuration], ro: &DeviceRollout) -> Result<bool> {
-    let plan = Plan::new(ro);
-    let ours = |c: &&Configuration| {
-        c.labels.get(label::NAMESPACE) == Some(&plan.namespace)
-            && c.labels.get(label::ROLLOUT) == Some(&plan.name)
-    };
-    let mine: Vec<&Configuration> = configs.iter().filter(ours).collect();
+/// The rollout's configurations on the hub, as their labels say (the labels the
+/// controller writes, read the way it reads them).
+fn configurations_of<'a>(plan: &Plan, configs: &'a [Configuration]) -> Vec<&'a Configuration> {
+    configs
+        .iter()
+        .filter(|c| belongs_to(c, &plan.namespace, &plan.name))
+        .collect()
+}
+
+/// The rollout's stable configurations of other revisions: they cover what a rollback of
+/// the current one strips.
+fn stable_ids(plan: &Plan, mine: &[&Configuration]) -> Vec<String> {
+    mine.iter()
+        .filter(|c| c.id != plan.id)
+        .filter(|c| ConfigLabels::read(c).is_some_and(|l| l.state == ConfigState::Stable))
+        .map(|c| c.id.clone())
+        .collect()
+}
+
+/// Whether applying the rollout would change the hub, and why: `mine` are its
+/// configurations there.
+fn change(plan: &Plan, mine: &[&Configuration]) -> (bool, String) {
     let current = mine.iter().find(|c| c.id == plan.id);
-    let (change, why) = match current {
+    match current {
         None if mine.is_empty() => (
             true,
             "new rollout: its first configuration would be created".to_string(),
@@ -120,23 +135,16 @@ async fn plan_one(hub: &AzureHub, configs: &[Configuration], ro: &DeviceRollout)
             ),
         ),
         Some(c) => {
-            let ring: usize = c
-                .labels
-                .get(label::RING)
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
-            let state = c
-                .labels
-                .get(label::STATE)
-                .map(String::as_str)
-                .unwrap_or("rolling");
+            // Labels that cannot be read (edited by hand): as a new configuration.
+            let (ring, state) =
+                ConfigLabels::read(c).map_or((0, ConfigState::Rolling), |l| (l.ring, l.state));
             let want = plan.target(ring);
             if c.priority != plan.priority {
                 (
                     true,
                     format!("priority {} -> {}", c.priority, plan.priority),
                 )
-            } else if state != "held" && c.target_condition != want.text() {
+            } else if state != ConfigState::Held && c.target_condition != want.text() {
                 (
                     true,
                     format!(
@@ -148,20 +156,24 @@ async fn plan_one(hub: &AzureHub, configs: &[Configuration], ro: &DeviceRollout)
                 (
                     false,
                     format!(
-                        "no change (revision {}, ring {ring}, {state})",
-                        plan.revision
+                        "no change (revision {}, ring {ring}, {})",
+                        plan.revision,
+                        state.label()
                     ),
                 )
             }
         }
-    };
+    }
+}
+
+async fn plan_one(hub: &AzureHub, configs: &[Configuration], ro: &DeviceRollout) -> Result<bool> {
+    let plan = Plan::new(ro);
+    let mine = configurations_of(&plan, configs);
+    let ours = |c: &&Configuration| belongs_to(c, &plan.namespace, &plan.name);
+    let (change, why) = change(&plan, &mine);
     println!("{}/{}: {why}", plan.namespace, plan.name);
     let my_paths: Vec<String> = ro.spec.content.device.keys().cloned().collect();
-    let stable: Vec<String> = mine
-        .iter()
-        .filter(|c| c.labels.get(label::STATE).is_some_and(|s| s == "stable") && c.id != plan.id)
-        .map(|c| c.id.clone())
-        .collect();
+    let stable = stable_ids(&plan, &mine);
     let others = configs
         .iter()
         .filter(|c| !ours(c) && overlaps(&paths_of(c), &my_paths));
@@ -220,4 +232,56 @@ async fn plan_one(hub: &AzureHub, configs: &[Configuration], ro: &DeviceRollout)
         );
     }
     Ok(change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fixtures;
+
+    fn plan_of(namespace: &str, name: &str) -> Plan {
+        let mut ro = fixtures::rollout();
+        ro.metadata.namespace = Some(namespace.to_string());
+        ro.metadata.name = Some(name.to_string());
+        Plan::new(&ro)
+    }
+
+    #[test]
+    fn a_rollout_finds_its_configuration_however_long_its_name() {
+        // Label values longer than IoT Hub allows are shortened with a hash; the plan
+        // must read them as the controller writes them.
+        for name in ["fw", &"long-name-".repeat(20)] {
+            let plan = plan_of("fleet", name);
+            let on_hub = plan.new_configuration(1, ConfigState::Rolling);
+            let configs = [on_hub];
+            let mine = configurations_of(&plan, &configs);
+            assert_eq!(mine.len(), 1, "{name}");
+            let (changed, why) = change(&plan, &mine);
+            assert!(!changed, "{name}: {why}");
+            assert_eq!(
+                why,
+                format!("no change (revision {}, ring 1, rolling)", plan.revision)
+            );
+        }
+    }
+
+    #[test]
+    fn stable_and_held_configurations_are_read_from_their_labels() {
+        let plan = plan_of("fleet", "fw");
+        let mut held = plan.new_configuration(2, ConfigState::Held);
+        let (changed, why) = change(&plan, &[&held]);
+        assert!(
+            !changed,
+            "a held configuration's target is not compared: {why}"
+        );
+        assert!(why.ends_with("ring 2, held)"), "{why}");
+        held.priority += 1;
+        assert!(change(&plan, &[&held]).0, "a priority change is a change");
+
+        let mut other = plan.new_configuration(0, ConfigState::Stable);
+        other.id = "older".into();
+        let configs = [other];
+        let mine = configurations_of(&plan, &configs);
+        assert_eq!(stable_ids(&plan, &mine), ["older"]);
+    }
 }

@@ -1,6 +1,6 @@
 //! Knobs for testing clients: IoT Hub's throttles and injected faults. All off by default.
 //!
-//! `--throttle` shapes traffic like one S1 unit (docs/design.md §3.5, §1.11): configuration
+//! `--throttle` shapes traffic like one S1 unit ([`crate::iothub::throttle`]): configuration
 //! operations 20/min, queries 20/min, identity-registry operations 100/min (a bulk call
 //! costs one per device), twin reads 100/s, twin updates 50/s. Over a limit the answer is
 //! 429 `ThrottlingException` with no `Retry-After` (the real hub documents none).
@@ -11,120 +11,46 @@
 //! safe), and `--latency-ms` delays every request.
 
 use super::error::ApiError;
+use crate::clock::{Clock, SystemClock};
 use crate::iothub::error::ErrorCode;
-use parking_lot::Mutex;
-use std::time::{Duration, Instant};
+use crate::iothub::throttle::{Buckets, Rates};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// The throttle classes of IoT Hub's quota page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    Configurations,
-    Queries,
-    Registry,
-    TwinReads,
-    TwinUpdates,
-    /// Not throttled (statistics).
-    Free,
-}
+/// The hub's throttle classes.
+pub use crate::iothub::throttle::Class;
 
-/// Per-class limits, as operations per minute.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ThrottleLimits {
-    pub configurations_per_min: f64,
-    pub queries_per_min: f64,
-    pub registry_per_min: f64,
-    pub twin_reads_per_sec: f64,
-    pub twin_updates_per_sec: f64,
-}
-
-impl ThrottleLimits {
-    /// One S1 unit.
-    pub fn s1(units: u32) -> ThrottleLimits {
-        let u = units.max(1) as f64;
-        ThrottleLimits {
-            configurations_per_min: 20.0 * u,
-            queries_per_min: 20.0 * u,
-            registry_per_min: 100.0 * u,
-            twin_reads_per_sec: 100.0,
-            twin_updates_per_sec: 50.0,
-        }
-    }
-}
-
-/// A token bucket: `capacity` tokens, refilled at `rate` per second.
-#[derive(Debug)]
-struct Bucket {
-    capacity: f64,
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Bucket {
-    fn per_minute(n: f64) -> Bucket {
-        Bucket::new(n, n / 60.0)
-    }
-    fn per_second(n: f64) -> Bucket {
-        Bucket::new(n, n)
-    }
-    fn new(capacity: f64, rate: f64) -> Bucket {
-        Bucket {
-            capacity,
-            rate,
-            state: Mutex::new((capacity, Instant::now())),
-        }
-    }
-    fn take(&self, cost: f64, now: Instant) -> bool {
-        let mut s = self.state.lock();
-        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-        s.0 = (s.0 + elapsed * self.rate).min(self.capacity);
-        s.1 = now;
-        if s.0 >= cost {
-            s.0 -= cost;
-            true
-        } else {
-            false
-        }
-    }
-}
+/// Per-class limits (the `--throttle` rates).
+pub type ThrottleLimits = Rates;
 
 /// The hub-wide throttle.
 #[derive(Debug)]
 pub struct Throttle {
-    configurations: Bucket,
-    queries: Bucket,
-    registry: Bucket,
-    twin_reads: Bucket,
-    twin_updates: Bucket,
+    buckets: Buckets,
 }
 
 impl Throttle {
+    /// A throttle on the wall clock.
     pub fn new(l: &ThrottleLimits) -> Throttle {
+        Throttle::with_clock(l, Arc::new(SystemClock))
+    }
+
+    /// A throttle whose buckets refill on `clock`.
+    pub fn with_clock(l: &ThrottleLimits, clock: Arc<dyn Clock>) -> Throttle {
         Throttle {
-            configurations: Bucket::per_minute(l.configurations_per_min),
-            queries: Bucket::per_minute(l.queries_per_min),
-            registry: Bucket::per_minute(l.registry_per_min),
-            twin_reads: Bucket::per_second(l.twin_reads_per_sec),
-            twin_updates: Bucket::per_second(l.twin_updates_per_sec),
+            buckets: Buckets::new(l, clock),
         }
     }
 
     /// Takes `cost` operations of `class`, or answers 429.
     pub fn admit(&self, class: Class, cost: u32) -> Result<(), ApiError> {
-        let b = match class {
-            Class::Configurations => &self.configurations,
-            Class::Queries => &self.queries,
-            Class::Registry => &self.registry,
-            Class::TwinReads => &self.twin_reads,
-            Class::TwinUpdates => &self.twin_updates,
-            Class::Free => return Ok(()),
-        };
-        if b.take(cost as f64, Instant::now()) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
+        match self.buckets.get(class) {
+            None => Ok(()),
+            Some(b) if b.try_take(f64::from(cost)) => Ok(()),
+            Some(_) => Err(ApiError::new(
                 ErrorCode::ThrottlingException,
                 format!("{class:?} operations are over this hub's limit; back off and retry"),
-            ))
+            )),
         }
     }
 }
@@ -161,19 +87,24 @@ impl Faults {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use jiff::SignedDuration;
 
     #[test]
     fn buckets_refill_continuously() {
-        let b = Bucket::per_minute(20.0);
-        let t0 = Instant::now();
+        let clock = ManualClock::at_epoch();
+        let t = Throttle::with_clock(&ThrottleLimits::s1(1), Arc::new(clock.clone()));
         for _ in 0..20 {
-            assert!(b.take(1.0, t0));
+            t.admit(Class::Configurations, 1).unwrap();
         }
-        assert!(!b.take(1.0, t0));
-        assert!(!b.take(1.0, t0 + Duration::from_secs(2)));
-        assert!(b.take(1.0, t0 + Duration::from_secs(3)));
+        t.admit(Class::Configurations, 1).unwrap_err();
+        clock.advance(SignedDuration::from_secs(2));
+        t.admit(Class::Configurations, 1).unwrap_err();
+        clock.advance(SignedDuration::from_secs(1));
+        t.admit(Class::Configurations, 1).unwrap();
+        clock.advance(SignedDuration::from_secs(3600));
         assert!(
-            !b.take(100.0, t0 + Duration::from_secs(3600)),
+            t.admit(Class::Configurations, 100).is_err(),
             "cost above capacity never passes"
         );
     }

@@ -2,7 +2,8 @@
 //!
 //! The parts, lowest layer first (docs/design.md, "Layers"; `scripts/check-layers` keeps
 //! every import pointing down):
-//! - [`clock`], [`duration`]: utilities.
+//! - [`clock`], [`duration`], [`net`] (bounded listeners), [`budget`] (token buckets):
+//!   utilities.
 //! - [`iothub`]: what IoT Hub is (configurations, twins, errors, query language, SAS).
 //! - [`resources`]: the `DeviceRollout` and `Hub` resources and operator requests.
 //! - [`hub`]: the embedded IoT hub, its REST server and its bench; [`core`]: the pure

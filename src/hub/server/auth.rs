@@ -208,6 +208,20 @@ mod tests {
         assert!(a.check(Some(&t), 1000).is_ok());
     }
 
+    /// What the fuzzer found (fuzz/regressions/sas/): an expiry near `i64::MIN` overflowed
+    /// the expiry arithmetic and panicked; it is a plain 401.
+    #[test]
+    fn expiries_near_the_smallest_integer_are_unauthorized_not_a_panic() {
+        let (a, owner, _) = auth();
+        let raw = "sharedaccesssignature se=-9223372036854775808&sr=h&sig=x&skn=iothubowner";
+        assert_eq!(a.check(Some(raw), 1000).unwrap_err().status.as_u16(), 401);
+        for se in [i64::MIN, -9223372036854705808, i64::MIN + 1, -1, 0] {
+            let t = owner.token("localhost:8443", "iothubowner", se);
+            assert_eq!(a.check(Some(&t), 1000).unwrap_err().status.as_u16(), 401, "se={se}");
+            assert_eq!(a.check(Some(&t), i64::MAX).unwrap_err().status.as_u16(), 401, "se={se}");
+        }
+    }
+
     #[test]
     fn bad_tokens_are_unauthorized() {
         let (a, owner, read) = auth();

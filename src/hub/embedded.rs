@@ -30,6 +30,7 @@ use std::sync::Arc;
 pub struct HubOptions {
     /// Most configurations (100 like S1; 10 like the free tier).
     pub max_configurations: usize,
+    /// How hard the SQLite store syncs each commit (ignored in memory).
     pub durability: Durability,
 }
 
@@ -58,8 +59,11 @@ pub struct EmbeddedHub {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatistics {
+    /// Every registered device (`totalDeviceCount`).
     pub total_device_count: u64,
+    /// Devices whose status is `enabled` (`enabledDeviceCount`).
     pub enabled_device_count: u64,
+    /// Devices with any other status (`disabledDeviceCount`).
     pub disabled_device_count: u64,
 }
 
@@ -122,6 +126,7 @@ impl EmbeddedHub {
         self.inner.clock.clone()
     }
 
+    /// The current time on the hub's clock.
     pub fn now(&self) -> Timestamp {
         self.inner.clock.now()
     }
@@ -182,6 +187,8 @@ impl EmbeddedHub {
 
     // ----- devices -----------------------------------------------------------------
 
+    /// Registers a device with an empty twin; returns it with its etag, generation id and
+    /// any generated SAS keys. Fails when the id is taken or invalid, or the store refuses.
     pub fn create_device(&self, device: Device) -> Result<Device> {
         self.write(|st, now, ch| st.create_device(device, None, now, ch))
     }
@@ -202,6 +209,7 @@ impl EmbeddedHub {
         })
     }
 
+    /// The device identity; `DeviceNotFound` when it is not registered.
     pub fn get_device(&self, device_id: &str) -> Result<Device> {
         self.read(|st| {
             st.slot(device_id).map(|s| s.device.clone()).ok_or_else(|| {
@@ -213,10 +221,14 @@ impl EmbeddedHub {
         })
     }
 
+    /// Updates a device identity (status, keys, capabilities) and returns it with a new
+    /// etag. Fails when it is not registered, `etag` does not match, or the store refuses.
     pub fn update_device(&self, device: Device, etag: Option<&str>) -> Result<Device> {
         self.write(|st, now, ch| st.update_device(device, etag, now, ch))
     }
 
+    /// Deletes a device and its twin. Fails when it is not registered, `etag` does not
+    /// match, or the store refuses.
     pub fn delete_device(&self, device_id: &str, etag: Option<&str>) -> Result<()> {
         self.write(|st, _, ch| st.delete_device(device_id, etag, ch))
     }
@@ -226,6 +238,7 @@ impl EmbeddedHub {
         self.read(|st| st.slots().take(top).map(|s| s.device.clone()).collect())
     }
 
+    /// Counts of all, enabled and disabled devices.
     pub fn statistics(&self) -> DeviceStatistics {
         self.read(|st| {
             let mut s = DeviceStatistics::default();
@@ -243,6 +256,7 @@ impl EmbeddedHub {
 
     // ----- twins --------------------------------------------------------------------
 
+    /// The device's twin as IoT Hub's JSON; `DeviceNotFound` when it is not registered.
     pub fn get_twin(&self, device_id: &str) -> Result<Value> {
         self.read(|st| st.twin_json(device_id))
     }
@@ -275,10 +289,12 @@ impl EmbeddedHub {
 
     // ----- configurations ---------------------------------------------------------
 
+    /// Every configuration, with its current metrics.
     pub fn list_configurations(&self) -> Vec<Configuration> {
         self.read(|st| st.configurations())
     }
 
+    /// One configuration; `ConfigurationNotFound` when there is none with `id`.
     pub fn get_configuration(&self, id: &str) -> Result<Configuration> {
         self.read(|st| {
             st.configuration(id)

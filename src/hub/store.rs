@@ -129,6 +129,7 @@ impl Store {
             .map_err(db_err)
     }
 
+    /// Sets `key` to `value` in the `meta` table; `ServerError` when SQLite refuses.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.conn
             .execute(

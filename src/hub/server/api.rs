@@ -39,11 +39,15 @@ pub const DEFAULT_MAX_BODY: usize = 4 * 1024 * 1024;
 /// How the server behaves.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// The shared access policies requests are checked against.
     pub auth: Authenticator,
     /// `Some`: throttle like IoT Hub.
     pub throttle: Option<ThrottleLimits>,
+    /// Injected 5xx rate and added latency.
     pub faults: Faults,
+    /// How an unquoted `If-Match` value is treated.
     pub if_match: IfMatchMode,
+    /// Largest request body in bytes (413 `MessageTooLarge` beyond).
     pub max_body_bytes: usize,
 }
 
@@ -104,19 +108,33 @@ pub fn router(hub: EmbeddedHub, opts: ServerOptions) -> Router {
 /// The service operations, for rights and throttling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// `GET /configurations`.
     ListConfigurations,
+    /// `GET /configurations/{id}`.
     GetConfiguration,
+    /// `PUT /configurations/{id}`.
     PutConfiguration,
+    /// `DELETE /configurations/{id}`.
     DeleteConfiguration,
+    /// `POST /configurations/testQueries`.
     TestQueries,
+    /// `GET /twins/{id}`.
     GetTwin,
+    /// `PATCH` or `PUT /twins/{id}`.
     UpdateTwin,
+    /// `POST /devices/query`.
     Query,
+    /// `GET /devices`.
     ListDevices,
+    /// `GET /devices/{id}`.
     GetDevice,
+    /// `PUT /devices/{id}`.
     PutDevice,
+    /// `DELETE /devices/{id}`.
     DeleteDevice,
+    /// `POST /devices` (bulk registry operations).
     Bulk,
+    /// `GET /statistics/devices`.
     Statistics,
 }
 

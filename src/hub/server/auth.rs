@@ -20,16 +20,24 @@ use std::fmt;
 pub struct Rights(u8);
 
 impl Rights {
+    /// No rights.
     pub const NONE: Rights = Rights(0);
+    /// RegistryRead: read device identities and statistics.
     pub const REGISTRY_READ: Rights = Rights(1);
+    /// RegistryWrite: create, update and delete device identities.
     pub const REGISTRY_WRITE: Rights = Rights(2);
+    /// ServiceConnect: twins, queries and configurations.
     pub const SERVICE_CONNECT: Rights = Rights(4);
+    /// DeviceConnect: device-facing endpoints (no REST operation here accepts it).
     pub const DEVICE_CONNECT: Rights = Rights(8);
+    /// Every right (the `iothubowner` policy).
     pub const ALL: Rights = Rights(15);
 
+    /// The rights in either set.
     pub const fn union(self, other: Rights) -> Rights {
         Rights(self.0 | other.0)
     }
+    /// True when every right in `other` is also in `self`.
     pub fn contains(self, other: Rights) -> bool {
         self.0 & other.0 == other.0
     }
@@ -66,8 +74,11 @@ impl fmt::Debug for Rights {
 /// One shared access policy.
 #[derive(Clone, Debug)]
 pub struct Policy {
+    /// The policy name a token's `skn` must give (e.g. `iothubowner`).
     pub name: String,
+    /// The key tokens for this policy are signed with.
     pub key: SasKey,
+    /// What a token for this policy may do.
     pub rights: Rights,
 }
 
@@ -91,6 +102,8 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Checks tokens issued for `host_name` (compared without case, trailing `/` ignored)
+    /// against `policies`.
     pub fn new(host_name: &str, policies: Vec<Policy>) -> Authenticator {
         Authenticator {
             host_name: host_name.trim().trim_end_matches('/').to_ascii_lowercase(),
@@ -103,6 +116,7 @@ impl Authenticator {
         &self.policies
     }
 
+    /// The policy called `name`, an exact match first, else one differing only in case.
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name).or_else(|| {
             self.policies

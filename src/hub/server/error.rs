@@ -13,8 +13,11 @@ use std::borrow::Cow;
 /// An error answer: status, IoT Hub error name and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
+    /// The HTTP status of the answer.
     pub status: StatusCode,
+    /// The IoT Hub error name (`iothub-errorcode` header, `ErrorCode:` in `Message`).
     pub name: Cow<'static, str>,
+    /// The text for people after `ErrorCode:<name>;` in the body's `Message`.
     pub message: String,
 }
 
@@ -38,14 +41,17 @@ impl ApiError {
         }
     }
 
+    /// 401 `IotHubUnauthorizedAccess`.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         Self::new(ErrorCode::IotHubUnauthorizedAccess, message)
     }
 
+    /// 400 `ArgumentInvalid`.
     pub fn invalid(message: impl Into<String>) -> ApiError {
         Self::new(ErrorCode::ArgumentInvalid, message)
     }
 
+    /// 500 `ServerError`.
     pub fn server(message: impl Into<String>) -> ApiError {
         Self::new(ErrorCode::ServerError, message)
     }

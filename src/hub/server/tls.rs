@@ -57,9 +57,13 @@ fn config(
 /// Files of a generated certificate authority and server certificate.
 #[derive(Clone, Debug)]
 pub struct SelfSigned {
+    /// The CA certificate (PEM), the one clients trust.
     pub ca_cert: PathBuf,
+    /// The CA's private key (PEM).
     pub ca_key: PathBuf,
+    /// The server certificate signed by the CA (PEM).
     pub cert: PathBuf,
+    /// The server certificate's private key (PEM).
     pub key: PathBuf,
 }
 

@@ -21,15 +21,18 @@ impl Drop for Killed {
 /// Starts `hub serve` with `extra` flags (stdout and stderr piped) and returns it with its
 /// stdout lines up to the one that says where the connection string is.
 fn start(extra: &[&str]) -> (Killed, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .args(["hub", "serve", "--in-memory", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    // Killed at once, so that a panic below does not leave the process behind.
+    let mut child = Killed(
+        Command::new(BIN)
+            .args(["hub", "serve", "--in-memory", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -46,7 +49,7 @@ fn start(extra: &[&str]) -> (Killed, Vec<String>) {
         let done = line.starts_with("connection string: ");
         lines.push(line);
         if done {
-            return (Killed(child), lines);
+            return (child, lines);
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 /// A source of the current time.
 pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
     fn now(&self) -> Timestamp;
 }
 
@@ -28,6 +29,7 @@ impl Clock for SystemClock {
 pub struct ManualClock(Arc<Mutex<Timestamp>>);
 
 impl ManualClock {
+    /// A clock standing at `start`.
     pub fn new(start: Timestamp) -> Self {
         ManualClock(Arc::new(Mutex::new(start)))
     }
@@ -35,10 +37,12 @@ impl ManualClock {
     pub fn at_epoch() -> Self {
         Self::new("2026-01-01T00:00:00Z".parse().expect("valid timestamp"))
     }
+    /// Moves the clock forward by `by` (backward if negative). Panics on overflow.
     pub fn advance(&self, by: SignedDuration) {
         let mut t = self.0.lock();
         *t = t.checked_add(by).expect("clock overflow");
     }
+    /// Moves the clock to `to`, forward or backward.
     pub fn set(&self, to: Timestamp) {
         *self.0.lock() = to;
     }
@@ -59,6 +63,8 @@ pub struct ScaledClock {
 }
 
 impl ScaledClock {
+    /// A clock starting at the wall time now and running `speed` times as fast
+    /// (negative speeds count as 0: the clock stands still).
     pub fn new(speed: f64) -> Self {
         ScaledClock {
             origin_wall: std::time::Instant::now(),

@@ -51,8 +51,11 @@ pub struct ReconcileOutcome {
 /// hub), and how long it took (the client's wait for its request budget included).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HubRequest {
+    /// The operation: `list`, `query`, `create`, `update` or `delete`.
     pub operation: &'static str,
+    /// The HTTP status code.
     pub status: u16,
+    /// How long it took, in seconds.
     pub seconds: f64,
 }
 
@@ -75,7 +78,9 @@ impl HubRequest {
 /// annotations (git and directory modes).
 #[derive(Clone, Debug, Default)]
 pub struct ReconcileInput {
+    /// Operator requests (promote, abort, retry, …); ids already handled are skipped.
     pub operations: Vec<Operation>,
+    /// Set when the rollout is being deleted.
     pub deletion: Option<Deletion>,
     /// The hub's configurations, listed for a round of rollouts reconciled together
     /// ([`Driver::list`]); `None`: this reconcile lists them itself.

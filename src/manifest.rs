@@ -28,7 +28,9 @@ pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 /// One resource read from a manifest.
 #[derive(Clone, Debug)]
 pub enum Document {
+    /// A `DeviceRollout`.
     DeviceRollout(Box<DeviceRollout>),
+    /// A `Hub`.
     Hub(Box<Hub>),
 }
 

@@ -70,14 +70,17 @@ pub struct AzureHubOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Whole-request timeout.
     pub request_timeout: Duration,
+    /// Timeout for establishing the TCP (and TLS) connection.
     pub connect_timeout: Duration,
     /// Attempts per request, the first included.
     pub max_attempts: u32,
     /// First backoff; doubled each retry, with full jitter, up to `backoff_max`.
     pub backoff_base: Duration,
+    /// Longest backoff between attempts; also caps a server's `Retry-After`.
     pub backoff_max: Duration,
     /// Lifetime of the SAS tokens made.
     pub token_ttl: Duration,
+    /// Requests per minute (or second) allowed per request class; requests wait for it.
     pub budget: RequestBudget,
 }
 

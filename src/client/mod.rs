@@ -90,6 +90,23 @@ pub trait Hub: Send + Sync {
     }
 }
 
+/// A configuration or device that does not exist as `None`, for the `Hub` methods that
+/// answer `Option`.
+pub(crate) fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,22 +195,5 @@ mod tests {
         for (items, n) in [(vec![json!({"n": 0})], 0), (vec![json!({"n": 12})], 12)] {
             assert_eq!(Answers(items).count("*").await.unwrap(), n);
         }
-    }
-}
-
-/// A configuration or device that does not exist as `None`, for the `Hub` methods that
-/// answer `Option`.
-pub(crate) fn not_found_as_none<T>(r: Result<T, HubError>) -> Result<Option<T>, HubError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e)
-            if matches!(
-                e.code,
-                ErrorCode::ConfigurationNotFound | ErrorCode::DeviceNotFound
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
     }
 }

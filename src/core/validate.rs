@@ -21,7 +21,9 @@ pub const CONTENT_PREFIX: &str = "properties.desired.";
 /// One problem, at one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
+    /// The field, as a path into the resource (e.g. `spec.rings[1]`, `metadata.name`).
     pub path: String,
+    /// What is wrong with it and what would be valid.
     pub message: String,
 }
 

@@ -39,12 +39,15 @@ pub fn decode(s: &str) -> String {
 /// Errors reading a connection string or a key. They never contain a key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SasError {
+    /// A required part is missing: its name (`HostName`, `SharedAccessKeyName`, …).
     #[error(
         "the connection string has no {0}; a service connection string looks like HostName=<hub>.azure-devices.net;SharedAccessKeyName=<policy>;SharedAccessKey=<base64 key>"
     )]
     Missing(&'static str),
+    /// A part has no `=`: its 1-based position.
     #[error("the connection string's part number {0} is not of the form Name=value")]
     Malformed(usize),
+    /// A part with a plausible name that is not a known one: the name.
     #[error(
         "the connection string has an unknown part '{0}'; known parts are HostName, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, DeviceId, ModuleId, GatewayHostName"
     )]
@@ -54,10 +57,12 @@ pub enum SasError {
         "the connection string's part number {0} is not a known Name=value part; known parts are HostName, SharedAccessKeyName, SharedAccessKey, SharedAccessSignature, DeviceId, ModuleId, GatewayHostName"
     )]
     UnknownPartAt(usize),
+    /// A device connection string (it has `DeviceId`), not a service one.
     #[error(
         "the connection string is for a device (it has DeviceId); ringmaster needs a service connection string with SharedAccessKeyName"
     )]
     DeviceConnectionString,
+    /// The shared access key is not valid base64.
     #[error("the shared access key is not valid base64")]
     BadKey,
 }
@@ -70,12 +75,15 @@ pub const MAX_EXPIRY: i64 = 253_402_300_799;
 /// of `se` or of the clock overflows.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExpiryError {
+    /// `se` is not an integer.
     #[error("the token's expiry (se) is not a number of seconds since 1970")]
     NotANumber,
+    /// `se` is outside `1..=MAX_EXPIRY`: the value.
     #[error(
         "the token's expiry (se) {0} is out of range; give Unix seconds between 1 and {MAX_EXPIRY}"
     )]
     OutOfRange(i64),
+    /// The token expired: how many seconds ago.
     #[error("the token expired {0} second{s} ago; create a new one", s = if *.0 == 1 { "" } else { "s" })]
     Expired(u64),
 }
@@ -177,9 +185,13 @@ impl SasKey {
 /// encoded as they were sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SasToken<'a> {
+    /// The resource URI the token grants access to (percent-encoded).
     pub sr: &'a str,
+    /// The base64 HMAC-SHA256 signature (percent-encoded).
     pub sig: &'a str,
+    /// The expiry, in Unix seconds (unchecked text).
     pub se: &'a str,
+    /// The shared access policy name; `None` for device-scoped tokens.
     pub skn: Option<&'a str>,
 }
 
@@ -241,8 +253,11 @@ impl<'a> SasToken<'a> {
 /// Its `Debug` output hides the key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnectionString {
+    /// `HostName`: the hub's host, e.g. `myhub.azure-devices.net`.
     pub host_name: String,
+    /// `SharedAccessKeyName`: the shared access policy, e.g. `iothubowner`.
     pub key_name: String,
+    /// `SharedAccessKey`, decoded.
     pub key: SasKey,
 }
 

@@ -12,7 +12,9 @@ pub use crate::metrics::Metrics;
 /// What the health endpoints report.
 #[derive(Clone)]
 pub struct Health {
+    /// The metrics `/metrics` serves.
     pub metrics: Arc<Metrics>,
+    /// Whether this replica leads: a metric, and the role `/readyz` names.
     pub leader: Leadership,
     /// Set once the API server answered and the DeviceRollout CRD is served.
     pub ready: Arc<AtomicBool>,

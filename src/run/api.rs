@@ -62,6 +62,7 @@ impl Deliveries {
 
 /// What the API shares with the controller loop.
 pub struct ApiState {
+    /// The state store the API reads rollouts from and queues requests in.
     pub store: StateStore,
     /// Wakes the controller loop (a request was queued).
     pub wake: Notify,
@@ -71,6 +72,7 @@ pub struct ApiState {
     pub api_token: Option<String>,
     /// Secret of the git webhook's HMAC; `None` refuses webhooks.
     pub webhook_secret: Option<Vec<u8>>,
+    /// The metrics `/metrics` serves.
     pub metrics: Metrics,
     /// True once the source has been read once.
     pub ready: AtomicBool,

@@ -31,12 +31,16 @@ use std::sync::Arc;
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// SQLite refused a statement (or could not open the database).
     #[error("state store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON value does not decode into its type.
     #[error("state store: a stored value does not decode: {0}")]
     Json(#[from] serde_json::Error),
+    /// The blocking task running the store call panicked or was cancelled.
     #[error("state store: the blocking task failed: {0}")]
     Join(String),
+    /// Creating the store's files or making them owner-only failed: the path, and why.
     #[error("state store {0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -48,12 +52,15 @@ pub type Result<T> = std::result::Result<T, StateError>;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredRollout {
+    /// The rollout's namespace (JSON `namespace`).
     pub namespace: String,
+    /// The rollout's name (JSON `name`).
     pub name: String,
     /// The source file it was read from (relative to the source root).
     pub source: String,
     /// The rollout as last read from a good version of its file.
     pub rollout: DeviceRollout,
+    /// Its status as the controller last wrote it (JSON `status`).
     pub status: DeviceRolloutStatus,
     /// Its file is gone: the rollout is being deleted (configurations removed once the
     /// devices are covered by something else).

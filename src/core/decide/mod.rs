@@ -187,11 +187,16 @@ pub enum Action {
     /// Update a configuration's mutable fields (target, labels, priority, metrics), on
     /// the etag it was observed with.
     Update {
+        /// The configuration as it should be.
         config: Configuration,
+        /// The etag it was observed with; `None` updates unconditionally.
         etag: Option<String>,
     },
     /// Delete a configuration.
-    Delete { id: String },
+    Delete {
+        /// The configuration id.
+        id: String,
+    },
 }
 
 impl Action {

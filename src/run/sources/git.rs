@@ -44,7 +44,9 @@ static NETWORK: Mutex<i32> = Mutex::new(0);
 /// An SSH private key (OpenSSH or PEM text) and its passphrase.
 #[derive(Clone, Default)]
 pub struct SshKey {
+    /// The private key's text.
     pub private_key: String,
+    /// Its passphrase; `None` for an unencrypted key.
     pub passphrase: Option<String>,
 }
 
@@ -57,7 +59,9 @@ impl std::fmt::Debug for SshKey {
 /// Where and what to fetch.
 #[derive(Clone, Default)]
 pub struct GitSource {
+    /// The repository URL (HTTPS or SSH).
     pub url: String,
+    /// The branch to follow.
     pub branch: String,
     /// A folder inside the repository; the whole tree when `None`.
     pub path: Option<String>,
@@ -116,19 +120,29 @@ pub fn known_host(known_hosts: &str, host: &str, key: &[u8]) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
     // Not `source`: the message already carries it, and `{:#}` would print it twice.
+    /// libgit2 failed (connect, auth, fetch, or reading the commit).
     #[error("git {url} (branch {branch}): {error}")]
     Git {
+        /// The repository URL.
         url: String,
+        /// The branch fetched.
         branch: String,
+        /// libgit2's error.
         error: git2::Error,
     },
+    /// The fetch did not finish within its timeout.
     #[error("git {url} (branch {branch}): timed out after {timeout:?}: {error}")]
     Timeout {
+        /// The repository URL.
         url: String,
+        /// The branch fetched.
         branch: String,
+        /// The timeout that ran out.
         timeout: Duration,
+        /// libgit2's error when it gave up.
         error: git2::Error,
     },
+    /// The `--path` folder is not in the commit: the path, and the commit id.
     #[error("git: --path {0} is not a folder at commit {1}")]
     NoPath(String, String),
 }

@@ -231,8 +231,16 @@ mod tests {
         assert_eq!(a.check(Some(raw), 1000).unwrap_err().status.as_u16(), 401);
         for se in [i64::MIN, -9223372036854705808, i64::MIN + 1, -1, 0] {
             let t = owner.token("localhost:8443", "iothubowner", se);
-            assert_eq!(a.check(Some(&t), 1000).unwrap_err().status.as_u16(), 401, "se={se}");
-            assert_eq!(a.check(Some(&t), i64::MAX).unwrap_err().status.as_u16(), 401, "se={se}");
+            assert_eq!(
+                a.check(Some(&t), 1000).unwrap_err().status.as_u16(),
+                401,
+                "se={se}"
+            );
+            assert_eq!(
+                a.check(Some(&t), i64::MAX).unwrap_err().status.as_u16(),
+                401,
+                "se={se}"
+            );
         }
     }
 

@@ -91,6 +91,12 @@ async fn install_crds(client: &kube::Client) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let object = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    ns.create(&PostParams::default(), &object).await.unwrap();
+}
+
 fn api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("ringmaster.dev", "v1alpha1", kind);
     Api::namespaced_with(client.clone(), "fleet", &ApiResource::from_gvk(&gvk))
@@ -124,13 +130,7 @@ async fn a_real_api_server_takes_the_crds_and_refuses_integers_the_controller_ca
     let Some(env) = KubeEnv::start() else { return };
     let client = env.client().await;
     install_crds(&client).await;
-    let ns: Api<Namespace> = Api::all(client.clone());
-    ns.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": "fleet"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    create_namespace(&client, "fleet").await;
 
     let rollouts = api(&client, "DeviceRollout");
     let pp = PostParams::default();
@@ -226,13 +226,7 @@ async fn the_schema_refuses_duplicate_ring_names_and_explains_each_kind() {
         Some(&["rmhub".to_string()][..])
     );
 
-    let ns: Api<Namespace> = Api::all(client.clone());
-    ns.create(
-        &PostParams::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": "fleet"}})).unwrap(),
-    )
-    .await
-    .unwrap();
+    create_namespace(&client, "fleet").await;
     let rollouts = api(&client, "DeviceRollout");
     let pp = PostParams::default();
 

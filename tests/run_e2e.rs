@@ -5,58 +5,14 @@
 use assert_cmd::Command as AssertCommand;
 use ringmaster::client::Hub as _;
 use ringmaster::client::azure::{AzureHub, AzureHubOptions};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringmaster");
 
-/// A child process killed on drop, with its stdout lines on a channel.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ringmaster");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// The first line that `f` accepts.
-    fn wait_for<T>(&self, mut f: impl FnMut(&str) -> Option<T>) -> T {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the process printed what was expected");
-            if let Some(v) = f(&line) {
-                return v;
-            }
-        }
-    }
-}
+#[path = "common/proc.rs"]
+mod proc;
+use proc::Proc;
 
 fn rollout(value: u32) -> String {
     format!(

@@ -4,10 +4,9 @@
 //! rollout must say why its hub cannot be used.
 
 use assert_cmd::Command as AssertCommand;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,48 +59,16 @@ impl Recorder {
     }
 }
 
-/// A child process killed on drop, with its stdout lines on a channel.
-struct Proc {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "common/proc.rs"]
+mod proc;
+use proc::Proc;
 
 impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start ringmaster");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
     fn api(&self) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the controller printed its API address");
-            if let Some(a) = line.strip_prefix("ringmaster api listening on ") {
-                return a.to_string();
-            }
-        }
+        self.wait_for(|line| {
+            line.strip_prefix("ringmaster api listening on ")
+                .map(str::to_string)
+        })
     }
 }
 

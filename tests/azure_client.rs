@@ -10,6 +10,8 @@ use ringmaster::client::azure::{AzureHub, AzureHubOptions, RequestBudget};
 use ringmaster::hub::server::limits::{Faults, ThrottleLimits};
 use ringmaster::iothub::error::ErrorCode;
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn client(s: &TestServer, policy: &str, tweak: impl FnOnce(&mut AzureHubOptions)) -> AzureHub {
@@ -160,4 +162,82 @@ async fn wrong_credentials_are_refused_not_retried_forever() {
         reader.list_configurations().await.unwrap_err().code,
         ErrorCode::IotHubUnauthorizedAccess
     );
+}
+
+/// A hostile "hub" on loopback: every query page names a next page (a new one each time,
+/// or always the same), and the configuration listing is a few megabytes.
+async fn hostile_hub() -> (String, Arc<AtomicUsize>) {
+    use axum::http::HeaderMap;
+    use axum::routing::{get, post};
+    let pages = Arc::new(AtomicUsize::new(0));
+    let counter = pages.clone();
+    let app = axum::Router::new()
+        .route(
+            "/devices/query",
+            post(move |headers: HeaderMap| {
+                let counter = counter.clone();
+                async move {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let same = headers
+                        .get("x-ms-continuation")
+                        .is_some_and(|c| c == "same");
+                    let next = if same || n == 3 {
+                        "same".to_string()
+                    } else {
+                        format!("page-{n}")
+                    };
+                    (
+                        [("x-ms-continuation", next)],
+                        axum::Json(json!([{"deviceId": "d"}])),
+                    )
+                }
+            }),
+        )
+        .route("/configurations", get(|| async { "x".repeat(4 << 20) }));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(tcp, app).await });
+    (format!("http://{addr}"), pages)
+}
+
+fn hostile_client(url: &str, tweak: impl FnOnce(&mut AzureHubOptions)) -> AzureHub {
+    let mut o = AzureHubOptions {
+        base_url: Some(url.to_string()),
+        budget: RequestBudget::unlimited(),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    tweak(&mut o);
+    let host = url.trim_start_matches("http://");
+    let cs = format!("HostName={host};SharedAccessKeyName=service;SharedAccessKey=c2VjcmV0");
+    AzureHub::new(&cs, o).unwrap()
+}
+
+#[tokio::test]
+async fn endless_or_looping_pages_and_huge_answers_are_errors_not_hangs() {
+    let (url, pages) = hostile_hub().await;
+
+    // A continuation that never ends: stopped at max_pages.
+    let hub = hostile_client(&url, |o| o.max_pages = 3);
+    let e = hub
+        .query_all("SELECT * FROM devices", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::ServerError);
+    assert!(e.message.contains("more pages after 3"), "{e}");
+    assert_eq!(pages.load(Ordering::SeqCst), 3);
+
+    // A continuation given twice: a loop, stopped at once.
+    let hub = hostile_client(&url, |_| {});
+    let e = hub
+        .query_all("SELECT * FROM devices", None)
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("already given"), "{e}");
+    assert!(pages.load(Ordering::SeqCst) < 10, "stopped at the repeat");
+
+    // An answer larger than the limit is refused, not read into memory.
+    let hub = hostile_client(&url, |o| o.max_answer_bytes = 1 << 20);
+    let e = hub.list_configurations().await.unwrap_err();
+    assert!(e.message.contains("larger than 1048576 bytes"), "{e}");
 }

@@ -82,7 +82,19 @@ pub struct AzureHubOptions {
     pub token_ttl: Duration,
     /// Requests per minute (or second) allowed per request class; requests wait for it.
     pub budget: RequestBudget,
+    /// Largest answer read from the hub; a larger one is an error, not a memory spike.
+    pub max_answer_bytes: usize,
+    /// Most pages [`AzureHub::query_all`] follows; a hub that keeps answering with a
+    /// continuation past this (or repeats one) is an error, not an endless loop.
+    pub max_pages: usize,
 }
+
+/// Default of [`AzureHubOptions::max_answer_bytes`]: a page of 100 twins at IoT Hub's
+/// limits (8 KB tags, 32 KB desired and reported each) is under 8 MiB; a listing of 100
+/// configurations is smaller.
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+/// Default of [`AzureHubOptions::max_pages`]: a million twins at 100 per page.
+pub const MAX_PAGES: usize = 10_000;
 
 impl Default for AzureHubOptions {
     fn default() -> Self {
@@ -96,6 +108,8 @@ impl Default for AzureHubOptions {
             backoff_max: Duration::from_secs(30),
             token_ttl: Duration::from_secs(3600),
             budget: RequestBudget::default(),
+            max_answer_bytes: MAX_ANSWER_BYTES,
+            max_pages: MAX_PAGES,
         }
     }
 }
@@ -385,8 +399,17 @@ impl AzureHub {
                 Ok(resp) => {
                     let status = resp.status();
                     let headers = resp.headers().clone();
-                    let body = match resp.bytes().await {
-                        Ok(b) => b.to_vec(),
+                    let body = match read_bounded(resp, self.opts.max_answer_bytes).await {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(too_big)) => {
+                            return Err(HubError::new(
+                                ErrorCode::ServerError,
+                                format!(
+                                    "{} {}: the hub's answer is larger than {too_big} bytes; refusing to read it",
+                                    call.method, call.path
+                                ),
+                            ));
+                        }
                         Err(e) if !last => {
                             tracing::debug!(error = %e, attempt, "reading the answer failed; retrying");
                             tokio::time::sleep(self.backoff(attempt, None)).await;
@@ -436,14 +459,30 @@ impl AzureHub {
     ) -> Result<Vec<Value>, HubError> {
         let mut out = Vec::new();
         let mut cont: Option<String> = None;
-        loop {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..self.opts.max_pages.max(1) {
             let page = self.query(query, page_size, cont.as_deref()).await?;
             out.extend(page.items);
             match page.continuation {
-                Some(c) if !c.is_empty() => cont = Some(c),
+                Some(c) if !c.is_empty() => {
+                    if !seen.insert(c.clone()) {
+                        return Err(HubError::new(
+                            ErrorCode::ServerError,
+                            "the hub answered a continuation it had already given: the query's pages loop",
+                        ));
+                    }
+                    cont = Some(c)
+                }
                 _ => return Ok(out),
             }
         }
+        Err(HubError::new(
+            ErrorCode::ServerError,
+            format!(
+                "the hub still had more pages after {} (AzureHubOptions::max_pages); stopped reading",
+                self.opts.max_pages.max(1)
+            ),
+        ))
     }
 
     /// Creates a device identity with generated SAS keys (`PUT /devices/{id}`).
@@ -710,6 +749,25 @@ impl Hub for AzureHub {
         .body(patch.clone());
         self.send(call, ErrorCode::DeviceNotFound).await?.json()
     }
+}
+
+/// Reads an answer's body up to `limit` bytes: `Ok(Err(limit))` when it is larger (the
+/// declared length is checked first, then what arrives).
+async fn read_bounded(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Result<Vec<u8>, usize>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(Err(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(Err(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body))
 }
 
 #[cfg(test)]

@@ -1051,7 +1051,14 @@ proptest! {
             let mut w = World::new(&fleet, "2.4.0");
             w.tick = SignedDuration::from_secs(10);
             w.forgetful = restarts;
-            // Rings of four devices can pass (the Wilson bound of 4 in 4 is 0.51).
+            // A canary ring smaller than the gate's minApplied (5) never gets a verdict and
+            // reaches its deadline: no revision could become stable there, so such a fleet
+            // is not a case of this property (small fleets drew one now and then).
+            let min_applied = w.ro.spec.gate.min_applied.unwrap_or(1) as u64;
+            if w.count(&format!("({}) AND tags.ring='canary'", w.ro.spec.target)) < min_applied {
+                return;
+            }
+            // Rings of five devices can pass (the Wilson bound of 5 in 5 is 0.57).
             let success = Some("lowerBound(metrics.current, applied) >= 0.5".to_string());
             w.ro.spec.gate.success = success.clone();
             let expected = if with_stable {

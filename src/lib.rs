@@ -2,8 +2,8 @@
 //!
 //! The parts, lowest layer first (docs/design.md, "Layers"; `scripts/check-layers` keeps
 //! every import pointing down):
-//! - [`clock`], [`duration`], [`net`] (bounded listeners), [`budget`] (token buckets):
-//!   utilities.
+//! - [`clock`], [`duration`], [`files`] (private files), [`net`] (bounded listeners),
+//!   [`budget`] (token buckets): utilities.
 //! - [`iothub`]: what IoT Hub is (configurations, twins, errors, query language, SAS).
 //! - [`resources`]: the `DeviceRollout` and `Hub` resources and operator requests.
 //! - [`hub`]: the embedded IoT hub, its REST server and its bench; [`core`]: the pure
@@ -22,6 +22,7 @@ pub mod core;
 pub mod demo;
 pub mod driver;
 pub mod duration;
+pub mod files;
 pub mod hub;
 pub mod iothub;
 pub mod kube;

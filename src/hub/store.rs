@@ -49,7 +49,7 @@ impl Store {
     /// take the file's mode) is readable by its owner only: created 0600, and made 0600
     /// when an older build left it readable by others.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        make_private(path).map_err(|e| {
+        crate::files::make_sqlite_private(path).map_err(|e| {
             HubError::new(
                 ErrorCode::ServerError,
                 format!(
@@ -257,36 +257,6 @@ impl Store {
         }
         tx.commit().map_err(db_err)
     }
-}
-
-/// Creates the store's file with mode 0600 if it is missing, and sets 0600 on the file and
-/// on any WAL or shared-memory file beside it. Nothing to do off Unix.
-fn make_private(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 /// The stored twin (schema 2): its versions, times and etag counter, and its nodes as

@@ -102,7 +102,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 impl StateStore {
     /// Opens (or creates) the store at `path`, in WAL mode, readable by its owner only.
     pub fn open(path: &Path) -> Result<StateStore> {
-        owner_only(path)?;
+        crate::files::make_sqlite_private(path)
+            .map_err(|e| StateError::Io(path.display().to_string(), e))?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -372,35 +373,6 @@ fn decode(
         created,
         source_revision,
     })
-}
-
-/// Makes the store file, and its `-wal` and `-shm` companions where they exist, readable
-/// by the owner only; creates the store file so. SQLite creates the companions with the
-/// store file's mode.
-fn owner_only(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let io = |e: std::io::Error| StateError::Io(path.display().to_string(), e);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let mut files = vec![path.to_path_buf()];
-        for suffix in ["-wal", "-shm"] {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            files.push(p.into());
-        }
-        for f in files.iter().filter(|f| f.exists()) {
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -112,6 +112,11 @@ async fn the_budget_keeps_the_client_under_the_hub_throttle() {
             ..RequestBudget::s1(1)
         };
     });
+    // The two buckets count from the requests each sees: the client's first request also
+    // opens the connection, so it reaches the hub later than the client counted it and the
+    // hub's bucket ran that much behind for the whole burst (429 about one run in two).
+    // Open the connection with a call of another class first.
+    hub.get_twin("warm-up").await.unwrap();
     let t0 = Instant::now();
     for _ in 0..615 {
         hub.list_configurations()

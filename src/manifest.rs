@@ -148,6 +148,34 @@ pub fn load_manifests(file_name: &str, text: &str) -> Result<Vec<Document>, Vec<
     }
 }
 
+/// Checks one object as the API server holds it (the `object` of an admission request,
+/// say) with the same checks as [`load_manifests`]: the kind and version, the fields the
+/// types know, then [`validate`]. `Ok(None)` for objects of other API groups. The
+/// problems carry the field path and message `ringmaster validate` prints (without a
+/// file location: there is no file).
+pub fn check_object(json: &serde_json::Value) -> Result<Option<Document>, Vec<FieldError>> {
+    let to_errors = |v: Vec<(String, String)>| {
+        v.into_iter()
+            .map(|(path, message)| FieldError { path, message })
+            .collect::<Vec<_>>()
+    };
+    let doc = match read_document(json) {
+        Ok(Some(doc)) => doc,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(to_errors(vec![e])),
+    };
+    let mut errors = to_errors(unknown_fields(json, &doc));
+    errors.extend(match &doc {
+        Document::DeviceRollout(ro) => validate::validate_rollout(ro),
+        Document::Hub(hub) => validate::validate_hub(hub),
+    });
+    if errors.is_empty() {
+        Ok(Some(doc))
+    } else {
+        Err(errors)
+    }
+}
+
 fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {

@@ -26,6 +26,7 @@ pub mod controller;
 pub mod hubs;
 pub mod leader;
 pub mod metrics;
+pub mod webhook;
 
 #[cfg(test)]
 mod fixtures;
@@ -129,6 +130,10 @@ pub struct KubeArgs {
     /// a cluster (probes and scrapers come from outside the pod), `127.0.0.1:8081` outside.
     #[arg(long, env = "RINGMASTER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// The validating admission webhook ([`webhook`]).
+    #[command(flatten)]
+    pub webhook: webhook::WebhookArgs,
 }
 
 const SA_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -238,9 +243,11 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    rollouts.list(&ListParams::default().limit(1)).await.map_err(|e| {
-        anyhow::anyhow!("cannot list DeviceRollouts ({e}); is the CRD installed? `ringmaster crd | kubectl apply -f -`")
-    })?;
+    rollouts
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| start_error(&e, settings.namespace.as_deref()))?;
+    start_webhook(&client, &args.webhook, &settings.lease_namespace).await?;
     ready.store(true, Ordering::Relaxed);
 
     let recorder = Recorder::new(
@@ -259,6 +266,100 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
         leader,
     ));
     run_controller(ctx, settings.namespace.as_deref()).await;
+    Ok(())
+}
+
+/// Why the first list of DeviceRollouts failed, and what to do: a 404 means the CRD is
+/// missing, a 403 that this identity lacks RBAC (the verb and resource named).
+fn start_error(e: &kube::Error, namespace: Option<&str>) -> anyhow::Error {
+    let scope = match namespace {
+        Some(ns) => format!("in namespace {ns}"),
+        None => "in every namespace (a ClusterRole)".to_string(),
+    };
+    match e {
+        kube::Error::Api(s) if s.code == 404 => anyhow::anyhow!(
+            "cannot list DeviceRollouts: the API server does not serve them (404); is the CRD installed? `ringmaster crd | kubectl apply -f -`"
+        ),
+        kube::Error::Api(s) if s.code == 403 => anyhow::anyhow!(
+            "cannot list DeviceRollouts: forbidden (403: {}). This identity needs RBAC for `list` (and get, watch, patch) on `devicerollouts.ringmaster.dev` {scope}; the chart and manifests/install.yaml grant it to the ringmaster ServiceAccount (src/kube/mod.rs lists every rule)",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 401 => anyhow::anyhow!(
+            "cannot list DeviceRollouts: the API server does not accept these credentials (401: {})",
+            s.message
+        ),
+        other => anyhow::anyhow!("cannot list DeviceRollouts: {other}"),
+    }
+}
+
+/// Starts the admission webhook when `--webhook-addr` is given: its certificate, the
+/// listener, and the webhook configuration's `caBundle` (kept current in the background).
+async fn start_webhook(
+    client: &Client,
+    args: &webhook::WebhookArgs,
+    namespace: &str,
+) -> anyhow::Result<()> {
+    let Some(addr) = args.webhook_addr else {
+        if args.webhook_url.is_some() || args.webhook_service.is_some() {
+            anyhow::bail!(
+                "--webhook-url and --webhook-service need --webhook-addr (where to serve it)"
+            );
+        }
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --webhook-addr {addr}: {e}"))?;
+    let name = args.webhook_configuration.clone();
+    let certs = if let Some(url) = &args.webhook_url {
+        let host = url
+            .strip_prefix("https://")
+            .ok_or_else(|| anyhow::anyhow!("--webhook-url {url}: must start with https://"))?
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        let host = match host.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let certs = webhook::Certs::generate(&[host])?;
+        webhook::register_url(client, &name, url, &args.webhook_failure_policy, &certs).await?;
+        certs
+    } else if let Some(service) = &args.webhook_service {
+        let secret = args
+            .webhook_secret
+            .clone()
+            .unwrap_or_else(|| format!("{service}-webhook-tls"));
+        webhook::certs_from_secret(client, namespace, &secret, service).await?
+    } else {
+        anyhow::bail!(
+            "--webhook-addr needs --webhook-url (out of a cluster) or --webhook-service (in one)"
+        );
+    };
+    let served = certs.clone();
+    tokio::spawn(async move {
+        if let Err(e) = webhook::serve(listener, &served).await {
+            tracing::error!(error = %e, "the admission webhook stopped");
+        }
+    });
+    if args.webhook_url.is_none() {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match webhook::ensure_ca_bundle(&client, &name, &certs.ca).await {
+                    Ok(true) => tracing::info!(configuration = %name, "set the webhook's caBundle"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "the webhook's caBundle"),
+                }
+                tokio::time::sleep(webhook::CA_BUNDLE_CHECK).await;
+            }
+        });
+    }
+    tracing::info!(%addr, "serving the admission webhook");
     Ok(())
 }
 

@@ -1,0 +1,157 @@
+//! A real kube-apiserver (with etcd) for one test, started envtest-style by
+//! `scripts/kube-env` on loopback, and what the tests on it share: the CRDs installed,
+//! namespaces, `kubectl` and the `ringmaster` binary pointed at it. A test skips with one
+//! line when the API server or etcd is absent (see `scripts/kube-env`).
+
+#![allow(dead_code)]
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// etcd and kube-apiserver for one test; stopped (and their folder removed) on drop.
+pub struct KubeEnv {
+    pub dir: PathBuf,
+}
+
+impl KubeEnv {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-env")
+    }
+
+    /// `None` (after saying why) when the API server or etcd is not installed.
+    pub fn start() -> Option<KubeEnv> {
+        let available = Command::new(Self::script()).arg("available").status();
+        if !available.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "skipping: no kube-apiserver in target/kube-assets (or $KUBE_ASSETS) or no etcd on PATH"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap().keep();
+        let env = KubeEnv { dir };
+        let out = Command::new(Self::script())
+            .arg("start")
+            .arg(&env.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kube-env start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(env)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> kube::Client {
+        let kc = Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// `kubectl ARGS` as admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .env("KUBECONFIG", self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl on PATH")
+    }
+
+    /// `ringmaster ARGS` with the admin kubeconfig (not started).
+    pub fn ringmaster(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmaster"));
+        cmd.env("KUBECONFIG", self.kubeconfig())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("RUST_LOG", "info");
+        cmd
+    }
+}
+
+impl Drop for KubeEnv {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// Installs ringmaster's CRDs and waits (polling fast) until both are Established.
+pub async fn install_crds(client: &kube::Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, crd) in ringmaster::resources::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    for (_, crd) in ringmaster::resources::crds() {
+        let name = crd.metadata.name.unwrap();
+        let mut established = false;
+        for _ in 0..300 {
+            let got = crds.get(&name).await.unwrap();
+            established = got
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(established, "{name} never became Established");
+    }
+    // Discovery of a new group lags the Established condition by a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let object = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    ns.create(&PostParams::default(), &object).await.unwrap();
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `url` over plain HTTP: the status and body, or `None` when nothing answers.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::get(url).await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn poll<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -263,9 +263,12 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
         hubs,
         recorder,
         metrics,
-        leader,
+        leader.clone(),
     ));
     run_controller(ctx, settings.namespace.as_deref()).await;
+    // SIGINT/SIGTERM: the reconciles in flight have finished; hand the Lease over now
+    // rather than make a standby wait for its expiry.
+    leader.release().await;
     Ok(())
 }
 

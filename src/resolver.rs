@@ -315,7 +315,12 @@ pub struct Resolver<S> {
     /// In-process hubs per Hub resource, kept when their Hub's limits change so their
     /// state survives, and dropped when their Hub is found gone.
     embedded: Mutex<HashMap<HubKey, InProcess>>,
+    /// Wraps every hub client before a driver gets it (Kubernetes mode: the leader fence).
+    wrap: Option<HubWrapper>,
 }
+
+/// A function that wraps a hub client ([`Resolver::with_wrapper`]).
+pub type HubWrapper = Arc<dyn Fn(Arc<dyn HubClient>) -> Arc<dyn HubClient> + Send + Sync>;
 
 impl<S: SecretSource> Resolver<S> {
     /// One in-memory hub per `type: embedded` Hub without `url` (Kubernetes mode).
@@ -326,7 +331,14 @@ impl<S: SecretSource> Resolver<S> {
             shared: None,
             drivers: Mutex::default(),
             embedded: Mutex::default(),
+            wrap: None,
         }
+    }
+
+    /// Every hub client goes through `wrap` before a driver gets it.
+    pub fn with_wrapper(mut self, wrap: HubWrapper) -> Resolver<S> {
+        self.wrap = Some(wrap);
+        self
     }
 
     /// Every `type: embedded` Hub without `url` is `hub` (directory and git modes, whose
@@ -394,6 +406,10 @@ impl<S: SecretSource> Resolver<S> {
                 self.embedded.lock().remove(&key);
                 remote_client(namespace, name, hub, secret)?
             }
+        };
+        let client = match &self.wrap {
+            Some(wrap) => wrap(client),
+            None => client,
         };
         let driver = Arc::new(Driver::with_limits(
             client,

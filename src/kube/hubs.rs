@@ -168,6 +168,20 @@ impl KubeHubs {
         }
     }
 
+    /// [`KubeHubs::new`] whose hub writes go through only while `leader` leads
+    /// ([`super::fence`]).
+    pub fn fenced(
+        client: Client,
+        clock: Arc<dyn Clock>,
+        leader: super::leader::Leadership,
+    ) -> KubeHubs {
+        let mut hubs = KubeHubs::new(client, clock);
+        hubs.resolver = hubs
+            .resolver
+            .with_wrapper(super::fence::FencedHub::wrapper(leader));
+        hubs
+    }
+
     /// The driver cached for a Hub resource (tests).
     #[cfg(test)]
     pub(crate) fn cached_driver(&self, namespace: &str, name: &str) -> Option<Arc<Driver>> {

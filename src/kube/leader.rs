@@ -84,6 +84,29 @@ impl Leadership {
         }
     }
 
+    /// Elected leadership with no elector behind it, valid until `valid_until` (tests).
+    #[cfg(test)]
+    pub(crate) fn elected_for_test(valid_until: Option<Instant>) -> Leadership {
+        let (tx, rx) = watch::channel(true);
+        Leadership {
+            rx,
+            _tx: Some(Arc::new(tx)),
+            lease: Some(Arc::new(Held {
+                valid_until: Mutex::new(valid_until),
+                stop: Notify::new(),
+                task: Mutex::new(None),
+            })),
+        }
+    }
+
+    /// Moves the validity of [`Leadership::elected_for_test`] (a renewal, in tests).
+    #[cfg(test)]
+    pub(crate) fn set_valid_until_for_test(&self, t: Option<Instant>) {
+        if let Some(h) = &self.lease {
+            *h.valid_until.lock() = t;
+        }
+    }
+
     /// Campaigns for the Lease `name` in `namespace` as `identity`, in a background task
     /// that renews the lease while held; [`Leadership::release`] ends it.
     pub async fn elect(

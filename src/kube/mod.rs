@@ -5,6 +5,9 @@
 //! - [`hubs`]: a cached [`Driver`](crate::driver::Driver) per `Hub` resource, built by
 //!   the [hub resolver](crate::resolver) from its spec and Secret;
 //! - [`leader`]: leader election on a Lease (only the leader writes);
+//! - [`fence`]: hub writes only while the Lease is held, each bounded below its duration;
+//! - [`webhook`]: the validating admission webhook (`kubectl apply` runs `ringmaster
+//!   validate`'s checks);
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
 //!
 //! The controller watches `DeviceRollout`s and `Hub`s (a Hub's change reconciles the
@@ -23,6 +26,7 @@
 //! - `coordination.k8s.io` `leases`: get, create, patch (in the lease namespace)
 
 pub mod controller;
+pub mod fence;
 pub mod hubs;
 pub mod leader;
 pub mod metrics;
@@ -257,7 +261,11 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
             instance: Some(settings.identity.clone()),
         },
     );
-    let hubs: Arc<dyn HubClients> = Arc::new(KubeHubs::new(client.clone(), Arc::new(SystemClock)));
+    let hubs: Arc<dyn HubClients> = Arc::new(KubeHubs::fenced(
+        client.clone(),
+        Arc::new(SystemClock),
+        leader.clone(),
+    ));
     let ctx = Arc::new(Context::new(
         client.clone(),
         hubs,

@@ -16,6 +16,27 @@ use std::time::Duration;
 /// etcd and kube-apiserver for one test; stopped (and their folder removed) on drop.
 pub struct KubeEnv {
     pub dir: PathBuf,
+    kubectl: PathBuf,
+}
+
+/// A kubectl that has `create token` (1.24 and later): `$KUBECTL`, the one on PATH, or
+/// the one `scripts/check-packaging` downloads.
+fn kubectl() -> Option<PathBuf> {
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/packaging/bin/kubectl");
+    let candidates = std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("kubectl"), packaged]);
+    for c in candidates {
+        let ok = Command::new(&c)
+            .args(["create", "token", "--help"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(c);
+        }
+    }
+    None
 }
 
 impl KubeEnv {
@@ -32,8 +53,14 @@ impl KubeEnv {
             );
             return None;
         }
+        let Some(kubectl) = kubectl() else {
+            eprintln!(
+                "skipping: no kubectl >= 1.24 ($KUBECTL, on PATH, or target/packaging/bin from scripts/check-packaging)"
+            );
+            return None;
+        };
         let dir = tempfile::tempdir().unwrap().keep();
-        let env = KubeEnv { dir };
+        let env = KubeEnv { dir, kubectl };
         let out = Command::new(Self::script())
             .arg("start")
             .arg(&env.dir)
@@ -64,11 +91,11 @@ impl KubeEnv {
 
     /// `kubectl ARGS` as admin.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
+        Command::new(&self.kubectl)
             .env("KUBECONFIG", self.kubeconfig())
             .args(args)
             .output()
-            .expect("kubectl on PATH")
+            .expect("run kubectl")
     }
 
     /// `ringmaster ARGS` with the admin kubeconfig (not started).

@@ -224,9 +224,20 @@ impl Elector {
             let outcome = tokio::time::timeout(RETRY_PERIOD, self.step()).await;
             match outcome {
                 Ok(Ok(true)) => {
-                    *self.held.valid_until.lock() = Some(start + RENEW_DEADLINE);
+                    let lapsed = self
+                        .held
+                        .valid_until
+                        .lock()
+                        .replace(start + RENEW_DEADLINE)
+                        .is_none_or(|t| Instant::now() >= t);
                     if !*self.tx.borrow() {
                         tracing::info!(lease = %self.name, identity = %self.identity, "acquired the Lease: leading");
+                        let _ = self.tx.send(true);
+                    } else if lapsed {
+                        // Renewed after leadership had lapsed: reconciles skipped meanwhile
+                        // (they wait for a change) must run again, as on a new acquisition.
+                        tracing::info!(lease = %self.name, "renewed the Lease after a lapse: leading again");
+                        let _ = self.tx.send(false);
                         let _ = self.tx.send(true);
                     }
                 }

@@ -305,8 +305,10 @@ async fn unreadable(obj: &DynamicObject, problem: &str, ctx: &Context) -> Result
         let ar = kube::api::ApiResource::erase::<DeviceRollout>(&());
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
         if let Err(e) = patch_status(&api, &obj.name_any(), &next).await {
-            // The event below still says it.
-            tracing::warn!(rollout = %key, error = %bounded(&e.to_string()), "cannot record InvalidSpec in the status");
+            // An API server without CRD validation ratcheting validates the whole object
+            // on a status write and refuses it for the very field at fault. The Warning
+            // event below still says it.
+            tracing::warn!(rollout = %key, error = %bounded(&e.to_string()), "cannot record InvalidSpec in the status; the Warning event says it");
         }
     }
     if let Some(event) = event {

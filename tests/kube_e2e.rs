@@ -274,3 +274,260 @@ async fn twenty_rollouts_of_one_hub_deleted_at_once_are_gone_without_conflicts()
     );
     task.abort();
 }
+
+#[path = "common/proc.rs"]
+mod proc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmaster");
+
+const FLEET: &str = r#"
+devices: 40
+idPrefix: chiller-
+seed: 7
+tags: {environment: prod}
+rings: {canary: 0.25, broad: 0.75}
+models: {"4000x": 0.5, "5000x": 0.5}
+regions: {eu-west: 1.0}
+offline: 0
+firmware:
+  initial: "2.3.0"
+  downloadSeconds: 1
+  applySeconds: 1
+  jitter: 0
+  failures:
+    - {model: "5000x", version: "2.5.0-rc1", rate: 1.0}
+settings: []
+"#;
+
+/// A firmware rollout to one model, ring by ring, with a short bake.
+fn firmware(name: &str, model: &str, version: &str, priority: u32) -> Value {
+    json!({
+        "apiVersion": "ringmaster.dev/v1alpha1",
+        "kind": "DeviceRollout",
+        "metadata": {"name": name, "namespace": "fleet"},
+        "spec": {
+            "target": format!("tags.environment='prod' AND tags.model='{model}'"),
+            "priority": priority,
+            "content": {"device": {"properties.desired.firmware": {"version": version}}},
+            "metrics": {
+                "current": format!("properties.reported.firmware.version='{version}' AND properties.reported.firmware.status='Current'"),
+                "failed": "properties.reported.firmware.status='Error'"
+            },
+            "gate": {
+                "minApplied": 2, "bake": "3s", "deadline": "5m",
+                "success": "lowerBound(metrics.current, applied) >= 0.3",
+                "failure": "lowerBound(metrics.failed, applied) > 0.05"
+            },
+            "rings": [{"name": "canary", "target": "tags.ring='canary'"}, {"name": "broad", "target": "*"}],
+            "onFailure": "rollback",
+            "baseline": "off"
+        }
+    })
+}
+
+fn kubectl(env: &KubeEnv, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", env.kubeconfig())
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn has_kubectl() -> bool {
+    std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `(status, reason)` of a condition.
+fn cond(obj: &DynamicObject, type_: &str) -> (String, String) {
+    let c = condition(obj, type_).unwrap_or_else(|| panic!("no {type_}: {:?}", obj.data));
+    (
+        c["status"].as_str().unwrap().into(),
+        c["reason"].as_str().unwrap().into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_kube_takes_a_good_rollout_to_healthy_and_rolls_a_faulty_one_back() {
+    let Some(env) = KubeEnv::start() else { return };
+    if !has_kubectl() {
+        eprintln!("skipping: no kubectl on PATH");
+        return;
+    }
+    let client = env.client().await;
+    install(&client, &ringmaster_crds()).await;
+    create_namespace(&client, "fleet").await;
+
+    // `ringmaster hub serve --fleet`: 40 simulated chillers; every 5000x fails 2.5.0-rc1.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fleet.yaml"), FLEET).unwrap();
+    let cs_file = dir.path().join("hub.cs");
+    let hub = proc::Proc::spawn(
+        std::process::Command::new(BIN)
+            .args(["hub", "serve", "--in-memory", "--listen", "127.0.0.1:0"])
+            .args(["--cycle-interval", "1s", "--fleet"])
+            .arg(dir.path().join("fleet.yaml"))
+            .arg("--connection-string-file")
+            .arg(&cs_file)
+            .env("RUST_LOG", "warn"),
+    );
+    let url = hub.wait_for(|l| {
+        l.strip_prefix("ringmaster hub listening on ")
+            .map(str::to_string)
+    });
+    hub.wait_for(|l| {
+        l.starts_with("connection string: written to ")
+            .then_some(())
+    });
+    let cs = std::fs::read_to_string(&cs_file).unwrap();
+    let cs = cs.lines().next().unwrap().to_string();
+
+    // The Secret, the Hub, a baseline under everything and the two rollouts.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "fleet");
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "hub", "namespace": "fleet"},
+                "stringData": {"connectionString": cs}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let hubs: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "fleet",
+        &ApiResource::erase::<ringmaster::resources::Hub>(&()),
+    );
+    hubs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "ringmaster.dev/v1alpha1", "kind": "Hub",
+            "metadata": {"name": "default", "namespace": "fleet"},
+            "spec": {"type": "embedded", "url": url, "connectionStringSecret": {"name": "hub"}}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let api = rollouts(&client);
+    let mut baseline = firmware("fleet-baseline", "4000x", "2.3.0", 1);
+    baseline["spec"]["target"] = json!("tags.environment='prod'");
+    baseline["spec"]["rings"] = json!([{"name": "all", "target": "*"}]);
+    for ro in [
+        baseline,
+        firmware("chiller-fw", "4000x", "2.4.0", 20),
+        firmware("chiller-fw-rc", "5000x", "2.5.0-rc1", 20),
+    ] {
+        api.create(&PostParams::default(), &serde_json::from_value(ro).unwrap())
+            .await
+            .unwrap();
+    }
+
+    // `ringmaster run --kube`, out of cluster, on the kubeconfig.
+    let _controller = proc::Proc::spawn(
+        std::process::Command::new(BIN)
+            .args(["run", "--kube", "--kube-namespace", "fleet"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", env.kubeconfig())
+            .env("RUST_LOG", "warn"),
+    );
+
+    let phase_of = async |name: &str, want: &str| {
+        wait_until(
+            &format!("{name} {want}"),
+            Duration::from_secs(240),
+            async || {
+                let got = api.get(name).await.ok()?;
+                (got.data["status"]["phase"] == want).then_some(got)
+            },
+        )
+        .await
+    };
+    let good = phase_of("chiller-fw", "Healthy").await;
+    let bad = phase_of("chiller-fw-rc", "RolledBack").await;
+
+    // What `kubectl describe` shows: the conditions, for the generation seen.
+    assert_eq!(cond(&good, "Ready"), ("True".into(), "Healthy".into()));
+    assert_eq!(cond(&good, "Reconciling").0, "False");
+    assert_eq!(cond(&good, "Stalled").0, "False");
+    assert_eq!(
+        good.data["status"]["observedGeneration"],
+        json!(good.metadata.generation.unwrap())
+    );
+    assert_eq!(cond(&bad, "Ready").0, "False");
+    assert_eq!(cond(&bad, "Reconciling").0, "False");
+    assert_eq!(cond(&bad, "Stalled"), ("True".into(), "RolledBack".into()));
+    assert_eq!(
+        bad.data["status"]["observedGeneration"],
+        json!(bad.metadata.generation.unwrap())
+    );
+
+    // The events: each transition its own, with its own text.
+    let events: Api<Event> = Api::namespaced(client.clone(), "fleet");
+    let about = async |name: &str| -> Vec<Event> {
+        events
+            .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+            .await
+            .unwrap()
+            .items
+    };
+    let good_events = about("chiller-fw").await;
+    let reasons: Vec<&str> = good_events
+        .iter()
+        .filter_map(|e| e.reason.as_deref())
+        .collect();
+    for want in ["Progressing", "RingStarted", "Healthy"] {
+        assert!(reasons.contains(&want), "{reasons:?}");
+    }
+    let ring_notes: std::collections::BTreeSet<&str> = good_events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("RingStarted"))
+        .filter_map(|e| e.note.as_deref())
+        .collect();
+    assert!(
+        ring_notes.iter().any(|n| n.contains("'canary'"))
+            && ring_notes.iter().any(|n| n.contains("'broad'")),
+        "{ring_notes:?}"
+    );
+    assert!(
+        good_events.iter().all(|e| e.series.is_none()),
+        "no event folded into another"
+    );
+    let bad_events = about("chiller-fw-rc").await;
+    assert!(
+        bad_events
+            .iter()
+            .any(|e| e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some("RolledBack")),
+        "{:?}",
+        bad_events.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+
+    // The printer columns, as `kubectl get dro` shows them.
+    let table = kubectl(&env, &["get", "dro", "-n", "fleet"]);
+    let header = table.lines().next().unwrap();
+    for column in ["NAME", "PHASE", "RING", "APPLIED", "REVISION", "AGE"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{table}"))
+            .to_string()
+    };
+    assert!(row("chiller-fw").contains("Healthy"), "{table}");
+    assert!(row("chiller-fw-rc").contains("RolledBack"), "{table}");
+    assert!(row("fleet-baseline").contains("Healthy"), "{table}");
+}

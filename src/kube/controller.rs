@@ -1,6 +1,8 @@
 //! The `DeviceRollout` controller: the kube shell around [`Driver`].
 //!
-//! One reconcile reads as a pipeline:
+//! The watch delivers plain objects; [`reconcile_object`] reads each on its own (one that
+//! cannot be read is marked `InvalidSpec` and stops nothing else) and hands it to
+//! [`reconcile`]. One reconcile reads as a pipeline:
 //! 1. **gate**: a replica that is not the leader touches nothing;
 //! 2. **finalizer**: a live rollout without `ringmaster.dev/cleanup` gets it first (and
 //!    is reconciled again on the change that patch makes);
@@ -8,13 +10,16 @@
 //!    or key that is missing, or a config that cannot make a client, is written to the
 //!    status as `Stalled` ([`hub_stalled`]), announced by one Warning event, and the
 //!    reconcile fails so that it is retried with the backoff;
-//! 4. **drive**: [`Driver::reconcile`], which reads operator requests and deletion from
-//!    the object's annotations and `deletionTimestamp`;
+//! 4. **drive**: [`Driver::reconcile_with`] on the pass's shared listing of the hub
+//!    ([`Listings`]), reading operator requests and deletion from the object's
+//!    annotations and `deletionTimestamp`;
 //! 5. **update status**: server-side apply to the status subresource, only when it changed;
-//! 6. **events**: one per phase change and per ring change ([`transitions`]);
+//! 6. **events**: one per phase change and per ring change ([`transitions`]), each a new
+//!    Event ([`Events`]);
 //! 7. **finalize**: while deleting, the finalizer goes only once the driver says every
 //!    configuration of the rollout is gone (`finalized`): a fleet is never stripped of a
-//!    configuration silently, and never left with one nobody tracks.
+//!    configuration silently, and never left with one nobody tracks. The removal is
+//!    guarded by the resourceVersion of step 5's write.
 //!
 //! Then it waits for as long as the driver asked. Failures back off per object
 //! ([`error_policy`]).
@@ -486,8 +491,8 @@ pub fn hub_stalled(
         now,
     );
     // News when the stall starts or its reason changes. A new message under the same
-    // reason (another key missing, say) updates the status only: the Recorder would fold a
-    // second event of the same reason into the first's series, keeping the old note.
+    // reason (another key missing, say) updates the status only: retries must not repeat
+    // the event.
     let stall = |s: &DeviceRolloutStatus| {
         status::condition(s, STALLED)
             .filter(|c| c.status == "True")

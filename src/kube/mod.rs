@@ -5,10 +5,13 @@
 //! - [`hubs`]: a cached [`Driver`](crate::driver::Driver) per `Hub` resource, built by
 //!   the [hub resolver](crate::resolver) from its spec and Secret;
 //! - [`leader`]: leader election on a Lease (only the leader writes);
-//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
+//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`;
+//! - [`events`]: one new Event per transition;
+//! - [`listings`]: one listing of a hub's configurations per pass.
 //!
-//! The controller watches `DeviceRollout`s and `Hub`s (a Hub's change reconciles the
-//! rollouts naming it). Secrets are read on each reconcile, not watched, so the
+//! The controller watches `DeviceRollout`s and `Hub`s as plain objects (a Hub's change
+//! reconciles the rollouts naming it; a rollout's own status write does not, see
+//! [`wakes`]). Secrets are read on each reconcile, not watched, so the
 //! controller needs no cluster-wide watch on Secrets; a rotated key is picked up at the
 //! next reconcile (the Secret's resourceVersion is part of the cached client's key), and
 //! a Secret created after a rollout stalled for want of it is found by the failure
@@ -19,7 +22,7 @@
 //! - `ringmaster.dev` `devicerollouts/status`: get, patch
 //! - `ringmaster.dev` `hubs`: get, list, watch
 //! - core `secrets`: get
-//! - `events.k8s.io` `events`: create, patch
+//! - `events.k8s.io` `events`: create (patch is no longer used: every event is new)
 //! - `coordination.k8s.io` `leases`: get, create, patch (in the lease namespace)
 
 pub mod controller;

@@ -1154,10 +1154,10 @@ async fn each_transition_is_its_own_event_with_its_own_text() {
     assert_eq!(resumed[0]["reason"], "Progressing", "{resumed:#?}");
     let note = resumed[0]["note"].as_str().unwrap();
     assert!(note.starts_with("phase Paused → Progressing"), "{note}");
-    let names: std::collections::BTreeSet<&str> = [&first[..], &paused[..], &resumed[..]]
-        .concat()
+    let all = [&first[..], &paused[..], &resumed[..]].concat();
+    let names: std::collections::BTreeSet<&str> = all
         .iter()
-        .map(|e| e["metadata"]["name"].as_str().unwrap().to_string().leak() as &str)
+        .map(|e| e["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(
         names.len(),

@@ -1448,3 +1448,31 @@ async fn readyz_is_false_while_the_controller_cannot_list() {
     controller.abort();
     failing.abort();
 }
+
+#[tokio::test]
+async fn a_hub_that_cannot_be_read_is_invalid_naming_the_field() {
+    // Issue 11, defect 1: a Hub with `limits.queriesPerMinute: 5000000000`, stored before
+    // the schema bounded it, was an API error retried forever with nothing in the status.
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert(
+        "default".into(),
+        hub_object(
+            "default",
+            "u1",
+            json!({"type": "embedded", "limits": {"queriesPerMinute": 5_000_000_000u64}}),
+        ),
+    );
+    let (ctx, _hubs, world) = world(w);
+    let (result, seen) = pass(&ctx, &world).await;
+    assert_eq!(
+        problem_of(&result),
+        Some(HubProblem::HubConfigInvalid),
+        "{result:?}"
+    );
+    let status = &seen[1].body["status"];
+    let message = cond(status, "Stalled")["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.limits.queriesPerMinute"),
+        "{message}"
+    );
+}

@@ -17,7 +17,7 @@ use crate::budget::TokenBucket;
 use crate::client::Hub;
 use crate::clock::Clock;
 use crate::core::decide::{self, Action, Budget, Deletion, Observation};
-use crate::core::status::{self, RECONCILING, STALLED};
+use crate::core::status::{self, READY, RECONCILING, STALLED, THROTTLED};
 use crate::core::validate;
 use crate::iothub::error::{ErrorCode, HubError};
 use crate::resources::operation::force_delete;
@@ -204,14 +204,28 @@ impl Driver {
             None => match self.list(&mut outcome.requests).await {
                 Ok(Ok(c)) => Arc::new(c),
                 Ok(Err(wait)) => {
-                    outcome.status.message =
-                        Some("waiting for the hub's configuration-operation budget".into());
+                    // A condition of its own: the message keeps explaining the rollout's
+                    // state (a rollback, say), which the wait does not change.
+                    status::set_condition(
+                        &mut outcome.status,
+                        THROTTLED,
+                        true,
+                        "HubBudget",
+                        "waiting for the hub's configuration-operation budget (the Hub's limits.configurationWritesPerMinute)",
+                        rollout.metadata.generation,
+                        now,
+                    );
                     outcome.requeue_after = wait;
                     return outcome;
                 }
                 Err(e) => return self.failed(outcome, rollout, e, now),
             },
         };
+        // The hub answered: a wait for its budget is over.
+        let mut unthrottled = last.clone();
+        status::clear_condition(&mut unthrottled, THROTTLED);
+        let last = &unthrottled;
+        outcome.status = last.clone();
         let mut obs = Observation {
             configurations,
             counts: BTreeMap::new(),
@@ -370,6 +384,9 @@ impl Driver {
             status::set_condition(st, STALLED, true, e.code.name(), &message, g, now);
         }
         status::set_condition(st, RECONCILING, !stalled, "HubError", &message, g, now);
+        // Not ready while the hub refuses: `Ready` follows the current state.
+        let reason = if stalled { e.code.name() } else { "HubError" };
+        status::set_condition(st, READY, false, reason, &message, g, now);
         outcome.requeue_after = std::time::Duration::from_secs(wait);
         outcome.error = Some(e);
         outcome

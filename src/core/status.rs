@@ -23,6 +23,16 @@ pub const RECONCILING: &str = "Reconciling";
 /// Condition type: True when the rollout cannot go on without a person or new content.
 pub const STALLED: &str = "Stalled";
 
+/// Condition type: True while the rollout waits for its hub's configuration-operation
+/// budget (absent otherwise). A condition of its own, so that `message` keeps explaining
+/// the rollout's state.
+pub const THROTTLED: &str = "Throttled";
+
+/// Removes a condition, if set.
+pub fn clear_condition(status: &mut DeviceRolloutStatus, type_: &str) {
+    status.conditions.retain(|c| c.type_ != type_);
+}
+
 /// Sets a condition; the transition time moves only when the status changes.
 pub fn set_condition(
     status: &mut DeviceRolloutStatus,

@@ -10,7 +10,7 @@ use crate::resources::DeviceRollout;
 use http::{Request, Response, StatusCode};
 use kube::Client;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,6 +103,13 @@ impl World {
         serde_json::from_value(self.rollout.clone()).unwrap()
     }
 
+    /// A write changed the rollout: a new resourceVersion, as a real API server gives.
+    fn bump(&mut self) {
+        let rv = &mut self.rollout["metadata"]["resourceVersion"];
+        let next = rv.as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+        *rv = Value::String(next.to_string());
+    }
+
     fn respond(&mut self, s: &Seen) -> (StatusCode, Value) {
         self.seen.push(s.clone());
         let path = s.uri.split('?').next().unwrap_or_default();
@@ -122,10 +129,28 @@ impl World {
             "GET" if path.contains("/secrets/") => found(self.secrets.get(name)),
             "PATCH" if path.contains("/devicerollouts/") && path.ends_with("/status") => {
                 self.rollout["status"] = s.body["status"].clone();
+                self.bump();
                 (StatusCode::OK, self.rollout.clone())
             }
             "PATCH" if path.contains("/devicerollouts/") => {
-                merge(&mut self.rollout, &s.body);
+                // As a real API server: a patch that names a resourceVersion other than
+                // the object's conflicts.
+                let sent = &s.body["metadata"]["resourceVersion"];
+                if sent.is_string() && *sent != self.rollout["metadata"]["resourceVersion"] {
+                    return (
+                        StatusCode::CONFLICT,
+                        serde_json::json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+                            "message": "the object has been modified; please apply your changes to the latest version and try again"
+                        }),
+                    );
+                }
+                let mut patch = s.body.clone();
+                if let Some(m) = patch["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                merge(&mut self.rollout, &patch);
+                self.bump();
                 (StatusCode::OK, self.rollout.clone())
             }
             _ => (StatusCode::OK, echo(&self.rollout, s)),
@@ -207,15 +232,12 @@ pub fn mock_client() -> (Client, ApiServer) {
 
 /// A controller context on a mock client, with `hubs` and `leader`.
 pub fn context(client: Client, hubs: Arc<dyn HubClients>, leader: Leadership) -> Arc<Context> {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "ringmaster".into(),
-            instance: Some("test-0".into()),
-        },
-    );
+    let reporter = Reporter {
+        controller: "ringmaster".into(),
+        instance: Some("test-0".into()),
+    };
     Arc::new(
-        Context::new(client, hubs, recorder, Arc::new(Metrics::default()), leader)
+        Context::new(client, hubs, reporter, Arc::new(Metrics::default()), leader)
             .with_clock(Arc::new(crate::clock::ManualClock::at_epoch())),
     )
 }

@@ -25,6 +25,7 @@ use crate::resolver::{HubConfigError, HubSecret, ResolveError, Resolver, SecretS
 use crate::resources::Hub;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ApiResource, DynamicObject};
 use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 
@@ -148,6 +149,17 @@ impl SecretSource for KubeSecrets {
     }
 }
 
+/// The `Hub` an object holds, or the field that keeps it from being one.
+fn read_hub(obj: DynamicObject) -> std::result::Result<Hub, String> {
+    let mut value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+    if let Some(map) = value.as_object_mut() {
+        map.entry("apiVersion")
+            .or_insert_with(|| crate::resources::API_VERSION.into());
+        map.entry("kind").or_insert_with(|| "Hub".into());
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| format!("{}: {}", e.path(), e.inner()))
+}
+
 /// Drivers built from `Hub` resources and Secrets read through the Kubernetes API.
 pub struct KubeHubs {
     client: Client,
@@ -202,8 +214,25 @@ impl KubeHubs {
 #[async_trait]
 impl HubClients for KubeHubs {
     async fn driver(&self, namespace: &str, name: &str) -> Result<Arc<Driver>> {
-        let hubs: Api<Hub> = Api::namespaced(self.client.clone(), namespace);
-        let hub = hubs.get_opt(name).await?;
+        // Read as a plain object and converted here: a Hub that cannot be read (an
+        // integer out of range, stored before the schema bounded it) is a problem of
+        // that Hub's rollouts, named in their status, not an API error retried forever.
+        let hubs: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &ApiResource::erase::<Hub>(&()),
+        );
+        let hub = match hubs.get_opt(name).await? {
+            Some(obj) => Some(read_hub(obj).map_err(|problem| {
+                Error::from(HubConfigError::new(
+                    namespace,
+                    name,
+                    HubProblem::HubConfigInvalid,
+                    format!("Hub '{name}' cannot be read: {problem}; fix that field"),
+                ))
+            })?),
+            None => None,
+        };
         Ok(self.resolver.driver(namespace, name, hub.as_ref()).await?)
     }
 }

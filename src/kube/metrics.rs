@@ -16,7 +16,8 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     /// Whether this replica leads: a metric, and the role `/readyz` names.
     pub leader: Leadership,
-    /// Set once the API server answered and the DeviceRollout CRD is served.
+    /// Set once the API server answered and the DeviceRollout CRD is served; false again
+    /// while the controller's watch cannot list DeviceRollouts.
     pub ready: Arc<AtomicBool>,
 }
 

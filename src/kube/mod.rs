@@ -8,10 +8,13 @@
 //! - [`fence`]: hub writes only while the Lease is held, each bounded below its duration;
 //! - [`webhook`]: the validating admission webhook (`kubectl apply` runs `ringmaster
 //!   validate`'s checks);
-//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
+//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`;
+//! - [`events`]: one new Event per transition;
+//! - [`listings`]: one listing of a hub's configurations per pass.
 //!
-//! The controller watches `DeviceRollout`s and `Hub`s (a Hub's change reconciles the
-//! rollouts naming it). Secrets are read on each reconcile, not watched, so the
+//! The controller watches `DeviceRollout`s and `Hub`s as plain objects (a Hub's change
+//! reconciles the rollouts naming it; a rollout's own status write does not, see
+//! [`wakes`]). Secrets are read on each reconcile, not watched, so the
 //! controller needs no cluster-wide watch on Secrets; a rotated key is picked up at the
 //! next reconcile (the Secret's resourceVersion is part of the cached client's key), and
 //! a Secret created after a rollout stalled for want of it is found by the failure
@@ -22,13 +25,15 @@
 //! - `ringmaster.dev` `devicerollouts/status`: get, patch
 //! - `ringmaster.dev` `hubs`: get, list, watch
 //! - core `secrets`: get
-//! - `events.k8s.io` `events`: create, patch
+//! - `events.k8s.io` `events`: create (patch is no longer used: every event is new)
 //! - `coordination.k8s.io` `leases`: get, create, patch (in the lease namespace)
 
 pub mod controller;
+pub mod events;
 pub mod fence;
 pub mod hubs;
 pub mod leader;
+pub mod listings;
 pub mod metrics;
 pub mod webhook;
 
@@ -39,14 +44,14 @@ mod tests;
 
 use crate::clock::SystemClock;
 use crate::resources::{DeviceRollout, Hub};
-use controller::{Context, error_policy, reconcile};
+use controller::{Context, bounded, error_policy, reconcile_object};
 use futures::StreamExt;
 use hubs::{HubClients, KubeHubs};
-use kube::api::ListParams;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
 use leader::Leadership;
 use metrics::{Health, Metrics};
 use std::net::SocketAddr;
@@ -247,32 +252,27 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    // Metadata only: one object that cannot be read as a DeviceRollout must not stop the
+    // controller (it is marked InvalidSpec once the watch delivers it).
     rollouts
-        .list(&ListParams::default().limit(1))
+        .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(|e| start_error(&e, settings.namespace.as_deref()))?;
     start_webhook(&client, &args.webhook, &settings.lease_namespace).await?;
     ready.store(true, Ordering::Relaxed);
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: CONTROLLER_NAME.into(),
+        instance: Some(settings.identity.clone()),
+    };
     let hubs: Arc<dyn HubClients> = Arc::new(KubeHubs::fenced(
         client.clone(),
         Arc::new(SystemClock),
         leader.clone(),
     ));
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        hubs,
-        recorder,
-        metrics,
-        leader.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), hubs, reporter, metrics, leader.clone()).with_ready(ready),
+    );
     run_controller(ctx, settings.namespace.as_deref()).await;
     // SIGINT/SIGTERM: the reconciles in flight have finished; hand the Lease over now
     // rather than make a standby wait for its expiry.
@@ -374,41 +374,84 @@ async fn start_webhook(
     Ok(())
 }
 
+/// What wakes a rollout's reconcile: its generation (the spec), annotations (operator
+/// requests, force-delete), finalizers and deletion. Not its status: the controller's
+/// own status writes never wake it (each would cost a listing of the hub otherwise).
+pub fn wakes(obj: &DynamicObject) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let m = obj.meta();
+    m.generation.hash(&mut h);
+    m.annotations.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    Some(h.finish())
+}
+
 /// Runs the controller with a prepared context until SIGINT/SIGTERM.
+///
+/// Rollouts and Hubs are watched as plain objects and read one by one
+/// ([`reconcile_object`]): an object that cannot be read stalls alone. While the watch
+/// cannot list (the API server is down, RBAC was taken away), `/readyz` says not ready.
 pub async fn run_controller(ctx: Arc<Context>, namespace: Option<&str>) {
     let client = ctx.client.clone();
-    let (rollouts, hubs): (Api<DeviceRollout>, Api<Hub>) = match namespace {
+    let rollout_type = ApiResource::erase::<DeviceRollout>(&());
+    let hub_type = ApiResource::erase::<Hub>(&());
+    let (rollouts, hubs): (Api<DynamicObject>, Api<DynamicObject>) = match namespace {
         Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
+            Api::namespaced_with(client.clone(), ns, &rollout_type),
+            Api::namespaced_with(client, ns, &hub_type),
         ),
-        None => (Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all_with(client.clone(), &rollout_type),
+            Api::all_with(client, &hub_type),
+        ),
     };
-    let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    controller
-        .watches(
+    let writer = reflector::store::Writer::new(rollout_type.clone());
+    let store = writer.as_reader();
+    let ready = ctx.ready.clone();
+    let trigger = watcher(rollouts, watcher::Config::default().any_semantic())
+        .inspect(move |event| match event {
+            Ok(_) => ready.store(true, Ordering::Relaxed),
+            Err(e) => {
+                ready.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %bounded(&e.to_string()), "cannot list or watch DeviceRollouts; retrying");
+            }
+        })
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(wakes, PredicateConfig::default());
+    let mapper_store = store.clone();
+    let mapper_type = rollout_type.clone();
+    Controller::for_stream_with(trigger, store, rollout_type)
+        .watches_with(
             hubs,
+            hub_type,
             watcher::Config::default().any_semantic(),
-            move |hub: Hub| {
+            move |hub: DynamicObject| {
                 let (ns, name) = (hub.namespace(), hub.name_any());
-                store
+                mapper_store
                     .state()
                     .into_iter()
                     .filter(|ro| {
-                        ro.namespace() == ns && ro.spec.hub.as_deref().unwrap_or("default") == name
+                        let named = ro.data["spec"]["hub"].as_str().unwrap_or("default");
+                        ro.namespace() == ns && named == name
                     })
-                    .map(|ro| ObjectRef::from_obj(&*ro))
+                    .map(|ro| ObjectRef::from_obj_with(&*ro, mapper_type.clone()))
                     .collect::<Vec<_>>()
             },
         )
         .reconcile_all_on(ctx.leader.gained())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_object, error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(rollout = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+                Err(e) => tracing::debug!(error = %bounded(&e.to_string()), "reconcile failed"),
             }
         })
         .await;

@@ -19,6 +19,8 @@ use std::time::Duration;
 const OBJECT: &str = "/apis/ringmaster.dev/v1alpha1/namespaces/fleet/devicerollouts/chiller-fw";
 const STATUS: &str = "/apis/ringmaster.dev/v1alpha1/namespaces/fleet/devicerollouts/chiller-fw/status?&force=true&fieldManager=ringmaster";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/fleet/events";
+/// A merge patch of the object, as the controller's field manager (finalizers).
+const OBJECT_PATCH: &str = "/apis/ringmaster.dev/v1alpha1/namespaces/fleet/devicerollouts/chiller-fw?&fieldManager=ringmaster";
 
 /// An embedded hub with two canary and two broad-ring devices, and a driver on it.
 fn hub() -> (EmbeddedHub, Arc<Driver>) {
@@ -79,7 +81,7 @@ async fn a_new_rollout_gets_the_finalizer_before_anything_else() {
     let (hub, driver) = hub();
     let (result, seen) = play(rollout(), |c| context_with(c, driver)).await;
     assert_eq!(result.unwrap(), Action::await_change());
-    assert_eq!(lines(&seen), vec![format!("PATCH {OBJECT}?")]);
+    assert_eq!(lines(&seen), vec![format!("PATCH {OBJECT_PATCH}")]);
     assert_eq!(
         seen[0].content_type.as_deref(),
         Some("application/merge-patch+json")
@@ -264,7 +266,7 @@ async fn a_force_deleted_rollout_loses_its_finalizer_once_its_configurations_are
         let configurations_before = hub.list_configurations().len();
         let (result, seen) = play(ro.clone(), |c| context_with(c, driver.clone())).await;
         let result = result.unwrap();
-        if let Some(last) = seen.last().filter(|s| s.uri == format!("{OBJECT}?")) {
+        if let Some(last) = seen.last().filter(|s| s.uri == OBJECT_PATCH) {
             assert_eq!(
                 configurations_before, 0,
                 "the finalizer went while a configuration was on the hub"
@@ -1028,11 +1030,11 @@ async fn a_reconcile_is_counted_in_the_metrics() {
     let metrics = Arc::new(super::metrics::Metrics::default());
     let m = metrics.clone();
     let (result, _) = play(rollout().finalized(), move |c| {
-        let recorder = kube::runtime::events::Recorder::new(c.clone(), "ringmaster".into());
+        let reporter: kube::runtime::events::Reporter = "ringmaster".into();
         Arc::new(super::controller::Context::new(
             c,
             Arc::new(super::hubs::FixedHub(driver)),
-            recorder,
+            reporter,
             m,
             Leadership::always(),
         ))
@@ -1086,4 +1088,391 @@ async fn health_endpoints_report_readiness_and_role() {
     let (code, text) = get("/metrics").await;
     assert_eq!(code, 200);
     assert!(text.contains("ringmaster_leader 1"), "{text}");
+}
+
+/// A world whose Hub `default` is an in-process hub (no devices).
+fn embedded_world(
+    ro: DeviceRollout,
+) -> (Arc<super::controller::Context>, Arc<KubeHubs>, SharedWorld) {
+    let mut w = world_of(ro);
+    w.hubs.insert(
+        "default".into(),
+        hub_object("default", "u1", json!({"type": "embedded"})),
+    );
+    world(w)
+}
+
+#[tokio::test]
+async fn the_finalizer_goes_with_the_resource_version_of_the_status_write() {
+    // Issue 11, defect 2: the removal sent the resourceVersion read before the same
+    // reconcile's status write, and always conflicted with it first.
+    let (ctx, _hubs, world) = embedded_world(rollout().finalized().deleted());
+    let (result, seen) = pass(&ctx, &world).await;
+    assert!(result.is_ok(), "{result:?}: {:#?}", lines(&seen));
+    let writes: Vec<&Seen> = seen.iter().filter(|s| s.method == "PATCH").collect();
+    assert_eq!(
+        writes.iter().map(|s| s.line()).collect::<Vec<_>>(),
+        [format!("PATCH {STATUS}"), format!("PATCH {OBJECT_PATCH}")],
+        "status, then the finalizer, with no conflict in between"
+    );
+    assert_eq!(writes[1].body["metadata"]["resourceVersion"], "101");
+    assert_eq!(
+        world.lock().rollout.pointer("/metadata/finalizers"),
+        Some(&json!([]))
+    );
+}
+
+/// The event bodies among `seen`.
+fn events_of(seen: &[Seen]) -> Vec<Value> {
+    seen.iter()
+        .filter(|s| s.uri.starts_with(EVENTS))
+        .map(|s| {
+            assert_eq!(s.method, "POST", "every event is a new one: {}", s.line());
+            s.body.clone()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_transition_is_its_own_event_with_its_own_text() {
+    // Issue 11, defect 4: kube's Recorder folded a second `Progressing` into the first
+    // (a PATCH raising its count), keeping "phase none → Progressing".
+    let (ctx, _hubs, world) = embedded_world(rollout().finalized());
+    let (_, first) = pass(&ctx, &world).await;
+    let first = events_of(&first);
+    assert_eq!(first[0]["reason"], "Progressing", "{first:#?}");
+    world.lock().rollout["spec"]["suspend"] = json!(true);
+    world.lock().rollout["metadata"]["generation"] = json!(2);
+    let (_, paused) = pass(&ctx, &world).await;
+    let paused = events_of(&paused);
+    assert_eq!(paused.len(), 1, "{paused:#?}");
+    assert_eq!(paused[0]["reason"], "Paused");
+    world.lock().rollout["spec"]["suspend"] = json!(false);
+    world.lock().rollout["metadata"]["generation"] = json!(3);
+    let (_, resumed) = pass(&ctx, &world).await;
+    let resumed = events_of(&resumed);
+    assert_eq!(resumed[0]["reason"], "Progressing", "{resumed:#?}");
+    let note = resumed[0]["note"].as_str().unwrap();
+    assert!(note.starts_with("phase Paused → Progressing"), "{note}");
+    let all = [&first[..], &paused[..], &resumed[..]].concat();
+    let names: std::collections::BTreeSet<&str> = all
+        .iter()
+        .map(|e| e["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        first.len() + paused.len() + resumed.len(),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_rollout_name_still_makes_valid_event_names() {
+    // Issue 11, defect 7: `<name>.<nanos>` went over 253 characters for names over
+    // about 236, and the API server refused the events.
+    let (_hub, driver) = hub();
+    let mut ro = rollout().finalized();
+    let long = format!("{}-x.y", "a".repeat(244));
+    ro.metadata.name = Some(long.clone());
+    let (_, seen) = play(ro, |c| context_with(c, driver)).await;
+    let events = events_of(&seen);
+    assert_eq!(events.len(), 2, "{:#?}", lines(&seen));
+    // A DNS subdomain: labels of [a-z0-9-], each starting and ending alphanumeric.
+    let subdomain = |name: &str| {
+        name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+    };
+    for e in &events {
+        let name = e["metadata"]["name"].as_str().unwrap();
+        assert!(name.len() <= 253, "{} characters: {name}", name.len());
+        assert!(subdomain(name), "{name}");
+        assert_eq!(e["regarding"]["name"], long.as_str());
+    }
+    assert_eq!(super::events::event_name("short", 255), "short.ff");
+}
+
+#[tokio::test]
+async fn ready_follows_the_state_once_the_hub_problem_clears() {
+    // Issue 11, defect 5: `Ready=False, SecretNotFound` stayed after the Secret was
+    // created (with a host that cannot be reached) while `Stalled` said HubResolved.
+    let driver = unreachable_driver();
+    let (stalled, _) = controller::hub_stalled(
+        &DeviceRolloutStatus::default(),
+        HubProblem::SecretNotFound,
+        "Secret 'iot-hub' not found",
+        Some(1),
+        jiff::Timestamp::UNIX_EPOCH,
+    );
+    let mut ro = rollout().finalized();
+    ro.status = Some(stalled);
+    let (result, seen) = play(ro, |c| context_with(c, driver)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let status = &seen[0].body["status"];
+    for type_ in ["Ready", "Reconciling", "Stalled"] {
+        assert_ne!(
+            cond_of(status, type_).1,
+            "SecretNotFound",
+            "{type_} still names the old problem: {status}"
+        );
+    }
+    assert_eq!(
+        cond_of(status, "Ready"),
+        ("False".into(), "HubError".into()),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_stalled_on_its_hub_from_the_start_has_a_phase() {
+    // Issue 11, defect 7: the phase was blank (`kubectl get dro` showed nothing).
+    let (ctx, _hubs, world) = world(world_of(rollout().finalized()));
+    let (result, seen) = pass(&ctx, &world).await;
+    assert_eq!(problem_of(&result), Some(HubProblem::HubNotFound));
+    assert_eq!(
+        seen[1].body["status"]["phase"], "Pending",
+        "{}",
+        seen[1].body
+    );
+}
+
+#[tokio::test]
+async fn a_blocked_deletion_is_not_healthy_and_is_announced() {
+    // Issue 11, defect 7: the phase stayed Healthy during `CleanupBlocked`, with no event.
+    let (_hub, driver) = hub();
+    let (ro, _) = settle(rollout().finalized(), &driver, 5).await;
+    let (_, seen) = play(ro.deleted(), |c| context_with(c, driver)).await;
+    let status = &seen[0].body["status"];
+    assert_eq!(
+        cond_of(status, "Stalled"),
+        ("True".into(), "CleanupBlocked".into())
+    );
+    assert_eq!(status["phase"], "Failed", "{status}");
+    let events = events_of(&seen);
+    assert!(
+        events.iter().any(|e| e["type"] == "Warning"
+            && e["note"].as_str().unwrap().contains("force-delete")),
+        "{events:#?}"
+    );
+}
+
+#[tokio::test]
+async fn reconciles_of_one_hub_share_a_listing_per_pass() {
+    // Issue 11, defect 3: every reconcile listed the hub's configurations, a
+    // configuration operation each.
+    let (_hub, driver) = hub();
+    let mut second = rollout().finalized();
+    second.metadata.name = Some("chiller-fw-2".into());
+    second.metadata.uid = Some("6d9c0f4e-0000-4000-8000-000000000002".into());
+    // Both settled first (their writes done), each on its own.
+    let (first, _) = settle(rollout().finalized(), &driver, 5).await;
+    let (second, _) = settle(second, &driver, 5).await;
+    let metrics = Arc::new(super::metrics::Metrics::default());
+    let (client, server) = mock_client();
+    let object = serde_json::to_value(&first).unwrap();
+    let server = tokio::spawn(server.echo_all(object));
+    let ctx = Arc::new(
+        super::controller::Context::new(
+            client,
+            Arc::new(super::hubs::FixedHub(driver)),
+            "ringmaster".into(),
+            metrics.clone(),
+            Leadership::always(),
+        )
+        .with_clock(Arc::new(ManualClock::at_epoch())),
+    );
+    let (a, b) = tokio::join!(
+        reconcile(Arc::new(first), ctx.clone()),
+        reconcile(Arc::new(second), ctx.clone())
+    );
+    a.unwrap();
+    b.unwrap();
+    drop(ctx);
+    server.await.unwrap();
+    let text = metrics.encode();
+    assert!(
+        text.contains("ringmaster_hub_requests_total{operation=\"list\",code=\"200\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_spent_hub_budget_is_a_condition_not_the_message() {
+    // Issue 11, defect 3: "waiting for the hub's configuration-operation budget" replaced
+    // the message that explains the rollout's state (a rollback, say).
+    let clock = ManualClock::at_epoch();
+    let hub = EmbeddedHub::in_memory(Arc::new(clock.clone()));
+    let limits = crate::resources::HubLimits {
+        configuration_writes_per_minute: 1,
+        ..Default::default()
+    };
+    let driver = Arc::new(Driver::with_limits(Arc::new(hub), Arc::new(clock), limits));
+    let mut ro = rollout().finalized();
+    ro.status = Some(DeviceRolloutStatus {
+        phase: Some(Phase::RolledBack),
+        message: Some("ring canary failed its gate; rolled back".into()),
+        ..Default::default()
+    });
+    // The one token goes to the first look; the second finds the budget spent.
+    let (_, _) = play(ro.clone(), |c| context_with(c, driver.clone())).await;
+    let (result, seen) = play(ro, |c| context_with(c, driver)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let status = &seen[0].body["status"];
+    assert_eq!(
+        status["message"], "ring canary failed its gate; rolled back",
+        "{status}"
+    );
+    assert_eq!(
+        cond_of(status, "Throttled"),
+        ("True".into(), "HubBudget".into())
+    );
+}
+
+#[test]
+fn status_writes_do_not_wake_the_controller() {
+    // Issue 11, defect 3: each status write woke another reconcile.
+    let object = |v: Value| -> kube::api::DynamicObject { serde_json::from_value(v).unwrap() };
+    let base = json!({
+        "apiVersion": "ringmaster.dev/v1alpha1", "kind": "DeviceRollout",
+        "metadata": {"name": "a", "namespace": "fleet", "generation": 1, "resourceVersion": "5"},
+        "spec": {"target": "*"}
+    });
+    let h = |v: &Value| super::wakes(&object(v.clone()));
+    let mut status_only = base.clone();
+    status_only["status"] = json!({"phase": "Healthy"});
+    status_only["metadata"]["resourceVersion"] = json!("6");
+    assert_eq!(h(&base), h(&status_only));
+    for change in [
+        json!({"metadata": {"generation": 2}}),
+        json!({"metadata": {"annotations": {"ringmaster.dev/operation": "promote"}}}),
+        json!({"metadata": {"finalizers": ["ringmaster.dev/cleanup"]}}),
+        json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+    ] {
+        let mut changed = base.clone();
+        for (k, v) in change["metadata"].as_object().unwrap() {
+            changed["metadata"][k] = v.clone();
+        }
+        assert_ne!(h(&base), h(&changed), "{change}");
+    }
+}
+
+#[tokio::test]
+async fn an_object_that_cannot_be_read_stalls_alone_naming_the_field() {
+    // Issue 11, defect 1: one out-of-range integer made every LIST fail.
+    let mut value = serde_json::to_value(rollout().finalized()).unwrap();
+    value["spec"]["priority"] = json!(3_000_000_000u64);
+    let obj: kube::api::DynamicObject = serde_json::from_value(value.clone()).unwrap();
+    let problem = controller::read_rollout(&obj).unwrap_err();
+    assert!(problem.starts_with("spec.priority: "), "{problem}");
+    assert!(problem.contains("3000000000"), "{problem}");
+
+    let (client, server) = mock_client();
+    let server = tokio::spawn(server.echo_all(value));
+    let ctx = context(
+        client,
+        Arc::new(super::hubs::FixedHub(hub().1)),
+        Leadership::always(),
+    );
+    let result = controller::reconcile_object(Arc::new(obj), ctx.clone()).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    drop(ctx);
+    let seen = server.await.unwrap();
+    assert_eq!(
+        lines(&seen),
+        vec![format!("PATCH {STATUS}"), format!("POST {EVENTS}?")]
+    );
+    let status = &seen[0].body["status"];
+    assert_eq!(
+        cond_of(status, "Stalled"),
+        ("True".into(), "InvalidSpec".into())
+    );
+    assert!(
+        cond(status, "Stalled")["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.priority"),
+        "{status}"
+    );
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(seen[1].body["type"], "Warning");
+    assert!(
+        seen[1].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("spec.priority")
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_false_while_the_controller_cannot_list() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (client, mut server) = mock_client();
+    let ready = Arc::new(AtomicBool::new(true));
+    let ctx = Arc::new(
+        super::controller::Context::new(
+            client,
+            Arc::new(super::hubs::FixedHub(hub().1)),
+            "ringmaster".into(),
+            Arc::new(super::metrics::Metrics::default()),
+            Leadership::always(),
+        )
+        .with_ready(ready.clone()),
+    );
+    let controller = tokio::spawn(async move { super::run_controller(ctx, Some("fleet")).await });
+    // Every request refused, as an API server that is down or forbids the list.
+    let failing = tokio::spawn(async move {
+        while server
+            .answer(|_| {
+                (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "message": "down"}),
+                )
+            })
+            .await
+            .is_some()
+        {}
+    });
+    let mut waited = 0;
+    while ready.load(Ordering::Relaxed) && waited < 500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert!(
+        !ready.load(Ordering::Relaxed),
+        "still ready while nothing can be listed"
+    );
+    controller.abort();
+    failing.abort();
+}
+
+#[tokio::test]
+async fn a_hub_that_cannot_be_read_is_invalid_naming_the_field() {
+    // Issue 11, defect 1: a Hub with `limits.queriesPerMinute: 5000000000`, stored before
+    // the schema bounded it, was an API error retried forever with nothing in the status.
+    let mut w = world_of(rollout().finalized());
+    w.hubs.insert(
+        "default".into(),
+        hub_object(
+            "default",
+            "u1",
+            json!({"type": "embedded", "limits": {"queriesPerMinute": 5_000_000_000u64}}),
+        ),
+    );
+    let (ctx, _hubs, world) = world(w);
+    let (result, seen) = pass(&ctx, &world).await;
+    assert_eq!(
+        problem_of(&result),
+        Some(HubProblem::HubConfigInvalid),
+        "{result:?}"
+    );
+    let status = &seen[1].body["status"];
+    let message = cond(status, "Stalled")["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.limits.queriesPerMinute"),
+        "{message}"
+    );
 }

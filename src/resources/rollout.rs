@@ -271,7 +271,8 @@ pub enum Phase {
     Healthy,
     /// The current revision failed and was rolled back; waiting for new content or `retry`.
     RolledBack,
-    /// The spec is invalid, the hub refused it, or a failed ring waits for a human.
+    /// The spec is invalid, the hub refused it, or a failed ring or a blocked deletion
+    /// (`CleanupBlocked`) waits for a human.
     Failed,
 }
 

@@ -117,17 +117,23 @@ impl Drop for KubeEnv {
     }
 }
 
-/// Installs ringmaster's CRDs and waits (polling fast) until both are Established.
-pub async fn install_crds(client: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in ringmaster::resources::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
+/// Creates `crds` and waits (polling fast) until each is Established and served.
+pub async fn install(client: &kube::Client, crds: &[CustomResourceDefinition]) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
+        api.create(&PostParams::default(), crd).await.unwrap();
     }
-    for (_, crd) in ringmaster::resources::crds() {
-        let name = crd.metadata.name.unwrap();
+    wait_established(client, crds).await;
+}
+
+/// Waits until each of `crds` is Established.
+pub async fn wait_established(client: &kube::Client, crds: &[CustomResourceDefinition]) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
+        let name = crd.metadata.name.clone().unwrap();
         let mut established = false;
         for _ in 0..300 {
-            let got = crds.get(&name).await.unwrap();
+            let got = api.get(&name).await.unwrap();
             established = got
                 .status
                 .and_then(|s| s.conditions)
@@ -143,6 +149,19 @@ pub async fn install_crds(client: &kube::Client) {
     }
     // Discovery of a new group lags the Established condition by a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// ringmaster's CRDs.
+pub fn ringmaster_crds() -> Vec<CustomResourceDefinition> {
+    ringmaster::resources::crds()
+        .into_iter()
+        .map(|(_, crd)| crd)
+        .collect()
+}
+
+/// Installs ringmaster's CRDs and waits (polling fast) until both are Established.
+pub async fn install_crds(client: &kube::Client) {
+    install(client, &ringmaster_crds()).await;
 }
 
 pub async fn create_namespace(client: &kube::Client, name: &str) {
@@ -179,6 +198,22 @@ where
             return v;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `f` every 100 ms until it gives a value; panics naming `what` after `timeout`.
+pub async fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

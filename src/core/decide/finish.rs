@@ -16,7 +16,15 @@ impl<'a> Run<'a> {
             self.actions.clear();
         }
         let state = self.ring_state();
-        let phase = if self.obs.deletion.is_some() {
+        let blocked = self
+            .stalled
+            .as_ref()
+            .is_some_and(|(r, _)| r == "CleanupBlocked");
+        let phase = if self.obs.deletion.is_some() && blocked {
+            // Not the phase it had: the deletion waits for a person (docs/rollouts.md,
+            // "Deleting a rollout").
+            Phase::Failed
+        } else if self.obs.deletion.is_some() {
             self.st.phase.unwrap_or(Phase::Progressing)
         } else if self.ro.spec.suspend {
             Phase::Paused

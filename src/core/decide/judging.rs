@@ -97,7 +97,7 @@ impl<'a> Run<'a> {
             n.targeted.map_or("?".to_string(), |v| v.to_string()),
             n.applied.map_or("?".to_string(), |v| v.to_string())
         );
-        Step::Wait(APPLY_POLL)
+        Step::Wait(poll(APPLY_POLL, &EffectiveGate::for_ring(&self.ro.spec, i)))
     }
 
     pub(super) fn analyze(&mut self, c: Ours<'a>, i: usize, n: &Numbers, promote: bool) -> Step {
@@ -162,7 +162,7 @@ impl<'a> Run<'a> {
                     return self.failure(c, i, n, reason, true);
                 }
                 self.message = format!("ring {}: {}", self.ring_names[i], result.message);
-                Step::Wait(ANALYZE_POLL)
+                Step::Wait(poll(ANALYZE_POLL, &g))
             }
         }
     }
@@ -266,4 +266,11 @@ impl<'a> Run<'a> {
         self.stalled = Some(("GateFailed".into(), self.message.clone()));
         Step::Wait(HUMAN_POLL)
     }
+}
+
+/// How long to wait before looking at a ring again: `base`, but never longer than the
+/// ring's bake (at least [`MIN_REQUEUE`]). A ring baked for 10 s is judged about when its
+/// bake ends, not a minute later; for bakes of minutes nothing changes.
+pub(super) fn poll(base: SignedDuration, gate: &EffectiveGate) -> SignedDuration {
+    base.min(gate.bake).max(MIN_REQUEUE)
 }

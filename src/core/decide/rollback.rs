@@ -6,6 +6,7 @@
 
 use super::run::{Numbers, Ours, Run, Step, numbers};
 use super::*;
+use crate::core::gate::EffectiveGate;
 use crate::core::plan;
 use crate::core::revision::ConfigState;
 use crate::iothub::configuration::MAX_QUERY_LEN;
@@ -68,7 +69,10 @@ impl<'a> Run<'a> {
                 "rolling back: waiting for the hub to confirm (held configuration targeted {:?}, applied {:?})",
                 n.targeted, n.applied
             );
-            self.wait(APPLY_POLL);
+            self.wait(super::judging::poll(
+                APPLY_POLL,
+                &EffectiveGate::for_ring(&self.ro.spec, ring),
+            ));
             return;
         }
         let uncovered = match self.rollback_uncovered(c, ring) {
@@ -111,7 +115,10 @@ impl<'a> Run<'a> {
                     self.message = format!(
                         "rolling back: waiting for the hub to give {u} devices of {reached} their settings from {from}"
                     );
-                    self.wait(APPLY_POLL);
+                    self.wait(super::judging::poll(
+                        APPLY_POLL,
+                        &EffectiveGate::for_ring(&self.ro.spec, ring),
+                    ));
                     return;
                 }
                 let msg = format!(

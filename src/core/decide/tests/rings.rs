@@ -211,3 +211,21 @@ fn the_quota_is_respected() {
         "ConfigurationQuota"
     );
 }
+
+#[test]
+fn a_short_bake_is_looked_at_about_when_it_ends_a_long_one_as_before() {
+    use super::super::judging::poll;
+    use crate::core::gate::EffectiveGate;
+    let gate = |secs: i64| EffectiveGate {
+        min_applied: 1,
+        bake: SignedDuration::from_secs(secs),
+        deadline: SignedDuration::from_secs(1800),
+        success: None,
+        failure: None,
+    };
+    assert_eq!(poll(APPLY_POLL, &gate(10)), SignedDuration::from_secs(10));
+    assert_eq!(poll(ANALYZE_POLL, &gate(10)), SignedDuration::from_secs(10));
+    assert_eq!(poll(ANALYZE_POLL, &gate(0)), MIN_REQUEUE);
+    assert_eq!(poll(APPLY_POLL, &gate(120)), APPLY_POLL);
+    assert_eq!(poll(ANALYZE_POLL, &gate(120)), ANALYZE_POLL);
+}

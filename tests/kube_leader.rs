@@ -148,7 +148,11 @@ async fn a_leader_cut_off_from_the_api_server_stops_saying_leader_before_the_lea
         a.leads().await.filter(|l| *l)
     })
     .await;
-    assert!(a.readyz().await.unwrap().contains("leader"));
+    // `/readyz` turns ready once the watch has listed, which may follow the Lease a moment.
+    poll(30, "replica-a is ready as leader", || async {
+        a.readyz().await.filter(|r| r.contains("(leader)"))
+    })
+    .await;
 
     // The API server stops answering (SIGSTOP: connections hang, as in a network outage).
     let pid = std::fs::read_to_string(env.dir.join("apiserver.pid")).unwrap();

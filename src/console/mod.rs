@@ -1,0 +1,544 @@
+//! The operator console: web pages served by the controller under `/console/`
+//! (README.md, "Operator console").
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /console/`, `/console/r/{ns}/{name}`, `/console/r/{ns}/{name}/metric/{metric}` | the page (one HTML shell; `app.js` draws the view) |
+//! | `GET /console/app.js`, `/console/app.css` | the assets, embedded in the binary |
+//! | `GET /console/api/overview` | [`view::Overview`] |
+//! | `GET /console/api/rollouts/{ns}/{name}` | [`view::RolloutPage`] |
+//! | `GET /console/api/rollouts/{ns}/{name}/devices?metric=M&continuation=C` | one page of the devices behind a metric: one hub query, within the hub's query budget |
+//! | `GET /console/api/session` | signed in or not, the CSRF token, whether writes are possible |
+//! | `POST /console/api/login` | `{"token"}`: the API token becomes a session cookie |
+//! | `POST /console/api/logout`, `POST /console/api/rollouts/{ns}/{name}/{action}` | need the session cookie and its `X-CSRF-Token` |
+//!
+//! Reading is open, as the controller's JSON API is. Acting needs the API token given to
+//! `run`: the login form sends it once; the answer is an `HttpOnly; SameSite=Strict`
+//! cookie naming a random session id (the token itself is never stored in the browser),
+//! and a CSRF token that every write must echo in `X-CSRF-Token`. A write whose `Origin`
+//! is not the console's own is refused as well. Every answer carries a
+//! Content-Security-Policy that allows nothing from another origin, no inline script and
+//! no inline style. The pages poll the JSON every second, so a change shows within about
+//! two seconds of the controller recording it.
+//!
+//! The console sits below the controllers: a controller hands it a [`Backend`] (its
+//! rollouts, its request queue, the driver of each rollout's hub, its token).
+
+pub mod view;
+
+use crate::driver::Driver;
+use crate::resources::{Operation, OperationKind};
+use async_trait::async_trait;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+pub use view::RolloutRow;
+
+/// What a controller gives the console.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Every rollout with its status.
+    async fn rollouts(&self) -> Result<Vec<RolloutRow>, String>;
+    /// Queues an operator request; `Ok(false)` when there is no such rollout.
+    async fn request(&self, namespace: &str, name: &str, op: Operation) -> Result<bool, String>;
+    /// The driver of a rollout's hub (its client and query budget), once the controller
+    /// has reconciled the rollout.
+    fn driver(&self, namespace: &str, name: &str) -> Option<Arc<Driver>>;
+    /// The token that allows writes; `None`: the console is read-only.
+    fn token(&self) -> Option<String>;
+}
+
+/// The session cookie's name.
+pub const COOKIE: &str = "ringmaster_console";
+/// How long a session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// Most sessions kept at once (the oldest is dropped first).
+pub const MAX_SESSIONS: usize = 256;
+/// Devices per page of a troubleshooting list.
+pub const PAGE_SIZE: usize = 20;
+
+/// The Content-Security-Policy of every console answer: same origin only, no inline
+/// script or style, no framing.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+const FAVICON: &str = include_str!("assets/favicon.svg");
+
+struct Session {
+    csrf: String,
+    expires: Instant,
+}
+
+struct Console {
+    backend: Arc<dyn Backend>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// The console's routes, to merge into a controller's router.
+pub fn router(backend: Arc<dyn Backend>) -> Router {
+    let st = Arc::new(Console {
+        backend,
+        sessions: Mutex::new(HashMap::new()),
+    });
+    Router::new()
+        .route("/console", get(|| async { redirect("/console/") }))
+        .route("/console/", get(page))
+        .route("/console/r/{ns}/{name}", get(page))
+        .route("/console/r/{ns}/{name}/metric/{metric}", get(page))
+        .route(
+            "/console/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/console/app.css",
+            get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/console/favicon.svg",
+            get(|| async { asset(FAVICON, "image/svg+xml") }),
+        )
+        .route("/console/api/overview", get(overview))
+        .route("/console/api/rollouts/{ns}/{name}", get(rollout))
+        .route("/console/api/rollouts/{ns}/{name}/devices", get(devices))
+        .route("/console/api/rollouts/{ns}/{name}/{action}", post(act))
+        .route("/console/api/session", get(session))
+        .route("/console/api/login", post(login))
+        .route("/console/api/logout", post(logout))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(st)
+}
+
+async fn secure_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+fn redirect(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+fn asset(body: &'static str, kind: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn overview(State(st): State<Arc<Console>>) -> Response {
+    match st.backend.rollouts().await {
+        Ok(rows) => Json(view::overview(&rows, jiff::Timestamp::now())).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn find(st: &Console, ns: &str, name: &str) -> Result<RolloutRow, Response> {
+    let rows = st
+        .backend
+        .rollouts()
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    rows.into_iter()
+        .find(|r| r.namespace == ns && r.name == name)
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no DeviceRollout {ns}/{name}"),
+            )
+        })
+}
+
+async fn rollout(
+    State(st): State<Arc<Console>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    match find(&st, &ns, &name).await {
+        Ok(row) => Json(view::rollout_page(&row, jiff::Timestamp::now())).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct DevicesParams {
+    metric: String,
+    continuation: Option<String>,
+}
+
+/// The twin without the hub's bookkeeping (`$metadata`, `$version`).
+fn strip_meta(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip_meta(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+async fn devices(
+    State(st): State<Arc<Console>>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(p): Query<DevicesParams>,
+) -> Response {
+    let row = match find(&st, &ns, &name).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Some(cond) = row.rollout.spec.metrics.get(&p.metric) else {
+        let known: Vec<_> = row.rollout.spec.metrics.keys().cloned().collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "metric={:?}: {ns}/{name} has no such metric (it has: {})",
+                p.metric,
+                known.join(", ")
+            ),
+        );
+    };
+    let Some(id) = row.status.configuration_id.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("{ns}/{name} has no configuration on the hub yet"),
+        );
+    };
+    let Some(driver) = st.backend.driver(&ns, &name) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the hub of {ns}/{name} is not connected yet; try again after its first reconcile"
+            ),
+        );
+    };
+    let query = view::devices_query(&id, cond);
+    let page = driver
+        .query_page(&query, Some(PAGE_SIZE), p.continuation.as_deref())
+        .await;
+    match page {
+        Ok(Ok(page)) => {
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|t| {
+                    json!({
+                        "deviceId": t.get("deviceId"),
+                        "tags": t.get("tags").map(strip_meta),
+                        "reported": t.pointer("/properties/reported").map(strip_meta),
+                        "configuration": t.pointer(&format!("/configurations/{id}")),
+                    })
+                })
+                .collect();
+            Json(json!({
+                "metric": p.metric,
+                "condition": cond,
+                "query": query,
+                "items": items,
+                "continuation": page.continuation,
+            }))
+            .into_response()
+        }
+        Ok(Err(wait)) => {
+            let secs = wait.as_secs().max(1);
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the hub's query budget is spent for now; the next query is allowed in {secs}s"
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r
+        }
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("the hub refused `{query}`: {e}"),
+        ),
+    }
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+fn random_hex() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The CSRF token of the request's live session.
+fn session_csrf(st: &Console, headers: &HeaderMap) -> Option<String> {
+    let id = cookie_value(headers)?;
+    let mut sessions = st.sessions.lock();
+    let now = Instant::now();
+    sessions.retain(|_, s| s.expires > now);
+    sessions.get(&id).map(|s| s.csrf.clone())
+}
+
+/// `Origin`, when sent, must be the console's own (`Host`).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest == host)
+}
+
+/// A write's session and CSRF check; `Err` is the answer to send.
+fn check_write(st: &Console, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if !same_origin(headers) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "the request's Origin is not this console's",
+        )));
+    }
+    let Some(csrf) = session_csrf(st, headers) else {
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "sign in first: actions need a console session (the API token, given once to the login form)",
+        )));
+    };
+    let sent = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "missing or wrong X-CSRF-Token: send the one /console/api/session gives",
+        )));
+    }
+    Ok(())
+}
+
+async fn session(State(st): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let csrf = session_csrf(&st, &headers);
+    Json(json!({
+        "signedIn": csrf.is_some(),
+        "csrf": csrf,
+        "writable": st.backend.token().is_some(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    token: String,
+}
+
+async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !same_origin(&headers) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the request's Origin is not this console's",
+        );
+    }
+    let Some(want) = st.backend.token() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the console is read-only: start `ringmaster run` with --api-token-env or --api-token-file to allow actions",
+        );
+    };
+    let Ok(b) = serde_json::from_slice::<LoginBody>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body: expected {\"token\": \"...\"}",
+        );
+    };
+    if !bool::from(b.token.trim().as_bytes().ct_eq(want.as_bytes())) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "that is not the API token `ringmaster run` was given",
+        );
+    }
+    let id = random_hex();
+    let csrf = random_hex();
+    {
+        let mut sessions = st.sessions.lock();
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                csrf: csrf.clone(),
+                expires: now + SESSION_TTL,
+            },
+        );
+    }
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_TTL.as_secs()
+    );
+    (
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({"signedIn": true, "csrf": csrf})),
+    )
+        .into_response()
+}
+
+async fn logout(State(st): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_write(&st, &headers) {
+        return *r;
+    }
+    if let Some(id) = cookie_value(&headers) {
+        st.sessions.lock().remove(&id);
+    }
+    let cookie = format!("{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0");
+    (
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({"signedIn": false})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ActBody {
+    revision: Option<String>,
+    ring: Option<String>,
+}
+
+fn kind_of(action: &str) -> Option<OperationKind> {
+    Some(match action {
+        "promote" => OperationKind::Promote,
+        "pause" => OperationKind::Pause,
+        "resume" => OperationKind::Resume,
+        "abort" => OperationKind::Abort,
+        "retry" => OperationKind::Retry,
+        _ => return None,
+    })
+}
+
+async fn act(
+    State(st): State<Arc<Console>>,
+    Path((ns, name, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(kind) = kind_of(&action) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {action:?}: use promote, pause, resume, abort or retry"),
+        );
+    };
+    if let Err(r) = check_write(&st, &headers) {
+        return *r;
+    }
+    let b: ActBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body: {e} (expected {{\"revision\", \"ring\"}}: what the page showed)"),
+            );
+        }
+    };
+    let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    let op = Operation {
+        id: format!(
+            "{now}-{}-console-{:04x}",
+            kind.name(),
+            rand::random::<u16>()
+        ),
+        kind,
+        revision: b.revision,
+        ring: b.ring,
+    };
+    match st.backend.request(&ns, &name, op.clone()).await {
+        Ok(true) => (StatusCode::ACCEPTED, Json(json!({"operation": op}))).into_response(),
+        Ok(false) => error(
+            StatusCode::NOT_FOUND,
+            format!("no DeviceRollout {ns}/{name}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_read_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; ringmaster_console=abc; b=2"),
+        );
+        assert_eq!(cookie_value(&h).as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_foreign_origin_is_not_same_origin() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9090"));
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:9090"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&h));
+    }
+}

@@ -57,6 +57,10 @@ pub trait Backend: Send + Sync + 'static {
     fn driver(&self, namespace: &str, name: &str) -> Option<Arc<Driver>>;
     /// The token that allows writes; `None`: the console is read-only.
     fn token(&self) -> Option<String>;
+    /// The controller's clock (the demo's is virtual).
+    fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
 }
 
 /// The session cookie's name.
@@ -166,7 +170,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn overview(State(st): State<Arc<Console>>) -> Response {
     match st.backend.rollouts().await {
-        Ok(rows) => Json(view::overview(&rows, jiff::Timestamp::now())).into_response(),
+        Ok(rows) => Json(view::overview(&rows, st.backend.now())).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -192,7 +196,7 @@ async fn rollout(
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
     match find(&st, &ns, &name).await {
-        Ok(row) => Json(view::rollout_page(&row, jiff::Timestamp::now())).into_response(),
+        Ok(row) => Json(view::rollout_page(&row, st.backend.now())).into_response(),
         Err(r) => r,
     }
 }
@@ -509,6 +513,45 @@ async fn act(
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// A new random token for a console whose controller has none of its own (the demo).
+pub fn new_token() -> String {
+    random_hex()
+}
+
+/// Hands a generated console token to the person who started the process: written to
+/// `file` (mode 0600) when given, printed to `out` only when it is a terminal, never to
+/// a log stream.
+pub fn hand_over_token(
+    token: &str,
+    file: Option<&std::path::Path>,
+    out_is_terminal: bool,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(path) = file {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut f = o.open(path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{}: cannot write the console token: {e}", path.display()),
+            )
+        })?;
+        writeln!(f, "{token}")?;
+        writeln!(out, "console token: written to {}", path.display())?;
+    } else if out_is_terminal {
+        writeln!(out, "console token (sign in with it to act): {token}")?;
+    } else {
+        writeln!(
+            out,
+            "console token: not printed, stdout is not a terminal; give --console-token-file PATH to have it written to a file only you can read"
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -443,7 +443,18 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
             && failure.ends_with("> 5%"),
         "{failure}"
     );
+    // The canary's counts over time, as a chart.
+    browser
+        .until(
+            "the canary's chart",
+            Duration::from_secs(10),
+            "document.querySelector('[data-ring=\"canary\"] svg.chart polyline.s-bad')",
+        )
+        .await;
     browser.screenshot("3-faulty-rollout").await;
+    browser.window(1280, 2400).await;
+    browser.screenshot("3-faulty-rollout-full").await;
+    browser.window(1280, 800).await;
 
     // Troubleshooting: the devices behind `failed` really report Error on the hub.
     browser.click("a[data-key='dev-0-failed']").await;

@@ -86,9 +86,63 @@ struct Session {
     expires: Instant,
 }
 
+/// Samples kept per rollout for its charts (at one every [`SAMPLE_EVERY`] while counts
+/// change, about an hour of a moving rollout).
+pub const MAX_SAMPLES: usize = 1800;
+/// How often the console samples the controller's status for the charts.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
 struct Console {
     backend: Arc<dyn Backend>,
     sessions: Mutex<HashMap<String, Session>>,
+    samples: Mutex<HashMap<(String, String), std::collections::VecDeque<view::Sample>>>,
+    sampling: std::sync::atomic::AtomicBool,
+}
+
+impl Console {
+    /// Records the rollouts' current counts where they changed.
+    fn record(&self, rows: &[RolloutRow], now: jiff::Timestamp) {
+        let mut all = self.samples.lock();
+        for r in rows {
+            let Some(s) = view::Sample::of(r, now) else {
+                continue;
+            };
+            let q = all
+                .entry((r.namespace.clone(), r.name.clone()))
+                .or_default();
+            if q.back().is_some_and(|last| last.same(&s)) {
+                continue;
+            }
+            if q.len() >= MAX_SAMPLES {
+                q.pop_front();
+            }
+            q.push_back(s);
+        }
+    }
+
+    /// Starts the sampler on the first request (inside the runtime); it ends with the
+    /// router.
+    fn start_sampling(self: &Arc<Self>) {
+        if self
+            .sampling
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SAMPLE_EVERY).await;
+                let Some(st) = weak.upgrade() else { return };
+                if let Ok(rows) = st.backend.rollouts().await {
+                    st.samples.lock().retain(|k, _| {
+                        rows.iter().any(|r| (&r.namespace, &r.name) == (&k.0, &k.1))
+                    });
+                    st.record(&rows, st.backend.now());
+                }
+            }
+        });
+    }
 }
 
 /// The console's routes, to merge into a controller's router.
@@ -96,6 +150,8 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
     let st = Arc::new(Console {
         backend,
         sessions: Mutex::new(HashMap::new()),
+        samples: Mutex::new(HashMap::new()),
+        sampling: Default::default(),
     });
     Router::new()
         .route("/console", get(|| async { redirect("/console/") }))
@@ -169,8 +225,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn overview(State(st): State<Arc<Console>>) -> Response {
+    st.start_sampling();
     match st.backend.rollouts().await {
-        Ok(rows) => Json(view::overview(&rows, st.backend.now())).into_response(),
+        Ok(rows) => {
+            let now = st.backend.now();
+            st.record(&rows, now);
+            Json(view::overview(&rows, now)).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -195,8 +256,19 @@ async fn rollout(
     State(st): State<Arc<Console>>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
+    st.start_sampling();
     match find(&st, &ns, &name).await {
-        Ok(row) => Json(view::rollout_page(&row, st.backend.now())).into_response(),
+        Ok(row) => {
+            let now = st.backend.now();
+            st.record(std::slice::from_ref(&row), now);
+            let samples: Vec<view::Sample> = st
+                .samples
+                .lock()
+                .get(&(ns, name))
+                .map(|q| q.iter().cloned().collect())
+                .unwrap_or_default();
+            Json(view::rollout_page(&row, now, &samples)).into_response()
+        }
         Err(r) => r,
     }
 }

@@ -34,6 +34,104 @@ pub struct RolloutRow {
     pub deleting: bool,
 }
 
+/// The counts of a rollout's current ring at one moment, as the console saw them (it
+/// samples the controller's status every few seconds) or as a history entry recorded them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    /// When.
+    pub t: Timestamp,
+    /// The revision.
+    pub revision: Option<String>,
+    /// The ring's name.
+    pub ring: String,
+    /// Targeted devices.
+    pub targeted: Option<u64>,
+    /// Applied devices.
+    pub applied: Option<u64>,
+    /// Metric counts.
+    pub metrics: std::collections::BTreeMap<String, u64>,
+}
+
+impl Sample {
+    /// The current ring's counts of a rollout now; `None` before it has a ring.
+    pub fn of(row: &RolloutRow, t: Timestamp) -> Option<Sample> {
+        let st = &row.status;
+        let ring = st.ring.as_ref()?;
+        let rec = st.rings.get(ring.index as usize);
+        Some(Sample {
+            t,
+            revision: st.revision.clone(),
+            ring: ring.name.clone(),
+            targeted: ring.targeted.or(rec.and_then(|r| r.targeted)),
+            applied: ring.applied.or(rec.and_then(|r| r.applied)),
+            metrics: rec.map(|r| r.metrics.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// Same counts, ring and revision (the time aside).
+    pub fn same(&self, other: &Sample) -> bool {
+        (
+            &self.revision,
+            &self.ring,
+            self.targeted,
+            self.applied,
+            &self.metrics,
+        ) == (
+            &other.revision,
+            &other.ring,
+            other.targeted,
+            other.applied,
+            &other.metrics,
+        )
+    }
+}
+
+/// One ring's series for its chart: the history entries of the current revision at that
+/// ring and the console's samples, by time.
+pub fn series(row: &RolloutRow, ring: &str, samples: &[Sample]) -> Vec<Sample> {
+    let rev = row.status.revision.as_ref();
+    let mut out: Vec<Sample> = row
+        .status
+        .history
+        .iter()
+        .filter(|h| h.ring.as_deref() == Some(ring) && h.revision.as_ref() == rev)
+        .filter(|h| h.applied.is_some() || !h.metrics.is_empty())
+        .map(|h| Sample {
+            t: h.time.0,
+            revision: h.revision.clone(),
+            ring: ring.to_string(),
+            targeted: h.targeted,
+            applied: h.applied,
+            metrics: h.metrics.clone(),
+        })
+        .chain(
+            samples
+                .iter()
+                .filter(|s| s.ring == ring && s.revision.as_ref() == rev)
+                .cloned(),
+        )
+        .collect();
+    out.sort_by_key(|s| s.t);
+    thin(out, MAX_CHART_POINTS)
+}
+
+/// Most points a chart gets (more are thinned evenly, the last kept).
+pub const MAX_CHART_POINTS: usize = 240;
+
+fn thin(v: Vec<Sample>, max: usize) -> Vec<Sample> {
+    if v.len() <= max {
+        return v;
+    }
+    let step = v.len().div_ceil(max);
+    let last = v.len() - 1;
+    v.into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % step == 0 || *i == last)
+        .map(|(_, s)| s)
+        .collect()
+}
+
 /// One ring's bar on the overview.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -160,6 +258,8 @@ pub struct RingView {
     pub numbers: Vec<MetricNumber>,
     /// The gate's conditions on the ring's last counts.
     pub checks: Vec<Check>,
+    /// The counts over time, for the chart.
+    pub series: Vec<Sample>,
 }
 
 /// One entry of the timeline.
@@ -551,7 +651,7 @@ fn inputs_of(row: &RolloutRow, idx: usize) -> Option<GateInputs> {
     })
 }
 
-fn ring_view(row: &RolloutRow, plan: &Plan, idx: usize) -> RingView {
+fn ring_view(row: &RolloutRow, plan: &Plan, idx: usize, samples: &[Sample]) -> RingView {
     let spec = &row.rollout.spec;
     let st = &row.status;
     let r = &spec.rings[idx];
@@ -607,6 +707,7 @@ fn ring_view(row: &RolloutRow, plan: &Plan, idx: usize) -> RingView {
         },
         numbers,
         checks,
+        series: series(row, &r.name, samples),
     }
 }
 
@@ -691,8 +792,8 @@ fn capitalize(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The rollout page.
-pub fn rollout_page(row: &RolloutRow, now: Timestamp) -> RolloutPage {
+/// The rollout page; `samples` are the console's samples of this rollout, oldest first.
+pub fn rollout_page(row: &RolloutRow, now: Timestamp, samples: &[Sample]) -> RolloutPage {
     let spec = &row.rollout.spec;
     let st = &row.status;
     let plan = Plan::new(&row.rollout);
@@ -725,7 +826,7 @@ pub fn rollout_page(row: &RolloutRow, now: Timestamp) -> RolloutPage {
             Vec::new()
         } else {
             (0..spec.rings.len())
-                .map(|i| ring_view(row, &plan, i))
+                .map(|i| ring_view(row, &plan, i, samples))
                 .collect()
         },
         metrics: spec
@@ -860,7 +961,12 @@ spec:
 
     #[test]
     fn a_failed_gate_shows_its_numbers_bound_and_threshold() {
-        let page = rollout_page(&row(failed_canary()), t("2026-01-01T00:10:00Z"));
+        let sample = Sample::of(&row(failed_canary()), t("2026-01-01T00:04:00Z")).unwrap();
+        let page = rollout_page(
+            &row(failed_canary()),
+            t("2026-01-01T00:10:00Z"),
+            std::slice::from_ref(&sample),
+        );
         let canary = &page.rings[0];
         assert_eq!(canary.place, "current");
         let failure = canary.checks.iter().find(|c| c.kind == "failure").unwrap();
@@ -884,6 +990,14 @@ spec:
             "(tags.model='5000x') AND ((tags.ring='canary') OR (tags.ring='early'))"
         );
         assert_eq!(page.rings[2].composed_target, "tags.model='5000x'");
+        // The chart: the sample, then the Fail entry (Create had no counts).
+        let times: Vec<_> = canary.series.iter().map(|s| s.t).collect();
+        assert_eq!(
+            times,
+            [t("2026-01-01T00:04:00Z"), t("2026-01-01T00:05:00Z")]
+        );
+        assert_eq!(canary.series[0].metrics["failed"], 3);
+        assert!(page.rings[1].series.is_empty());
         // Newest first.
         assert_eq!(page.timeline[0].decision, "Fail");
         assert_eq!(page.timeline[0].counts, "applied 10/10, failed 3");
@@ -1000,6 +1114,23 @@ spec:
             devices_query("c1", "properties.reported.firmware.status='Error'"),
             "SELECT * FROM devices WHERE configurations.[[c1]].status='Applied' AND (properties.reported.firmware.status='Error')"
         );
+    }
+
+    #[test]
+    fn a_long_series_is_thinned_keeping_the_last_point() {
+        let s = |i: i64| Sample {
+            t: Timestamp::from_second(i).unwrap(),
+            revision: None,
+            ring: "r".into(),
+            targeted: Some(i as u64),
+            applied: None,
+            metrics: Default::default(),
+        };
+        let v: Vec<Sample> = (0..1000).map(s).collect();
+        let out = thin(v, MAX_CHART_POINTS);
+        assert!(out.len() <= MAX_CHART_POINTS + 1, "{}", out.len());
+        assert_eq!(out.last().unwrap().targeted, Some(999));
+        assert_eq!(out[0].targeted, Some(0));
     }
 
     #[test]

@@ -71,6 +71,44 @@ function bars(ring) {
   return svg;
 }
 
+// ---- a ring's counts over time: step lines, inline SVG ----------------------------
+function chart(g) {
+  const pts = g.series;
+  if (pts.length < 2) return null;
+  const W = 640, H = 150, L = 34, R = 8, T = 8, B = 18;
+  const ts = pts.map(p => Date.parse(p.t));
+  const t0 = ts[0], t1 = Math.max(ts[ts.length - 1], t0 + 1);
+  const names = [...new Set(pts.flatMap(p => Object.keys(p.metrics)))].sort();
+  const lines = [{ key: "targeted", cls: "s-targeted", get: p => p.targeted },
+    { key: "applied", cls: "s-applied", get: p => p.applied },
+    ...names.map(m => ({ key: m, cls: `s-${tone(m)}`, get: p => p.metrics[m] }))];
+  let ymax = 1;
+  for (const p of pts) for (const l of lines) ymax = Math.max(ymax, l.get(p) || 0);
+  const x = t => (L + (W - L - R) * (t - t0) / (t1 - t0)).toFixed(1);
+  const y = v => (T + (H - T - B) * (1 - (v || 0) / ymax)).toFixed(1);
+  const last = pts[pts.length - 1];
+  const label = `${g.name} over time: ` + lines.map(l => `${l.key} ${l.get(last) ?? 0}`).join(", ");
+  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
+  svg.append(s("title", {}, label));
+  svg.append(s("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
+  svg.append(s("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
+  svg.append(s("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, ymax));
+  svg.append(s("text", { x: L - 4, y: H - B, "text-anchor": "end" }, 0));
+  const hm = t => new Date(t).toISOString().slice(11, 19);
+  svg.append(s("text", { x: L, y: H - 4 }, hm(t0)));
+  svg.append(s("text", { x: W - R, y: H - 4, "text-anchor": "end" }, hm(t1)));
+  for (const l of lines) {
+    const p = [];
+    pts.forEach((pt, i) => {
+      if (i > 0) p.push(`${x(ts[i])},${y(l.get(pts[i - 1]))}`);
+      p.push(`${x(ts[i])},${y(l.get(pt))}`);
+    });
+    svg.append(s("polyline", { class: l.cls, points: p.join(" ") }));
+  }
+  const legend = h("div", { class: "legend" }, lines.map(l => h("span", { class: l.cls }, `${l.key} ${l.get(last) ?? 0}`)));
+  return h("figure", { class: "chartbox" }, svg, legend);
+}
+
 function phaseBadge(p) { return h("span", { class: `badge ph-${p}` }, p); }
 
 // ---- overview ----------------------------------------------------------------------
@@ -158,7 +196,7 @@ function drawRollout(p, ns, name) {
         h("dt", {}, "counts"), h("dd", {}, rec.targeted !== undefined ? `applied ${rec.applied ?? "–"} of ${rec.targeted} targeted` + (rec.shielded ? `, ${rec.shielded} shielded` : "") : "–"),
         h("dt", {}, "times"), h("dd", {}, [["started", rec.startedAt], ["applied", rec.appliedAt], ["approved", rec.approvedAt], ["passed", rec.passedAt]].filter(x => x[1]).map(x => `${x[0]} ${when(x[1])}`).join(" · ") || "–"),
         rec.message ? [h("dt", {}, "verdict"), h("dd", {}, rec.message)] : null),
-      checks, numbers));
+      checks, numbers, chart(g)));
   }
   out.push(rings);
   if (p.metrics.length) {

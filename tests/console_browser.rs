@@ -486,6 +486,29 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
     }
     browser.screenshot("4-failed-devices").await;
 
+    // The fleet composition within the faulty rollout's target: 5000x units only, per
+    // ring tag as the hub counts them.
+    browser
+        .goto(&format!("{api}/console/r/fleet/faulty/fleet"))
+        .await;
+    let by_model = browser
+        .until(
+            "the composition by model",
+            Duration::from_secs(10),
+            "(() => { const r = [...document.querySelectorAll('table[data-group=\"model\"] tr[data-value]')].map(e => e.getAttribute('data-value')); return r.length ? r : null })()",
+        )
+        .await;
+    assert_eq!(by_model, json!(["5000x"]));
+    let canary_shown = browser
+        .js("return Number(document.querySelector('table[data-group=\"ring\"] tr[data-value=\"canary\"] td:nth-child(2)').innerText)")
+        .await;
+    let canary_5000x = hub_client
+        .count("tags.model='5000x' AND tags.ring='canary'")
+        .await
+        .unwrap();
+    assert_eq!(canary_shown, json!(canary_5000x));
+    browser.screenshot("4b-fleet-composition").await;
+
     // The approval ring waits.
     let seen = wait_status(
         &http,

@@ -3,11 +3,13 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /console/`, `/console/r/{ns}/{name}`, `/console/r/{ns}/{name}/metric/{metric}` | the page (one HTML shell; `app.js` draws the view) |
+//! | `GET /console/`, `/console/r/{ns}/{name}`, `…/metric/{metric}`, `…/fleet` | the page (one HTML shell; `app.js` draws the view) |
 //! | `GET /console/app.js`, `/console/app.css` | the assets, embedded in the binary |
 //! | `GET /console/api/overview` | [`view::Overview`] |
 //! | `GET /console/api/rollouts/{ns}/{name}` | [`view::RolloutPage`] |
 //! | `GET /console/api/rollouts/{ns}/{name}/devices?metric=M&continuation=C` | one page of the devices behind a metric: one hub query, within the hub's query budget |
+//! | `GET /console/api/rollouts/{ns}/{name}/devices?metric=notApplied` | the devices the configuration targets but is not applied to |
+//! | `GET /console/api/rollouts/{ns}/{name}/fleet` | the fleet composition within the rollout's target: GROUP BY ring tag, model, region; devices no configuration covers (4 queries and a listing, reused for a minute) |
 //! | `GET /console/api/session` | signed in or not, the CSRF token, whether writes are possible |
 //! | `POST /console/api/login` | `{"token"}`: the API token becomes a session cookie |
 //! | `POST /console/api/logout`, `POST /console/api/rollouts/{ns}/{name}/{action}` | need the session cookie and its `X-CSRF-Token` |
@@ -97,6 +99,7 @@ struct Console {
     sessions: Mutex<HashMap<String, Session>>,
     samples: Mutex<HashMap<(String, String), std::collections::VecDeque<view::Sample>>>,
     sampling: std::sync::atomic::AtomicBool,
+    compositions: Mutex<HashMap<(String, String), (Instant, Value)>>,
 }
 
 impl Console {
@@ -152,12 +155,14 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         sessions: Mutex::new(HashMap::new()),
         samples: Mutex::new(HashMap::new()),
         sampling: Default::default(),
+        compositions: Mutex::new(HashMap::new()),
     });
     Router::new()
         .route("/console", get(|| async { redirect("/console/") }))
         .route("/console/", get(page))
         .route("/console/r/{ns}/{name}", get(page))
         .route("/console/r/{ns}/{name}/metric/{metric}", get(page))
+        .route("/console/r/{ns}/{name}/fleet", get(page))
         .route(
             "/console/app.js",
             get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
@@ -173,6 +178,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/console/api/overview", get(overview))
         .route("/console/api/rollouts/{ns}/{name}", get(rollout))
         .route("/console/api/rollouts/{ns}/{name}/devices", get(devices))
+        .route("/console/api/rollouts/{ns}/{name}/fleet", get(fleet))
         .route("/console/api/rollouts/{ns}/{name}/{action}", post(act))
         .route("/console/api/session", get(session))
         .route("/console/api/login", post(login))
@@ -301,12 +307,21 @@ async fn devices(
         Ok(r) => r,
         Err(r) => return r,
     };
-    let Some(cond) = row.rollout.spec.metrics.get(&p.metric) else {
+    let not_applied =
+        p.metric == view::NOT_APPLIED && !row.rollout.spec.metrics.contains_key(view::NOT_APPLIED);
+    let Some(cond) = row
+        .rollout
+        .spec
+        .metrics
+        .get(&p.metric)
+        .cloned()
+        .or_else(|| not_applied.then(|| "targeted, not applied".to_string()))
+    else {
         let known: Vec<_> = row.rollout.spec.metrics.keys().cloned().collect();
         return error(
             StatusCode::NOT_FOUND,
             format!(
-                "metric={:?}: {ns}/{name} has no such metric (it has: {})",
+                "metric={:?}: {ns}/{name} has no such metric (it has: {}; or notApplied)",
                 p.metric,
                 known.join(", ")
             ),
@@ -326,7 +341,11 @@ async fn devices(
             ),
         );
     };
-    let query = view::devices_query(&id, cond);
+    let query = if not_applied {
+        view::not_applied_query(&id)
+    } else {
+        view::devices_query(&id, &cond)
+    };
     let page = driver
         .query_page(&query, Some(PAGE_SIZE), p.continuation.as_deref())
         .await;
@@ -370,6 +389,104 @@ async fn devices(
             format!("the hub refused `{query}`: {e}"),
         ),
     }
+}
+
+/// How long a fleet composition is reused before it is asked of the hub again.
+pub const COMPOSITION_TTL: Duration = Duration::from_secs(60);
+
+/// One query within the budget, as JSON rows or the reason it was not asked.
+async fn budgeted(driver: &Driver, query: &str) -> Result<Vec<Value>, String> {
+    match driver.query_page(query, None, None).await {
+        Ok(Ok(page)) => Ok(page.items),
+        Ok(Err(wait)) => Err(format!(
+            "not asked: the hub's query budget is spent for now (next query in {}s)",
+            wait.as_secs().max(1)
+        )),
+        Err(e) => Err(format!("the hub refused `{query}`: {e}")),
+    }
+}
+
+/// The devices of the rollout's base target per ring tag, model and region (GROUP BY
+/// queries), and how many of them no configuration covers: 4 queries and one listing,
+/// reused for [`COMPOSITION_TTL`].
+async fn fleet(
+    State(st): State<Arc<Console>>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let key = (ns.clone(), name.clone());
+    if let Some((at, v)) = st.compositions.lock().get(&key)
+        && at.elapsed() < COMPOSITION_TTL
+    {
+        return Json(v.clone()).into_response();
+    }
+    let row = match find(&st, &ns, &name).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Some(driver) = st.backend.driver(&ns, &name) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the hub of {ns}/{name} is not connected yet; try again after its first reconcile"
+            ),
+        );
+    };
+    let target = row.rollout.spec.target.clone();
+    let mut groups = Vec::new();
+    for tag in view::COMPOSITION_TAGS {
+        let query = view::group_query(&target, tag);
+        let (rows, problem) = match budgeted(&driver, &query).await {
+            Ok(items) => {
+                let mut rows: Vec<(String, u64)> = items
+                    .iter()
+                    .map(|r| {
+                        let value = match r.get("value") {
+                            Some(Value::String(s)) => s.clone(),
+                            None | Some(Value::Null) => "(none)".to_string(),
+                            Some(other) => other.to_string(),
+                        };
+                        (value, r.get("n").and_then(Value::as_u64).unwrap_or(0))
+                    })
+                    .collect();
+                rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                (rows, None)
+            }
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        groups.push(json!({"tag": tag, "query": query, "rows": rows, "problem": problem}));
+    }
+    let mut requests = Vec::new();
+    let uncovered = match driver.list(&mut requests).await {
+        Ok(Ok(configs)) => {
+            let ids: Vec<String> = configs.into_iter().map(|c| c.id).collect();
+            let query = view::uncovered_query(&target, &ids);
+            match budgeted(&driver, &query).await {
+                Ok(items) => json!({
+                    "query": query,
+                    "configurations": ids.len(),
+                    "n": items.first().and_then(|r| r.get("n")).and_then(Value::as_u64),
+                }),
+                Err(e) => json!({"query": query, "problem": e}),
+            }
+        }
+        Ok(Err(wait)) => json!({"problem": format!(
+            "not asked: the hub's configuration budget is spent for now (next listing in {}s)",
+            wait.as_secs().max(1)
+        )}),
+        Err(e) => json!({"problem": format!("the hub refused to list its configurations: {e}")}),
+    };
+    let v = json!({
+        "namespace": ns,
+        "name": name,
+        "target": target,
+        "groups": groups,
+        "uncovered": uncovered,
+        "at": st.backend.now(),
+    });
+    st.compositions
+        .lock()
+        .insert(key, (Instant::now(), v.clone()));
+    Json(v).into_response()
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {

@@ -855,6 +855,44 @@ pub fn rollout_page(row: &RolloutRow, now: Timestamp, samples: &[Sample]) -> Rol
     }
 }
 
+/// The `metric` parameter that lists the devices the configuration targets where it is
+/// not applied (offline, still applying, or shadowed by a higher-priority configuration).
+pub const NOT_APPLIED: &str = "notApplied";
+
+/// The query for the devices configuration `config_id` targets but is not applied to.
+pub fn not_applied_query(config_id: &str) -> String {
+    format!("SELECT * FROM devices WHERE configurations.[[{config_id}]].status = 'Targeted'")
+}
+
+/// The tags the fleet composition groups by.
+pub const COMPOSITION_TAGS: [&str; 3] = ["ring", "model", "region"];
+
+/// `SELECT tags.<tag> AS value, COUNT() AS n FROM devices [WHERE (target)] GROUP BY tags.<tag>`.
+pub fn group_query(target: &str, tag: &str) -> String {
+    match crate::core::plan::Cond::parse(target) {
+        crate::core::plan::Cond::All => {
+            format!("SELECT tags.{tag} AS value, COUNT() AS n FROM devices GROUP BY tags.{tag}")
+        }
+        crate::core::plan::Cond::Expr(t) => format!(
+            "SELECT tags.{tag} AS value, COUNT() AS n FROM devices WHERE ({t}) GROUP BY tags.{tag}"
+        ),
+    }
+}
+
+/// The count of devices of `target` that none of the configurations `ids` targets.
+pub fn uncovered_query(target: &str, ids: &[String]) -> String {
+    use crate::core::plan::{Cond, any_configuration};
+    let base = Cond::parse(target);
+    let cond = match any_configuration(ids) {
+        Some(any) => base.and_not(&any),
+        None => Some(base),
+    };
+    match cond {
+        Some(Cond::Expr(c)) => format!("SELECT COUNT() AS n FROM devices WHERE {c}"),
+        _ => "SELECT COUNT() AS n FROM devices".to_string(),
+    }
+}
+
 /// The query for the devices behind a metric: their twins (the reported section shows
 /// why), scoped to where configuration `config_id` is applied.
 pub fn devices_query(config_id: &str, condition: &str) -> String {
@@ -1131,6 +1169,30 @@ spec:
         assert!(out.len() <= MAX_CHART_POINTS + 1, "{}", out.len());
         assert_eq!(out.last().unwrap().targeted, Some(999));
         assert_eq!(out[0].targeted, Some(0));
+    }
+
+    #[test]
+    fn composition_queries_group_within_the_target() {
+        assert_eq!(
+            group_query("tags.model='5000x'", "ring"),
+            "SELECT tags.ring AS value, COUNT() AS n FROM devices WHERE (tags.model='5000x') GROUP BY tags.ring"
+        );
+        assert_eq!(
+            group_query("*", "region"),
+            "SELECT tags.region AS value, COUNT() AS n FROM devices GROUP BY tags.region"
+        );
+        assert_eq!(
+            uncovered_query("tags.model='5000x'", &["a".into(), "b".into()]),
+            "SELECT COUNT() AS n FROM devices WHERE (tags.model='5000x') AND NOT (IS_DEFINED(configurations.[[a]]) OR IS_DEFINED(configurations.[[b]]))"
+        );
+        assert_eq!(
+            uncovered_query("*", &[]),
+            "SELECT COUNT() AS n FROM devices"
+        );
+        assert_eq!(
+            not_applied_query("c1"),
+            "SELECT * FROM devices WHERE configurations.[[c1]].status = 'Targeted'"
+        );
     }
 
     #[test]

@@ -145,6 +145,7 @@ function drawRollout(p, ns, name) {
     h("p", {}, h("a", { href: "/console/" }, "← all rollouts")),
     h("h1", {}, `${r.namespace}/${r.name} `, phaseBadge(r.phase)),
     r.problem ? h("p", { class: "problem-text", id: "problem" }, "Problem: ", r.problem) : null,
+    h("p", {}, h("a", { href: `/console/r/${enc(ns)}/${enc(name)}/fleet`, "data-key": "fleet" }, "Fleet composition within its target")),
     h("p", { class: "waiting", id: "waiting" }, h("span", { class: "muted" }, "Waiting for: "), r.waitingFor),
     h("dl", { class: "kv" },
       h("dt", {}, "revision"), h("dd", { class: "mono", id: "revision" }, r.revision || "–"),
@@ -193,7 +194,8 @@ function drawRollout(p, ns, name) {
         h("dt", {}, "ring target"), h("dd", {}, h("code", {}, g.target)),
         h("dt", {}, "configuration targets"), h("dd", {}, h("code", {}, g.composedTarget)),
         h("dt", {}, "gate"), h("dd", {}, `minApplied ${g.gate.minApplied}, bake ${g.gate.bake}, deadline ${g.gate.deadline}`),
-        h("dt", {}, "counts"), h("dd", {}, rec.targeted !== undefined ? `applied ${rec.applied ?? "–"} of ${rec.targeted} targeted` + (rec.shielded ? `, ${rec.shielded} shielded` : "") : "–"),
+        h("dt", {}, "counts"), h("dd", {}, rec.targeted !== undefined ? `applied ${rec.applied ?? "–"} of ${rec.targeted} targeted` + (rec.shielded ? `, ${rec.shielded} shielded` : "") : "–",
+          g.place === "current" && p.configurationId ? [" · ", h("a", { href: `/console/r/${enc(ns)}/${enc(name)}/metric/notApplied`, "data-key": `notapplied-${g.index}` }, "targeted, not applied")] : null),
         h("dt", {}, "times"), h("dd", {}, [["started", rec.startedAt], ["applied", rec.appliedAt], ["approved", rec.approvedAt], ["passed", rec.passedAt]].filter(x => x[1]).map(x => `${x[0]} ${when(x[1])}`).join(" · ") || "–"),
         rec.message ? [h("dt", {}, "verdict"), h("dd", {}, rec.message)] : null),
       checks, numbers, chart(g)));
@@ -240,7 +242,7 @@ function confirmAction(ns, name, a, seen) {
 // ---- the devices behind a metric ---------------------------------------------------
 function drawDevices(p, ns, name, metric) {
   const out = [h("p", {}, h("a", { href: `/console/r/${enc(ns)}/${enc(name)}` }, `← ${ns}/${name}`)),
-    h("h1", {}, `Devices counted by ${metric}`)];
+    h("h1", {}, metric === "notApplied" ? "Devices targeted where the configuration is not applied" : `Devices counted by ${metric}`)];
   if (p.error) { out.push(h("p", { class: "error", role: "alert" }, p.error)); }
   else {
     out.push(h("dl", { class: "kv" }, h("dt", {}, "condition"), h("dd", {}, h("code", {}, p.condition)),
@@ -266,6 +268,41 @@ async function loadDevices() {
   const c = state.pages[state.pages.length - 1];
   const r = await api(`/console/api/rollouts/${enc(ns)}/${enc(name)}/devices?metric=${enc(metric)}` + (c ? `&continuation=${enc(c)}` : ""));
   render(drawDevices(r.body, ns, name, metric));
+}
+
+// ---- fleet composition --------------------------------------------------------------
+function drawFleet(p, ns, name) {
+  const out = [h("p", {}, h("a", { href: `/console/r/${enc(ns)}/${enc(name)}` }, `← ${ns}/${name}`)),
+    h("h1", {}, "Fleet composition")];
+  if (p.error) { out.push(h("p", { class: "error", role: "alert" }, p.error)); return out; }
+  out.push(h("p", {}, "Devices within the rollout's target ", h("code", {}, p.target), `, as the hub counted them at ${when(p.at)}.`));
+  const u = p.uncovered;
+  out.push(h("h2", {}, "Not covered by any configuration"),
+    u.problem ? h("p", { class: "error" }, u.problem)
+      : h("p", { id: "uncovered" }, h("b", {}, String(u.n)), ` device(s) of the target are targeted by none of the hub's ${u.configurations} configuration(s): widening onto them leaves nothing underneath.`),
+    u.query ? h("p", {}, h("code", {}, u.query)) : null);
+  for (const g of p.groups) {
+    const total = g.rows.reduce((a, r) => a + r[1], 0) || 1;
+    out.push(h("h2", {}, `By ${g.tag}`));
+    if (g.problem) { out.push(h("p", { class: "error" }, g.problem)); continue; }
+    out.push(h("div", { class: "scroll" }, h("table", { "data-group": g.tag },
+      h("thead", {}, h("tr", {}, h("th", {}, g.tag), h("th", {}, "devices"), h("th", {}, "share"))),
+      h("tbody", {}, g.rows.map(([v, n]) => {
+        const bar = s("svg", { class: "bars", viewBox: "0 0 200 10", role: "img", "aria-label": `${pct(n / total)}` });
+        bar.append(s("rect", { class: "track", x: 0, y: 1, width: 200, height: 8, rx: 2 }));
+        bar.append(s("rect", { class: "applied", x: 0, y: 1, width: (200 * n / total).toFixed(1), height: 8, rx: 2 }));
+        return h("tr", { "data-value": v }, h("td", {}, v), h("td", {}, n), h("td", { class: "share" }, bar));
+      })))), h("p", {}, h("code", { class: "muted" }, g.query)));
+  }
+  out.push(h("div", { class: "actions" }, h("button", { type: "button", id: "fleet-refresh", onclick: loadFleet }, "refresh")),
+    h("p", { class: "muted" }, "Four queries and one listing from the hub's budget; the answer is reused for a minute."));
+  return out;
+}
+
+async function loadFleet() {
+  const [ns, name] = state.page.args;
+  const r = await api(`/console/api/rollouts/${enc(ns)}/${enc(name)}/fleet`);
+  render(drawFleet(r.body, ns, name));
 }
 
 // ---- session ------------------------------------------------------------------------
@@ -311,6 +348,7 @@ function route() {
   const parts = location.pathname.replace(/^\/console\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
   if (parts[0] === "r" && parts.length === 3) return { kind: "rollout", args: [parts[1], parts[2]], url: `/console/api/rollouts/${enc(parts[1])}/${enc(parts[2])}` };
   if (parts[0] === "r" && parts.length === 5 && parts[3] === "metric") return { kind: "devices", args: [parts[1], parts[2], parts[4]] };
+  if (parts[0] === "r" && parts.length === 4 && parts[3] === "fleet") return { kind: "fleet", args: [parts[1], parts[2]] };
   return { kind: "overview", args: [], url: "/console/api/overview" };
 }
 
@@ -343,6 +381,12 @@ async function start() {
   state.page = route();
   state.pages = [];
   await loadSession();
+  if (state.page.kind === "fleet") {
+    document.title = `fleet · ${state.page.args[0]}/${state.page.args[1]} · ringmaster`;
+    await loadFleet();
+    document.body.setAttribute("data-loaded", "1");
+    return;
+  }
   if (state.page.kind === "devices") {
     document.title = `${state.page.args[2]} · ${state.page.args[0]}/${state.page.args[1]} · ringmaster`;
     await loadDevices();

@@ -289,6 +289,18 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Emulates `prefers-color-scheme` (chromedriver's CDP endpoint); false where it is
+    /// not available.
+    async fn color_scheme(&self, value: &str) -> bool {
+        let r = self
+            .http
+            .post(format!("{}/goog/cdp/execute", self.base))
+            .json(&json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [{"name": "prefers-color-scheme", "value": value}]}}))
+            .send()
+            .await;
+        matches!(r, Ok(r) if r.status().is_success())
+    }
+
     async fn close(&self) {
         let _ = self.http.delete(&self.base).send().await;
     }
@@ -627,7 +639,61 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
         recorded.elapsed()
     );
     assert!(advanced["status"]["rings"][1]["approvedAt"].is_string());
+
+    // From a change on the hub (ring early's first devices applied) to the page showing
+    // it: the controller's next look at the hub, then the page's next poll.
+    let id = advanced["status"]["configurationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let on_hub = Instant::now();
+    let start = Instant::now();
+    while hub_client
+        .count(&format!(
+            "configurations.[[{id}]].status = 'Applied' AND tags.ring = 'early'"
+        ))
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ring early never applied on the hub"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hub_changed = Instant::now();
+    browser
+        .until(
+            "the page showing ring early applied",
+            Duration::from_secs(45),
+            "/applied [1-9][0-9]* of/.test(document.querySelector('[data-ring=\"early\"] .kv').innerText)",
+        )
+        .await;
+    eprintln!(
+        "console: ring early applied on the hub {:?} after the promote; the page showed it {:?} later",
+        hub_changed - on_hub,
+        hub_changed.elapsed()
+    );
     browser.screenshot("6-good-promoted").await;
+
+    // Dark: the page follows prefers-color-scheme.
+    if browser.color_scheme("dark").await {
+        browser.goto(&format!("{api}/console/")).await;
+        browser
+            .until(
+                "loaded",
+                Duration::from_secs(10),
+                "document.body.getAttribute('data-loaded')",
+            )
+            .await;
+        let bg = browser
+            .js("return getComputedStyle(document.body).backgroundColor")
+            .await;
+        assert_eq!(bg, json!("rgb(13, 17, 23)"));
+        browser.screenshot("6b-overview-dark").await;
+        browser.color_scheme("light").await;
+    }
 
     // Phone width: nothing wider than the screen.
     browser.window(390, 844).await;

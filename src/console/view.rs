@@ -441,12 +441,16 @@ fn waiting(row: &RolloutRow, now: Timestamp) -> (String, u8) {
             1,
         ),
         RingState::Applying => (
-            format!(
-                "the hub to apply ring {}: {} of {} applied{deadline}",
-                ring.name,
-                ring.applied.unwrap_or(0),
-                ring.targeted.unwrap_or(0)
-            ),
+            match (ring.applied, ring.targeted) {
+                (Some(a), Some(t)) => format!(
+                    "the hub to apply ring {}: {a} of {t} applied{deadline}",
+                    ring.name
+                ),
+                _ => format!(
+                    "the hub to apply ring {} (not counted yet){deadline}",
+                    ring.name
+                ),
+            },
             2,
         ),
         RingState::Baking => {

@@ -349,6 +349,7 @@ impl Controller {
             if r.deleting && outcome.finalized {
                 tracing::info!(rollout = %who, "deleted: every configuration is gone");
                 self.due.remove(&key);
+                self.api.drivers.lock().remove(&key);
                 removed.push(key);
                 continue;
             }

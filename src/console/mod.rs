@@ -71,6 +71,9 @@ pub const COOKIE: &str = "ringmaster_console";
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Most sessions kept at once (the oldest is dropped first).
 pub const MAX_SESSIONS: usize = 256;
+/// Failed sign-ins allowed per minute (all clients together); past it every sign-in is
+/// refused until the minute is over, so the token cannot be guessed at speed.
+pub const MAX_FAILED_LOGINS_PER_MINUTE: u32 = 10;
 /// Devices per page of a troubleshooting list.
 pub const PAGE_SIZE: usize = 20;
 
@@ -100,6 +103,8 @@ struct Console {
     samples: Mutex<HashMap<(String, String), std::collections::VecDeque<view::Sample>>>,
     sampling: std::sync::atomic::AtomicBool,
     compositions: Mutex<HashMap<(String, String), (Instant, Value)>>,
+    /// Failed sign-ins in the current minute: (window start, count).
+    failed_logins: Mutex<(Instant, u32)>,
 }
 
 impl Console {
@@ -156,6 +161,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         samples: Mutex::new(HashMap::new()),
         sampling: Default::default(),
         compositions: Mutex::new(HashMap::new()),
+        failed_logins: Mutex::new((Instant::now(), 0)),
     });
     Router::new()
         .route("/console", get(|| async { redirect("/console/") }))
@@ -588,11 +594,28 @@ async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
             "body: expected {\"token\": \"...\"}",
         );
     };
-    if !bool::from(b.token.trim().as_bytes().ct_eq(want.as_bytes())) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "that is not the API token `ringmaster run` was given",
-        );
+    {
+        let mut failed = st.failed_logins.lock();
+        if failed.0.elapsed() >= Duration::from_secs(60) {
+            *failed = (Instant::now(), 0);
+        }
+        if failed.1 >= MAX_FAILED_LOGINS_PER_MINUTE {
+            let wait = 60u64.saturating_sub(failed.0.elapsed().as_secs()).max(1);
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many failed sign-ins this minute; try again in {wait}s"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return r;
+        }
+        if !bool::from(b.token.trim().as_bytes().ct_eq(want.as_bytes())) {
+            failed.1 += 1;
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "that is not the API token `ringmaster run` was given",
+            );
+        }
     }
     let id = random_hex();
     let csrf = random_hex();
@@ -746,6 +769,187 @@ pub fn hand_over_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::resources::DeviceRollout;
+
+    struct Fake {
+        rows: Vec<RolloutRow>,
+        ops: Mutex<Vec<(String, String, Operation)>>,
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        async fn rollouts(&self) -> Result<Vec<RolloutRow>, String> {
+            Ok(self.rows.clone())
+        }
+        async fn request(&self, ns: &str, name: &str, op: Operation) -> Result<bool, String> {
+            let known = self
+                .rows
+                .iter()
+                .any(|r| r.namespace == ns && r.name == name);
+            if known {
+                self.ops.lock().push((ns.into(), name.into(), op));
+            }
+            Ok(known)
+        }
+        fn driver(&self, _: &str, _: &str) -> Option<Arc<Driver>> {
+            None
+        }
+        fn token(&self) -> Option<String> {
+            Some("right-token".into())
+        }
+    }
+
+    async fn serve_fake() -> (String, Arc<Fake>) {
+        let rollout: DeviceRollout = serde_saphyr::from_str(
+            "apiVersion: ringmaster.dev/v1alpha1\nkind: DeviceRollout\nmetadata: {name: fw, namespace: fleet}\nspec:\n  target: \"*\"\n  content: {device: {properties.desired.x: {v: 1}}}\n  rings: [{name: all, target: \"*\"}]\n",
+        )
+        .unwrap();
+        let fake = Arc::new(Fake {
+            rows: vec![RolloutRow {
+                namespace: "fleet".into(),
+                name: "fw".into(),
+                rollout,
+                status: Default::default(),
+                error: None,
+                created: None,
+                deleting: false,
+            }],
+            ops: Mutex::default(),
+        });
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", tcp.local_addr().unwrap());
+        tokio::spawn(crate::net::serve(
+            tcp,
+            router(fake.clone()),
+            crate::net::Limits::DEFAULT,
+            std::future::pending(),
+        ));
+        (url, fake)
+    }
+
+    async fn login(http: &reqwest::Client, url: &str, token: &str) -> reqwest::Response {
+        http.post(format!("{url}/console/api/login"))
+            .json(&json!({"token": token}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_needs_a_session_its_csrf_token_and_the_same_origin() {
+        let (url, fake) = serve_fake().await;
+        let http = reqwest::Client::new();
+        let promote = format!("{url}/console/api/rollouts/fleet/fw/promote");
+        let aimed = json!({"revision": "r1", "ring": "all"});
+
+        // The page carries the CSP; reading needs nothing.
+        let page = http.get(format!("{url}/console/")).send().await.unwrap();
+        assert_eq!(page.headers()["content-security-policy"], CSP);
+        let o = http
+            .get(format!("{url}/console/api/overview"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(o.status(), 200);
+
+        // No session.
+        let r = http.post(&promote).json(&aimed).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        // A wrong token signs nobody in.
+        let r = login(&http, &url, "wrong").await;
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().get(header::SET_COOKIE).is_none());
+
+        // The right one: an HttpOnly, SameSite=Strict cookie and a CSRF token.
+        let r = login(&http, &url, "right-token").await;
+        assert_eq!(r.status(), 200);
+        let set = r.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            set.contains("HttpOnly")
+                && set.contains("SameSite=Strict")
+                && set.contains("Path=/console"),
+            "{set}"
+        );
+        assert!(!set.contains("right-token"), "{set}");
+        let cookie = set.split(';').next().unwrap().to_string();
+        let csrf = r.json::<Value>().await.unwrap()["csrf"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        // A session without its CSRF token, or from another origin, is refused.
+        let r = http
+            .post(&promote)
+            .header(header::COOKIE, &cookie)
+            .json(&aimed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        let r = http
+            .post(&promote)
+            .header(header::COOKIE, &cookie)
+            .header("x-csrf-token", &csrf)
+            .header(header::ORIGIN, "http://evil.example")
+            .json(&aimed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(fake.ops.lock().is_empty());
+
+        // Both: queued, aimed at what the page showed.
+        let r = http
+            .post(&promote)
+            .header(header::COOKIE, &cookie)
+            .header("x-csrf-token", &csrf)
+            .header(header::ORIGIN, &url)
+            .json(&aimed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        {
+            let ops = fake.ops.lock();
+            let (_, _, op) = &ops[0];
+            assert_eq!(op.kind, OperationKind::Promote);
+            assert_eq!(
+                (op.revision.as_deref(), op.ring.as_deref()),
+                (Some("r1"), Some("all"))
+            );
+            assert!(op.id.contains("-promote-console-"), "{}", op.id);
+        }
+
+        // Signed out, the cookie acts no more.
+        let r = http
+            .post(format!("{url}/console/api/logout"))
+            .header(header::COOKIE, &cookie)
+            .header("x-csrf-token", &csrf)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = http
+            .post(&promote)
+            .header(header::COOKIE, &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&aimed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+
+        // Guessing is throttled: past the failed sign-ins of a minute, even the right
+        // token waits.
+        for _ in 1..MAX_FAILED_LOGINS_PER_MINUTE {
+            assert_eq!(login(&http, &url, "guess").await.status(), 401);
+        }
+        assert_eq!(login(&http, &url, "right-token").await.status(), 429);
+    }
 
     #[test]
     fn the_session_cookie_is_read_among_others() {

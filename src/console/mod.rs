@@ -63,6 +63,31 @@ pub trait Backend: Send + Sync + 'static {
     fn now(&self) -> jiff::Timestamp {
         jiff::Timestamp::now()
     }
+    /// Whether anyone can sign in to act (default: a token is configured).
+    fn writable(&self) -> bool {
+        self.token().is_some()
+    }
+    /// Who a sign-in token belongs to; `Ok(None)`: nobody. The default compares it with
+    /// [`Backend::token`] in constant time and calls the person `operator`. (A backend
+    /// for Kubernetes would ask the API server's TokenReview here.)
+    async fn sign_in(&self, token: &str) -> Result<Option<String>, String> {
+        Ok(self
+            .token()
+            .filter(|want| bool::from(token.trim().as_bytes().ct_eq(want.as_bytes())))
+            .map(|_| "operator".to_string()))
+    }
+    /// Whether `who` may ask for `kind` on a rollout (default: whoever signed in). (A
+    /// backend for Kubernetes would ask SubjectAccessReview whether `who` may `patch`
+    /// that DeviceRollout.)
+    async fn may_act(
+        &self,
+        _who: &str,
+        _namespace: &str,
+        _name: &str,
+        _kind: OperationKind,
+    ) -> Result<bool, String> {
+        Ok(true)
+    }
 }
 
 /// The session cookie's name.
@@ -88,6 +113,7 @@ const FAVICON: &str = include_str!("assets/favicon.svg");
 
 struct Session {
     csrf: String,
+    who: String,
     expires: Instant,
 }
 
@@ -510,13 +536,13 @@ fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-/// The CSRF token of the request's live session.
-fn session_csrf(st: &Console, headers: &HeaderMap) -> Option<String> {
+/// The CSRF token and the person of the request's live session.
+fn session_of(st: &Console, headers: &HeaderMap) -> Option<(String, String)> {
     let id = cookie_value(headers)?;
     let mut sessions = st.sessions.lock();
     let now = Instant::now();
     sessions.retain(|_, s| s.expires > now);
-    sessions.get(&id).map(|s| s.csrf.clone())
+    sessions.get(&id).map(|s| (s.csrf.clone(), s.who.clone()))
 }
 
 /// `Origin`, when sent, must be the console's own (`Host`).
@@ -533,15 +559,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|(_, rest)| rest == host)
 }
 
-/// A write's session and CSRF check; `Err` is the answer to send.
-fn check_write(st: &Console, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// A write's session and CSRF check: who is acting; `Err` is the answer to send.
+fn check_write(st: &Console, headers: &HeaderMap) -> Result<String, Box<Response>> {
     if !same_origin(headers) {
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "the request's Origin is not this console's",
         )));
     }
-    let Some(csrf) = session_csrf(st, headers) else {
+    let Some((csrf, who)) = session_of(st, headers) else {
         return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "sign in first: actions need a console session (the API token, given once to the login form)",
@@ -557,15 +583,16 @@ fn check_write(st: &Console, headers: &HeaderMap) -> Result<(), Box<Response>> {
             "missing or wrong X-CSRF-Token: send the one /console/api/session gives",
         )));
     }
-    Ok(())
+    Ok(who)
 }
 
 async fn session(State(st): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let csrf = session_csrf(&st, &headers);
+    let s = session_of(&st, &headers);
     Json(json!({
-        "signedIn": csrf.is_some(),
-        "csrf": csrf,
-        "writable": st.backend.token().is_some(),
+        "signedIn": s.is_some(),
+        "csrf": s.as_ref().map(|s| &s.0),
+        "who": s.as_ref().map(|s| &s.1),
+        "writable": st.backend.writable(),
     }))
     .into_response()
 }
@@ -582,7 +609,7 @@ async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
             "the request's Origin is not this console's",
         );
     }
-    let Some(want) = st.backend.token() else {
+    if !st.backend.writable() {
         return error(
             StatusCode::FORBIDDEN,
             "the console is read-only: start `ringmaster run` with --api-token-env or --api-token-file to allow actions",
@@ -609,14 +636,23 @@ async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
                 .insert(header::RETRY_AFTER, HeaderValue::from(wait));
             return r;
         }
-        if !bool::from(b.token.trim().as_bytes().ct_eq(want.as_bytes())) {
-            failed.1 += 1;
+    }
+    let who = match st.backend.sign_in(&b.token).await {
+        Ok(Some(who)) => who,
+        Ok(None) => {
+            st.failed_logins.lock().1 += 1;
             return error(
                 StatusCode::UNAUTHORIZED,
                 "that is not the API token `ringmaster run` was given",
             );
         }
-    }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot check the token: {e}"),
+            );
+        }
+    };
     let id = random_hex();
     let csrf = random_hex();
     {
@@ -635,6 +671,7 @@ async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
             id.clone(),
             Session {
                 csrf: csrf.clone(),
+                who: who.clone(),
                 expires: now + SESSION_TTL,
             },
         );
@@ -645,7 +682,7 @@ async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
     );
     (
         [(header::SET_COOKIE, cookie)],
-        Json(json!({"signedIn": true, "csrf": csrf})),
+        Json(json!({"signedIn": true, "csrf": csrf, "who": who})),
     )
         .into_response()
 }
@@ -671,6 +708,21 @@ struct ActBody {
     ring: Option<String>,
 }
 
+/// A person's name as it goes into a request id: letters, digits, `.`, `-`, `_`, `@`
+/// and `:` kept, anything else `_`, at most 48 characters.
+fn id_part(who: &str) -> String {
+    who.chars()
+        .take(48)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_@:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn kind_of(action: &str) -> Option<OperationKind> {
     Some(match action {
         "promote" => OperationKind::Promote,
@@ -694,8 +746,24 @@ async fn act(
             format!("unknown action {action:?}: use promote, pause, resume, abort or retry"),
         );
     };
-    if let Err(r) = check_write(&st, &headers) {
-        return *r;
+    let who = match check_write(&st, &headers) {
+        Ok(who) => who,
+        Err(r) => return *r,
+    };
+    match st.backend.may_act(&who, &ns, &name, kind).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("{who} may not {action} {ns}/{name}"),
+            );
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot check whether {who} may {action} {ns}/{name}: {e}"),
+            );
+        }
     }
     let b: ActBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -709,8 +777,9 @@ async fn act(
     let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
     let op = Operation {
         id: format!(
-            "{now}-{}-console-{:04x}",
+            "{now}-{}-console-{}-{:04x}",
             kind.name(),
+            id_part(&who),
             rand::random::<u16>()
         ),
         kind,
@@ -921,7 +990,7 @@ mod tests {
                 (op.revision.as_deref(), op.ring.as_deref()),
                 (Some("r1"), Some("all"))
             );
-            assert!(op.id.contains("-promote-console-"), "{}", op.id);
+            assert!(op.id.contains("-promote-console-operator-"), "{}", op.id);
         }
 
         // Signed out, the cookie acts no more.
@@ -949,6 +1018,15 @@ mod tests {
             assert_eq!(login(&http, &url, "guess").await.status(), 401);
         }
         assert_eq!(login(&http, &url, "right-token").await.status(), 429);
+    }
+
+    #[test]
+    fn a_name_in_a_request_id_keeps_to_safe_characters() {
+        assert_eq!(
+            id_part("system:serviceaccount:ops:alice bob/x"),
+            "system:serviceaccount:ops:alice_bob_x"
+        );
+        assert_eq!(id_part(&"a".repeat(100)).len(), 48);
     }
 
     #[test]

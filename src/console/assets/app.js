@@ -315,7 +315,7 @@ function drawAuth() {
   const el = document.getElementById("auth");
   el.replaceChildren();
   if (state.session.signedIn) {
-    el.append(h("span", { id: "signed-in" }, "signed in"), h("button", { type: "button", id: "signout", onclick: signOut }, "Sign out"));
+    el.append(h("span", { id: "signed-in" }, `signed in as ${state.session.who || "operator"}`), h("button", { type: "button", id: "signout", onclick: signOut }, "Sign out"));
   } else if (state.session.writable) {
     el.append(h("span", {}, "read-only view"), h("button", { type: "button", id: "signin-open", onclick: openSignIn }, "Sign in"));
   } else {

@@ -563,10 +563,19 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
     assert_eq!(r.status(), 401);
     assert!(r.headers().get("set-cookie").is_none());
 
-    // Sign in with the token; the cookie is HttpOnly (not visible to scripts).
-    browser.click("#signin-open").await;
-    browser.type_into("#token", TOKEN).await;
-    browser.click("#signin-submit").await;
+    // Sign in with the token, by keyboard (Enter on the button, Enter in the field); the
+    // cookie is HttpOnly (not visible to scripts).
+    browser.type_into("#signin-open", "\u{E007}").await;
+    browser
+        .until(
+            "the sign-in dialog, focused on the token",
+            Duration::from_secs(5),
+            "document.querySelector('#signin').open && document.activeElement.id === 'token'",
+        )
+        .await;
+    browser
+        .type_into("#token", &format!("{TOKEN}\u{E007}"))
+        .await;
     browser
         .until(
             "signed in",
@@ -589,12 +598,13 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
             "!document.querySelector('#act-promote').disabled",
         )
         .await;
-    browser.click("#act-promote").await;
+    // By keyboard: Enter on the button opens the confirmation with Cancel focused.
+    browser.type_into("#act-promote", "\u{E007}").await;
     let text = browser
         .until(
             "the confirmation",
             Duration::from_secs(5),
-            "document.querySelector('#confirm').open && document.querySelector('#confirm-text').innerText",
+            "document.querySelector('#confirm').open && document.activeElement.id === 'confirm-cancel' && document.querySelector('#confirm-text').innerText",
         )
         .await;
     let text = text.as_str().unwrap();
@@ -603,7 +613,7 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
         "{text}"
     );
     browser.screenshot("5-confirm-promote").await;
-    browser.click("#confirm-ok").await;
+    browser.type_into("#confirm-ok", "\u{E007}").await;
     let clicked = Instant::now();
     browser
         .until(

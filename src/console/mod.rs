@@ -26,6 +26,7 @@
 //! The console sits below the controllers: a controller hands it a [`Backend`] (its
 //! rollouts, its request queue, the driver of each rollout's hub, its token).
 
+pub mod kube_auth;
 pub mod view;
 
 use crate::driver::Driver;
@@ -70,24 +71,36 @@ pub trait Backend: Send + Sync + 'static {
     /// Who a sign-in token belongs to; `Ok(None)`: nobody. The default compares it with
     /// [`Backend::token`] in constant time and calls the person `operator`. (A backend
     /// for Kubernetes would ask the API server's TokenReview here.)
-    async fn sign_in(&self, token: &str) -> Result<Option<String>, String> {
+    async fn sign_in(&self, token: &str) -> Result<Option<Person>, String> {
         Ok(self
             .token()
             .filter(|want| bool::from(token.trim().as_bytes().ct_eq(want.as_bytes())))
-            .map(|_| "operator".to_string()))
+            .map(|_| Person {
+                name: "operator".to_string(),
+                groups: Vec::new(),
+            }))
     }
     /// Whether `who` may ask for `kind` on a rollout (default: whoever signed in). (A
     /// backend for Kubernetes would ask SubjectAccessReview whether `who` may `patch`
     /// that DeviceRollout.)
     async fn may_act(
         &self,
-        _who: &str,
+        _who: &Person,
         _namespace: &str,
         _name: &str,
         _kind: OperationKind,
     ) -> Result<bool, String> {
         Ok(true)
     }
+}
+
+/// Who signed in: a name and the groups the name belongs to (for an authorizer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Person {
+    /// The name requests are recorded under.
+    pub name: String,
+    /// The groups, as the authenticator reported them.
+    pub groups: Vec<String>,
 }
 
 /// The session cookie's name.
@@ -113,7 +126,7 @@ const FAVICON: &str = include_str!("assets/favicon.svg");
 
 struct Session {
     csrf: String,
-    who: String,
+    who: Person,
     expires: Instant,
 }
 
@@ -537,7 +550,7 @@ fn random_hex() -> String {
 }
 
 /// The CSRF token and the person of the request's live session.
-fn session_of(st: &Console, headers: &HeaderMap) -> Option<(String, String)> {
+fn session_of(st: &Console, headers: &HeaderMap) -> Option<(String, Person)> {
     let id = cookie_value(headers)?;
     let mut sessions = st.sessions.lock();
     let now = Instant::now();
@@ -560,7 +573,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 /// A write's session and CSRF check: who is acting; `Err` is the answer to send.
-fn check_write(st: &Console, headers: &HeaderMap) -> Result<String, Box<Response>> {
+fn check_write(st: &Console, headers: &HeaderMap) -> Result<Person, Box<Response>> {
     if !same_origin(headers) {
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
@@ -591,7 +604,7 @@ async fn session(State(st): State<Arc<Console>>, headers: HeaderMap) -> Response
     Json(json!({
         "signedIn": s.is_some(),
         "csrf": s.as_ref().map(|s| &s.0),
-        "who": s.as_ref().map(|s| &s.1),
+        "who": s.as_ref().map(|s| &s.1.name),
         "writable": st.backend.writable(),
     }))
     .into_response()
@@ -643,7 +656,7 @@ async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
             st.failed_logins.lock().1 += 1;
             return error(
                 StatusCode::UNAUTHORIZED,
-                "that is not the API token `ringmaster run` was given",
+                "the token was not accepted: give the API token `ringmaster run` was started with (or, where the console signs in with Kubernetes, your own bearer token)",
             );
         }
         Err(e) => {
@@ -682,7 +695,7 @@ async fn login(State(st): State<Arc<Console>>, headers: HeaderMap, body: Bytes) 
     );
     (
         [(header::SET_COOKIE, cookie)],
-        Json(json!({"signedIn": true, "csrf": csrf, "who": who})),
+        Json(json!({"signedIn": true, "csrf": csrf, "who": who.name})),
     )
         .into_response()
 }
@@ -755,13 +768,16 @@ async fn act(
         Ok(false) => {
             return error(
                 StatusCode::FORBIDDEN,
-                format!("{who} may not {action} {ns}/{name}"),
+                format!("{} may not {action} {ns}/{name}", who.name),
             );
         }
         Err(e) => {
             return error(
                 StatusCode::BAD_GATEWAY,
-                format!("cannot check whether {who} may {action} {ns}/{name}: {e}"),
+                format!(
+                    "cannot check whether {} may {action} {ns}/{name}: {e}",
+                    who.name
+                ),
             );
         }
     }
@@ -779,7 +795,7 @@ async fn act(
         id: format!(
             "{now}-{}-console-{}-{:04x}",
             kind.name(),
-            id_part(&who),
+            id_part(&who.name),
             rand::random::<u16>()
         ),
         kind,

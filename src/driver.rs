@@ -345,6 +345,31 @@ impl Driver {
         listed.map(Ok)
     }
 
+    /// One page of a twin query within the hub's query budget (the same bucket the
+    /// reconciles draw from): `Ok(Err(wait))` when the budget is spent, with the time until
+    /// a query is allowed again. For reads beside the reconcile (the console's device
+    /// lists), so that they never push the controller past the hub's throttle.
+    pub async fn query_page(
+        &self,
+        query: &str,
+        page_size: Option<usize>,
+        continuation: Option<&str>,
+    ) -> Result<Result<crate::iothub::QueryPage, std::time::Duration>, HubError> {
+        let now = self.clock.now();
+        let taken = {
+            let mut b = self.budgets.lock();
+            if b.queries.try_take(1.0, now) {
+                Ok(())
+            } else {
+                Err(refill_in(&b.queries))
+            }
+        };
+        if let Err(wait) = taken {
+            return Ok(Err(to_std(wait)));
+        }
+        self.hub.query(query, page_size, continuation).await.map(Ok)
+    }
+
     fn budget(&self, now: Timestamp) -> Budget {
         let mut b = self.budgets.lock();
         // Whole tokens (`as` saturates: a negative count is 0).

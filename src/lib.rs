@@ -18,6 +18,7 @@ pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod console;
 pub mod core;
 pub mod demo;
 pub mod driver;

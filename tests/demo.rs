@@ -148,9 +148,13 @@ async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rol
             "--keep-running",
             "--listen",
             "127.0.0.1:0",
+            "--console-listen",
+            "127.0.0.1:0",
         ])
         .arg("--connection-string-file")
         .arg(&cs_file)
+        .arg("--console-token-file")
+        .arg(dir.path().join("console.token"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -158,18 +162,23 @@ async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rol
     let mut child = Running(child);
     let stdout = child.0.stdout.take().unwrap();
     let file = cs_file.clone();
-    let (url, cs) = tokio::task::spawn_blocking(move || {
+    let (url, cs, console) = tokio::task::spawn_blocking(move || {
         let mut url = None;
+        let mut cs = None;
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line.unwrap();
             if let Some(rest) = line.strip_prefix("the hub keeps running in real time at ") {
                 url = rest.split_whitespace().next().map(str::to_string);
             }
             if line.starts_with("connection string: written to ") {
-                let cs = std::fs::read_to_string(&file).unwrap();
+                let text = std::fs::read_to_string(&file).unwrap();
+                cs = Some(text.lines().next().unwrap().to_string());
+            }
+            if let Some(console) = line.strip_prefix("operator console: ") {
                 return (
-                    url.expect("the URL is printed before the connection string"),
-                    cs.lines().next().unwrap().to_string(),
+                    url.expect("the URL is printed before the console's"),
+                    cs.expect("the connection string is handed over before the console's URL"),
+                    console.to_string(),
                 );
             }
         }
@@ -201,6 +210,40 @@ async fn with_keep_running_the_demo_hub_is_served_over_the_rest_api_with_its_rol
         );
     }
     assert_eq!(hub.count("tags.environment = 'prod'").await.unwrap(), 300);
+
+    // The operator console shows the demo's rollouts, under its CSP.
+    let page = reqwest::get(&console).await.unwrap();
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
+    let overview: serde_json::Value = reqwest::get(format!("{console}api/overview"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown: Vec<&str> = overview["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for rollout in ["fleet-baseline", "chiller-fw", "chiller-fw-rc", "jumbo-mtu"] {
+        assert!(
+            shown.contains(&rollout),
+            "{rollout} is not on the console: {shown:?}"
+        );
+    }
+    assert!(
+        std::fs::read_to_string(dir.path().join("console.token"))
+            .unwrap()
+            .trim()
+            .len()
+            >= 32
+    );
 }
 
 #[test]

@@ -24,6 +24,7 @@
 //!   gate: `lowerBound(n of n) >= 0.90` needs n >= 35. With the examples' 2% canary ring
 //!   (and 1% of devices offline) that takes about 5,000 devices; the demo warns below.
 
+mod console;
 mod view;
 
 use crate::client::Hub;
@@ -118,6 +119,14 @@ pub struct DemoArgs {
     /// One line per event even on a terminal (no redrawing).
     #[arg(long)]
     pub plain: bool,
+    /// Where `--keep-running` serves the operator console (`/console/`; port 0 picks a
+    /// free port).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub console_listen: SocketAddr,
+    /// With `--keep-running`: write the console's sign-in token to this file (mode 0600).
+    /// It is printed only when stdout is a terminal.
+    #[arg(long)]
+    pub console_token_file: Option<PathBuf>,
 }
 
 /// Everything read and checked before the demo starts.
@@ -137,6 +146,8 @@ pub(crate) struct Tracked {
     pub due: Timestamp,
     /// When it first reached a settled phase (virtual time).
     pub settled_at: Option<Timestamp>,
+    /// Operator requests from the console, for its next reconcile.
+    pub ops: Vec<Operation>,
 }
 
 impl Tracked {
@@ -273,6 +284,7 @@ async fn play(args: DemoArgs, setup: Setup) -> Result<ExitCode> {
             status: DeviceRolloutStatus::default(),
             due: start,
             settled_at: None,
+            ops: Vec::new(),
         })
         .collect();
 
@@ -323,12 +335,18 @@ async fn reconcile_due(
     step: SignedDuration,
     view: &mut View,
 ) {
-    for t in tracked.iter_mut().filter(|t| t.due <= now) {
+    for t in tracked
+        .iter_mut()
+        .filter(|t| t.due <= now || !t.ops.is_empty())
+    {
+        let mut operations = std::mem::take(&mut t.ops);
+        let auto = auto_approval(&t.status);
+        operations.extend(auto.clone());
         let input = ReconcileInput {
-            operations: auto_approval(&t.status).into_iter().collect(),
+            operations,
             ..Default::default()
         };
-        if let Some(op) = input.operations.first() {
+        if let Some(op) = &auto {
             view.note(
                 now,
                 t.name(),
@@ -453,6 +471,38 @@ async fn keep_running(
         &mut note,
         "connection string: ",
     )?;
+    // The operator console, on its own address.
+    let driver = Arc::new(driver);
+    let console_tcp = tokio::net::TcpListener::bind(args.console_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "--console-listen {}: cannot listen there",
+                args.console_listen
+            )
+        })?;
+    let token = crate::console::new_token();
+    let backend = Arc::new(console::DemoConsole::new(
+        driver.clone(),
+        token.clone(),
+        clock.clone(),
+        clock.now(),
+    ));
+    backend.publish(&tracked);
+    let console_url = format!("http://{}/console/", console_tcp.local_addr()?);
+    let console_server = tokio::spawn(crate::net::serve(
+        console_tcp,
+        crate::console::router(backend.clone()),
+        crate::net::Limits::default(),
+        std::future::pending(),
+    ));
+    note.extend_from_slice(format!("operator console: {console_url}\n").as_bytes());
+    crate::console::hand_over_token(
+        &token,
+        args.console_token_file.as_deref(),
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        &mut note,
+    )?;
     view.serving(&format!("http://{local}"), &String::from_utf8_lossy(&note));
 
     // Real time from here: one virtual second per wall second.
@@ -468,11 +518,14 @@ async fn keep_running(
                 agent.tick().context("the simulated fleet failed")?;
                 hub.run_cycle().context("the hub's configuration cycle failed")?;
                 let now = clock.now();
+                backend.deliver(&mut tracked);
                 reconcile_due(&driver, &mut tracked, now, SignedDuration::from_secs(1), &mut view).await;
+                backend.publish(&tracked);
             }
         }
     }
     server.abort();
+    console_server.abort();
     Ok(())
 }
 
@@ -493,6 +546,8 @@ mod tests {
             connection_string_file: None,
             listen: "127.0.0.1:0".parse().unwrap(),
             plain: true,
+            console_listen: "127.0.0.1:0".parse().unwrap(),
+            console_token_file: None,
         };
         let s = prepare(&args).unwrap();
         assert_eq!(s.fleet.devices, 100);

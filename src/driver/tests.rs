@@ -416,3 +416,43 @@ fn buckets_refill_per_minute() {
     assert!(b.try_take(1.0, t0 + SignedDuration::from_secs(3)));
     assert_eq!(b.available(t0 + SignedDuration::from_secs(600)), 20.0);
 }
+
+#[tokio::test]
+async fn a_query_page_beside_the_reconciles_spends_the_same_query_budget() {
+    let clock = ManualClock::at_epoch();
+    let hub = Arc::new(FakeHub {
+        clock: Some(clock.clone()),
+        ..Default::default()
+    });
+    let limits = HubLimits {
+        queries_per_minute: 2,
+        ..Default::default()
+    };
+    let d = Driver::with_limits(hub.clone(), Arc::new(clock.clone()), limits);
+    for _ in 0..2 {
+        assert!(
+            d.query_page("SELECT * FROM devices", Some(20), None)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+    }
+    // Spent: not asked, with the time until the next token.
+    let wait = d
+        .query_page("SELECT * FROM devices", Some(20), None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(30),
+        "{wait:?}"
+    );
+    assert_eq!(hub.calls.lock().iter().filter(|c| *c == "query").count(), 2);
+    clock.advance(SignedDuration::from_secs(30));
+    assert!(
+        d.query_page("SELECT * FROM devices", None, None)
+            .await
+            .unwrap()
+            .is_ok()
+    );
+}

@@ -7,6 +7,7 @@
 //! | `POST /api/v1/rollouts/{namespace}/{name}/{promote\|pause\|resume\|abort\|retry}` | queue an operator request (bearer token) |
 //! | `POST /webhook/git` | fetch now (GitHub-style `X-Hub-Signature-256` and `X-GitHub-Delivery`; a delivery id seen before is refused) |
 //! | `/healthz`, `/readyz`, `/metrics` | liveness, readiness (first source read done), Prometheus |
+//! | `/console/` | the operator console ([`crate::console`], backed by [`super::console`]) |
 //!
 //! Writes need `Authorization: Bearer <token>` with the token given to `run` by
 //! `--api-token-env` or `--api-token-file`. Without a configured token the API is
@@ -78,6 +79,10 @@ pub struct ApiState {
     pub ready: AtomicBool,
     /// Webhook deliveries already accepted.
     pub deliveries: parking_lot::Mutex<Deliveries>,
+    /// The driver of each rollout's hub, as the controller last used it (the console's
+    /// device lists query through it, within the same budget).
+    pub drivers:
+        parking_lot::Mutex<std::collections::HashMap<(String, String), Arc<crate::driver::Driver>>>,
 }
 
 impl ApiState {
@@ -92,6 +97,7 @@ impl ApiState {
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
             deliveries: parking_lot::Mutex::new(Deliveries::default()),
+            drivers: parking_lot::Mutex::default(),
         }
     }
 }
@@ -109,7 +115,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(net::health_routes(readiness, |st: &Arc<ApiState>| {
             st.metrics.encode()
         }))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::console::router(state))
 }
 
 /// Serves the API on `tcp` within the listener bounds of [`crate::net`], until the

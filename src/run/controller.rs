@@ -267,6 +267,7 @@ impl Controller {
             let key = (r.namespace.clone(), r.name.clone());
             match self.driver_for(&r).await {
                 Ok(driver) => {
+                    self.api.drivers.lock().insert(key.clone(), driver.clone());
                     let input = ReconcileInput {
                         operations: ops.remove(&key).unwrap_or_default(),
                         // The file is gone: its last good version's annotation decides.
@@ -348,6 +349,7 @@ impl Controller {
             if r.deleting && outcome.finalized {
                 tracing::info!(rollout = %who, "deleted: every configuration is gone");
                 self.due.remove(&key);
+                self.api.drivers.lock().remove(&key);
                 removed.push(key);
                 continue;
             }

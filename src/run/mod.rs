@@ -19,7 +19,8 @@
 //!   `--hub-secrets-dir`, by namespace and name), for the [hub resolver](crate::resolver);
 //! - [`controller`]: ingest a snapshot, reconcile what is due, record it;
 //! - [`schedule`]: when each rollout is due;
-//! - [`store`]: the SQLite state store; [`api`]: the HTTP API;
+//! - [`store`]: the SQLite state store; [`api`]: the HTTP API; [`console`]: what the
+//!   operator console reads and queues through;
 //! - this module: the loop.
 //!
 //! A rollout whose hub is `default` with no `Hub` document named `default` goes to an
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod args;
+pub mod console;
 pub mod controller;
 pub mod hubs;
 pub mod schedule;

@@ -57,6 +57,8 @@ pub struct Controller {
     /// Whether a snapshot was taken in, and the source revision it had.
     ingested_once: bool,
     source_revision: Option<String>,
+    /// How the last read of the source ended, as recorded (`None` before the first).
+    source_error: Option<Option<String>>,
 }
 
 impl Controller {
@@ -78,6 +80,7 @@ impl Controller {
             due: HashMap::new(),
             ingested_once: false,
             source_revision: None,
+            source_error: None,
         }
     }
 
@@ -225,6 +228,23 @@ impl Controller {
         self.record(writes, Vec::new(), Vec::new()).await?;
         self.api.ready.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Records how the last read of the source ended: `Some(error)` when it failed (the
+    /// API's `sourceError`), `None` when it succeeded. A failed write is logged.
+    pub async fn source_read(&mut self, error: Option<String>) {
+        if self.source_error.as_ref() == Some(&error) {
+            return;
+        }
+        self.source_error = Some(error.clone());
+        let res = self
+            .api
+            .store
+            .run(move |s| s.set_meta("sourceError", error.as_deref().unwrap_or("")))
+            .await;
+        if let Err(e) = res {
+            tracing::error!("cannot record the source's state: {e:#}");
+        }
     }
 
     /// Makes every rollout due now (tests; a forced resync).

@@ -278,15 +278,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tokio::pin!(shutdown);
     let mut reader = source.spawn_reader();
     let mut next_read = Instant::now();
-    let mut next_due: Option<Instant> = None;
     loop {
         if !reader.reading && Instant::now() >= next_read {
             reader.start();
         }
-        match ctl.reconcile_due().await {
-            Ok(n) => next_due = n,
-            Err(e) => tracing::error!("{e:#}"),
-        }
+        let next_due = match ctl.reconcile_due().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("{e:#}; tried again in {:?}", controller::STORE_RETRY);
+                Some(Instant::now() + controller::STORE_RETRY)
+            }
+        };
         // While a read is in flight, its result wakes the loop; the next one is timed
         // from its end.
         let read_at = (!reader.reading).then_some(next_read);

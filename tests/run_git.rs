@@ -1197,3 +1197,53 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn sigterm_ends_run_while_a_fetch_hangs() {
+    // A git server that accepts the connection and never answers, from the first fetch.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("git://{}/origin.git", listener.local_addr().unwrap());
+    let (tx, held) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            if tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--git-timeout", "10m"])
+        .args(["--git", &url])
+        .arg("--git-cache")
+        .arg(dir.path().join("cache.git"))
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let guard = KillOnDrop(child);
+    let _conn = held
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first fetch connects");
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    // The fetch would hang for ten minutes; the process ends long before.
+    let mut guard = guard;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = guard.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "run did not end after SIGTERM while a fetch hung"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    eprintln!("run ended {:?} after SIGTERM", start.elapsed());
+}

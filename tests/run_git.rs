@@ -1212,7 +1212,7 @@ fn sigterm_ends_run_while_a_fetch_hangs() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--git-timeout", "10m"])
         .args(["--git", &url])
         .arg("--git-cache")

@@ -413,3 +413,50 @@ async fn a_state_store_on_a_full_filesystem_reports_the_error_and_resumes() {
     let body = get_json(&http, &format!("{api}/api/v1/rollouts")).await;
     assert!(handled(&body), "after a restart: {body}");
 }
+
+#[test]
+fn a_store_on_a_read_only_filesystem_is_refused_at_start_naming_the_file() {
+    let Some(fs) = SmallFs::mount("1m") else {
+        return;
+    };
+    let ro = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(fs.path())
+        .status()
+        .unwrap();
+    assert!(ro.success(), "remount read-only");
+    let src = tempfile::tempdir().unwrap();
+    for (args, file) in [
+        (
+            vec![
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--dir",
+                src.path().to_str().unwrap(),
+                "--state",
+            ],
+            "state.db",
+        ),
+        (
+            vec!["hub", "serve", "--listen", "127.0.0.1:0", "--store"],
+            "hub.db",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg(fs.path().join(file))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} started on a read-only disk"
+        );
+        assert!(
+            err.contains(file) && err.to_lowercase().contains("read-only"),
+            "{args:?}: the error names the file and says why: {err}"
+        );
+    }
+}

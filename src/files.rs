@@ -1,4 +1,5 @@
-//! Files that hold secrets: readable and writable by their owner only.
+//! Files that hold secrets: readable and writable by their owner only; and what a SQLite
+//! error means for the file behind it.
 
 use std::path::Path;
 
@@ -27,4 +28,18 @@ pub fn make_sqlite_private(path: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
+}
+
+/// What a SQLite error means for the file behind it, in words an operator acts on:
+/// appended to the error that names the file (`""` for errors without a known cause).
+pub fn sqlite_cause(e: &rusqlite::Error) -> &'static str {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DiskFull) => " (its filesystem is full: free space there and writes work again)",
+        Some(C::ReadOnly) => " (the file or its filesystem is read-only)",
+        Some(C::SystemIoFailure) => " (an I/O error: check the disk and its filesystem)",
+        Some(C::CannotOpen) => " (the file cannot be opened: check that its folder exists)",
+        Some(C::DatabaseCorrupt | C::NotADatabase) => " (the file is damaged or not a store)",
+        _ => "",
+    }
 }

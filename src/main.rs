@@ -94,7 +94,12 @@ fn serve(args: ringmaster::hub::server::ServeArgs) -> anyhow::Result<ExitCode> {
 /// `run`: logs to stderr, the controller on a tokio runtime.
 fn run(args: ringmaster::cli::RunCommand) -> anyhow::Result<ExitCode> {
     init_logs();
-    tokio::runtime::Runtime::new()?.block_on(ringmaster::cli::run(args))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(ringmaster::cli::run(args));
+    // A source read still running on the blocking pool (a git fetch waiting for its
+    // timeout, a scan of a stuck mount) does not hold up the exit after SIGTERM.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -963,3 +963,287 @@ async fn a_commit_that_leaves_the_path_without_rollout_files_deletes_nothing() {
     let err = fetch().await.unwrap_err().to_string();
     assert!(err.contains("is not a folder at commit"), "{err}");
 }
+
+/// A TCP proxy in front of a git server that, once told to, accepts connections and never
+/// answers (a git server that hangs). Counts the hanging connections still open and those
+/// the client gave up on.
+struct StallingProxy {
+    url: String,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    given_up: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StallingProxy {
+    /// Forwards to `upstream` (`git://127.0.0.1:P/path`) until [`StallingProxy::hang`].
+    fn start(upstream: &str) -> StallingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let rest = upstream.strip_prefix("git://").unwrap();
+        let (authority, path) = rest.split_once('/').unwrap();
+        let upstream = authority.to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("git://{}/{path}", listener.local_addr().unwrap());
+        let hang = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let given_up = Arc::new(AtomicUsize::new(0));
+        let (h, o, g) = (hang.clone(), open.clone(), given_up.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if h.load(Ordering::SeqCst) {
+                    o.fetch_add(1, Ordering::SeqCst);
+                    let (o, g) = (o.clone(), g.clone());
+                    std::thread::spawn(move || {
+                        // Reads what the client sends, answers nothing, until it hangs up.
+                        let _ = std::io::copy(&mut &client, &mut std::io::sink());
+                        o.fetch_sub(1, Ordering::SeqCst);
+                        g.fetch_add(1, Ordering::SeqCst);
+                    });
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &client, &mut &server);
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &s2, &mut &c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        StallingProxy {
+            url,
+            hang,
+            open,
+            given_up,
+        }
+    }
+
+    fn hang(&self, on: bool) {
+        self.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn given_up(&self) -> usize {
+        self.given_up.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_fetch_holds_up_no_operator_request_and_its_timeout_is_reported() {
+    let repo = Repo::new();
+    let c1 = repo.commit(&[("a.yaml", Some(&rollout("a", 1)))], false);
+    let proxy = StallingProxy::start(&repo.url);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1s",
+            "--git-timeout",
+            "6s",
+            "--git",
+            &proxy.url,
+            "--branch",
+            "main",
+        ])
+        .arg("--git-cache")
+        .arg(dir.path().join("cache.git"))
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .args(["--api-token-env", "TEST_API_TOKEN"])
+        .env("TEST_API_TOKEN", "tok")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _child = KillOnDrop(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let api = line
+        .trim()
+        .strip_prefix("ringmaster api listening on ")
+        .expect("the API address")
+        .to_string();
+    let http = reqwest::Client::new();
+    let rollouts = async || -> serde_json::Value {
+        http.get(format!("{api}/api/v1/rollouts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let start = Instant::now();
+    loop {
+        let body = rollouts().await;
+        if body["sourceRevision"] == c1.as_str() && body["items"][0]["status"]["phase"].is_string()
+        {
+            assert!(body["sourceError"].is_null(), "{body}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the first fetch");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The git server hangs: the next poll's fetch waits for an answer that never comes.
+    proxy.hang(true);
+    let start = Instant::now();
+    while proxy.open() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the next fetch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An operator request is served while the fetch hangs.
+    let asked = Instant::now();
+    let resp = http
+        .post(format!("{api}/api/v1/rollouts/fleet/a/pause"))
+        .bearer_auth("tok")
+        .json(&serde_json::json!({"id": "p-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    loop {
+        let one: serde_json::Value = http
+            .get(format!("{api}/api/v1/rollouts/fleet/a"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let handled = one["status"]["handledOperations"]
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|o| o == "p-1"));
+        if handled {
+            assert!(one["status"]["paused"].is_object(), "{one}");
+            break;
+        }
+        assert_eq!(
+            proxy.given_up(),
+            0,
+            "the pause waited for the hanging fetch to time out: {one}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.given_up(),
+        0,
+        "the pause was served while the fetch hung"
+    );
+    eprintln!(
+        "the pause took effect {:?} after it was asked, while the fetch hung",
+        asked.elapsed()
+    );
+
+    // The timeout fires: the API says why, naming the URL, and what was applied stays.
+    let start = Instant::now();
+    let body = loop {
+        let body = rollouts().await;
+        if !body["sourceError"].is_null() {
+            break body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the timeout");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = body["sourceError"].as_str().unwrap();
+    assert!(
+        error.contains(&proxy.url) && error.contains("timed out"),
+        "{error}"
+    );
+    assert_eq!(body["items"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["sourceRevision"], c1.as_str());
+    let metrics = http
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ringmaster_source_errors_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // The server answers again: the next fetch clears the error.
+    proxy.hang(false);
+    let start = Instant::now();
+    while !rollouts().await["sourceError"].is_null() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills the child when the test ends, also when it fails.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigterm_ends_run_while_a_fetch_hangs() {
+    // A git server that accepts the connection and never answers, from the first fetch.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("git://{}/origin.git", listener.local_addr().unwrap());
+    let (tx, held) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            if tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--git-timeout", "10m"])
+        .args(["--git", &url])
+        .arg("--git-cache")
+        .arg(dir.path().join("cache.git"))
+        .arg("--state")
+        .arg(dir.path().join("state.db"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let guard = KillOnDrop(child);
+    let _conn = held
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first fetch connects");
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    // The fetch would hang for ten minutes; the process ends long before.
+    let mut guard = guard;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = guard.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "run did not end after SIGTERM while a fetch hung"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    eprintln!("run ended {:?} after SIGTERM", start.elapsed());
+}

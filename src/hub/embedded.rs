@@ -155,10 +155,9 @@ impl EmbeddedHub {
             && let Err(e) = store.save(&st, &ch)
         {
             st.rollback();
-            return Err(HubError::new(
-                e.code,
-                format!("{}; nothing was changed", e.message),
-            ));
+            let message = format!("{}; nothing was changed", e.message);
+            tracing::error!("{message}");
+            return Err(HubError::new(e.code, message));
         }
         st.commit();
         Ok(out)

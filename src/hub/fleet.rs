@@ -495,7 +495,20 @@ impl FleetAgent {
         }
         let reports = patches.len();
         if !patches.is_empty() {
-            for r in self.hub.patch_reported_many(&patches)? {
+            let written = match self.hub.patch_reported_many(&patches) {
+                Ok(w) => w,
+                Err(e) => {
+                    // Nothing was written (the hub's store refused the batch, e.g. its disk
+                    // is full): these devices look at their twins again next tick, as a
+                    // device whose report did not go through would retry it. Otherwise a
+                    // lost `Current` report would leave a device `Applying` for good.
+                    for (id, _) in &patches {
+                        self.seen_desired.remove(id);
+                    }
+                    return Err(e);
+                }
+            };
+            for r in written {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "simulated device report refused");
                 }
@@ -511,6 +524,70 @@ impl FleetAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_the_store_refused_is_sent_again_once_it_takes_writes() {
+        use crate::clock::ManualClock;
+        use crate::iothub::configuration::{Configuration, ConfigurationContent};
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::at_epoch();
+        let hub = EmbeddedHub::open(
+            &dir.path().join("hub.db"),
+            std::sync::Arc::new(clock.clone()),
+            Default::default(),
+        )
+        .unwrap();
+        let spec = FleetSpec::parse(
+            "fleet.yaml",
+            "devices: 5\nidPrefix: d\nseed: 1\nrings: {all: 1.0}\nmodels: {m: 1.0}\nregions: {r: 1.0}\noffline: 0\nfirmware: {initial: \"1\", downloadSeconds: 1, applySeconds: 1, jitter: 0}\n",
+        )
+        .unwrap();
+        let mut agent = FleetAgent::create(&hub, spec).unwrap();
+        hub.create_configuration(&Configuration {
+            id: "fw".into(),
+            target_condition: "*".into(),
+            priority: 1,
+            content: ConfigurationContent {
+                device_content: Some(
+                    json!({"properties.desired.firmware": {"version": "2"}})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let current = |hub: &EmbeddedHub| {
+            let ids: Vec<String> =
+                hub.read(|st| st.slots().map(|s| s.device.device_id.clone()).collect());
+            assert_eq!(ids.len(), 5);
+            ids.iter()
+                .filter(|id| {
+                    let fw = &hub.get_twin(id).unwrap()["properties"]["reported"]["firmware"];
+                    fw["status"] == "Current" && fw["version"] == "2"
+                })
+                .count()
+        };
+        // Downloading, then Applying; the store refuses the tick that would report Current.
+        agent.tick().unwrap();
+        clock.advance(SignedDuration::from_secs(1));
+        agent.tick().unwrap();
+        clock.advance(SignedDuration::from_secs(1));
+        hub.set_store_read_only(true);
+        assert!(agent.tick().is_err());
+        hub.set_store_read_only(false);
+        for _ in 0..10 {
+            clock.advance(SignedDuration::from_secs(1));
+            agent.tick().unwrap();
+        }
+        assert_eq!(
+            current(&hub),
+            5,
+            "every device reports the firmware in the end"
+        );
+    }
 
     #[test]
     fn apportion_gives_exact_shares() {

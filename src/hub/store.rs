@@ -37,10 +37,17 @@ pub enum Durability {
 /// The SQLite store behind an embedded hub.
 pub struct Store {
     conn: Connection,
+    /// The file, as errors name it (`in memory` for a store without one).
+    path: String,
 }
 
-fn db_err(e: rusqlite::Error) -> HubError {
-    HubError::new(ErrorCode::ServerError, format!("hub store: {e}"))
+/// A SQLite error as a `ServerError` naming the store's file and what the error means
+/// (a full or read-only filesystem, an I/O error).
+fn store_err(path: &str, e: rusqlite::Error) -> HubError {
+    HubError::new(
+        ErrorCode::ServerError,
+        format!("hub store {path}: {e}{}", crate::files::sqlite_cause(&e)),
+    )
 }
 
 impl Store {
@@ -58,24 +65,31 @@ impl Store {
                 ),
             )
         })?;
+        let shown = path.display().to_string();
         let conn = Connection::open(path).map_err(|e| {
             HubError::new(
                 ErrorCode::ServerError,
-                format!("cannot open hub store {}: {e}", path.display()),
+                format!(
+                    "cannot open hub store {shown}: {e}{}",
+                    crate::files::sqlite_cause(&e)
+                ),
             )
         })?;
-        Self::init(conn, durability)
+        Self::init(conn, durability, shown)
     }
 
     /// A store that lives in memory only (tests).
     pub fn in_memory() -> Result<Store> {
+        let path = "in memory".to_string();
         Self::init(
-            Connection::open_in_memory().map_err(db_err)?,
+            Connection::open_in_memory().map_err(|e| store_err(&path, e))?,
             Durability::Normal,
+            path,
         )
     }
 
-    fn init(conn: Connection, durability: Durability) -> Result<Store> {
+    fn init(conn: Connection, durability: Durability, path: String) -> Result<Store> {
+        let db_err = |e| store_err(&path, e);
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
         let sync = match durability {
@@ -90,7 +104,7 @@ impl Store {
              CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, doc TEXT NOT NULL);",
         )
         .map_err(db_err)?;
-        let store = Store { conn };
+        let store = Store { conn, path };
         match store.meta("schema_version")? {
             None => store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
             Some(v) => {
@@ -123,6 +137,7 @@ impl Store {
 
     /// A value from the `meta` table (schema version, hub keys, counters).
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        let db_err = |e| store_err(&self.path, e);
         self.conn
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
@@ -131,6 +146,7 @@ impl Store {
 
     /// Sets `key` to `value` in the `meta` table; `ServerError` when SQLite refuses.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let db_err = |e| store_err(&self.path, e);
         self.conn
             .execute(
                 "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -142,6 +158,7 @@ impl Store {
 
     /// Loads every device and configuration into `state`.
     pub fn load(&self, state: &mut HubState) -> Result<()> {
+        let db_err = |e| store_err(&self.path, e);
         let mut stmt = self
             .conn
             .prepare("SELECT id, device, twin, owners FROM devices ORDER BY rowid")
@@ -201,6 +218,8 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
+        let path = self.path.clone();
+        let db_err = |e| store_err(&path, e);
         let tx = self.conn.transaction().map_err(db_err)?;
         let mut buf = Vec::with_capacity(1024);
         {

@@ -81,6 +81,8 @@ struct Listing {
     items: Vec<StoredRollout>,
     /// `path: problems` of each failing source file.
     failing_files: Vec<String>,
+    /// Why the last read of the source failed, if it did.
+    source_error: Option<String>,
 }
 
 async fn list(client: &reqwest::Client, api: &str) -> Result<Listing> {
@@ -105,9 +107,11 @@ async fn list(client: &reqwest::Client, api: &str) -> Result<Listing> {
         .flatten()
         .filter_map(|f| Some(format!("{}: {}", f["path"].as_str()?, f["error"].as_str()?)))
         .collect();
+    let source_error = body["sourceError"].as_str().map(str::to_string);
     Ok(Listing {
         items,
         failing_files,
+        source_error,
     })
 }
 
@@ -234,6 +238,11 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 for f in &listing.failing_files {
                     text.push_str(&format!("source file {f}\n"));
                 }
+            }
+            if let Some(e) = &listing.source_error {
+                text.push_str(&format!(
+                    "source: the last read failed, what was applied stays as it is: {e}\n"
+                ));
             }
             if !args.watch {
                 print!("{text}");

@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /api/v1/rollouts` | every rollout with its status, the source files' problems, the source revision |
+//! | `GET /api/v1/rollouts` | every rollout with its status, the source files' problems, the source revision, `sourceError` (why the last read of the source failed; `null` once one succeeds) |
 //! | `GET /api/v1/rollouts/{namespace}/{name}` | one rollout |
 //! | `POST /api/v1/rollouts/{namespace}/{name}/{promote\|pause\|resume\|abort\|retry}` | queue an operator request (bearer token) |
 //! | `POST /webhook/git` | fetch now (GitHub-style `X-Hub-Signature-256` and `X-GitHub-Delivery`; a delivery id seen before is refused) |
@@ -136,16 +136,28 @@ fn internal(e: impl std::fmt::Display) -> Response {
 async fn list(State(st): State<Arc<ApiState>>) -> Response {
     let res = st
         .store
-        .run(|s| Ok((s.rollouts()?, s.file_errors()?, s.meta("sourceRevision")?)))
+        .run(|s| {
+            Ok((
+                s.rollouts()?,
+                s.file_errors()?,
+                s.meta("sourceRevision")?,
+                s.meta("sourceError")?.filter(|e| !e.is_empty()),
+            ))
+        })
         .await;
     match res {
-        Ok((items, files, revision)) => {
+        Ok((items, files, revision, source_error)) => {
             let files: Vec<_> = files
                 .into_iter()
                 .map(|(path, error)| json!({"path": path, "error": error}))
                 .collect();
-            Json(json!({"items": items, "files": files, "sourceRevision": revision}))
-                .into_response()
+            Json(json!({
+                "items": items,
+                "files": files,
+                "sourceRevision": revision,
+                "sourceError": source_error,
+            }))
+            .into_response()
         }
         Err(e) => internal(e),
     }

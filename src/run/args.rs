@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// How often to fetch (`--git`), e.g. `1m`, `30s`.
     #[arg(long, default_value = "1m", value_parser = crate::duration::parse_duration)]
     pub interval: Duration,
+    /// How long a fetch may take before it fails (`--git`), e.g. `60s`. The fetch runs
+    /// beside the controller's loop: rollouts already known keep reconciling meanwhile.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration, requires = "git")]
+    pub git_timeout: Duration,
     /// How often to rescan the directory even without file events (`--dir`).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse_duration)]
     pub rescan: Duration,

@@ -35,6 +35,10 @@ use tokio::time::Instant;
 /// when its source changes).
 const HUB_PROBLEM_RETRY: Duration = Duration::from_secs(30);
 
+/// How long a rollout whose outcome the state store refused (a full or read-only
+/// filesystem) waits before it is reconciled and recorded again.
+pub const STORE_RETRY: Duration = Duration::from_secs(2);
+
 /// Two versions of a rollout are the same when they serialize the same.
 fn same(a: &crate::resources::DeviceRollout, b: &crate::resources::DeviceRollout) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
@@ -57,6 +61,8 @@ pub struct Controller {
     /// Whether a snapshot was taken in, and the source revision it had.
     ingested_once: bool,
     source_revision: Option<String>,
+    /// How the last read of the source ended, as recorded (`None` before the first).
+    source_error: Option<Option<String>>,
 }
 
 impl Controller {
@@ -78,6 +84,7 @@ impl Controller {
             due: HashMap::new(),
             ingested_once: false,
             source_revision: None,
+            source_error: None,
         }
     }
 
@@ -101,7 +108,22 @@ impl Controller {
 
     /// Takes a snapshot in: diffs, records files and source errors, updates rollouts'
     /// specs in the store and marks what changed as due.
+    ///
+    /// When the store refuses a write (a full or read-only filesystem), the error comes
+    /// back, the in-memory copy is dropped (it is read again from the store, which is what
+    /// survives a restart), and the next snapshot is compared in full, not only by what
+    /// changed since this one: what this one brought is recorded once the store takes
+    /// writes again.
     pub async fn ingest(&mut self, snap: &Snapshot) -> Result<()> {
+        let res = self.ingest_once(snap).await;
+        if res.is_err() {
+            self.ingested_once = false;
+            self.rollouts = None;
+        }
+        res
+    }
+
+    async fn ingest_once(&mut self, snap: &Snapshot) -> Result<()> {
         let changes = self.catalog.apply(snap);
         if changes.emptied {
             self.api.metrics.source_error();
@@ -227,6 +249,23 @@ impl Controller {
         Ok(())
     }
 
+    /// Records how the last read of the source ended: `Some(error)` when it failed (the
+    /// API's `sourceError`), `None` when it succeeded. A failed write is logged.
+    pub async fn source_read(&mut self, error: Option<String>) {
+        if self.source_error.as_ref() == Some(&error) {
+            return;
+        }
+        self.source_error = Some(error.clone());
+        let res = self
+            .api
+            .store
+            .run(move |s| s.set_meta("sourceError", error.as_deref().unwrap_or("")))
+            .await;
+        if let Err(e) = res {
+            tracing::error!("cannot record the source's state: {e:#}");
+        }
+    }
+
     /// Makes every rollout due now (tests; a forced resync).
     pub fn reconcile_all_now(&mut self) {
         self.due.clear();
@@ -251,7 +290,20 @@ impl Controller {
     /// Reconciles every rollout that is due (or has a queued request) as one round,
     /// concurrently: the rollouts of one hub share its driver and budget, and one listing
     /// of its configurations. Returns when the next round is due.
+    ///
+    /// When the store refuses to record the round (a full or read-only filesystem), the
+    /// error comes back and the in-memory copy is dropped, to be read again from the
+    /// store: memory never holds what the store does not. The rollouts stay due as their
+    /// outcomes said, and their next reconcile records them once the store takes writes.
     pub async fn reconcile_due(&mut self) -> Result<Option<Instant>> {
+        let res = self.reconcile_round().await;
+        if res.is_err() {
+            self.rollouts = None;
+        }
+        res
+    }
+
+    async fn reconcile_round(&mut self) -> Result<Option<Instant>> {
         let mut ops = self.api.store.run(|s| s.all_operations()).await?;
         let now = Instant::now();
         self.load().await?;
@@ -376,7 +428,18 @@ impl Controller {
             r.status = outcome.status;
             writes.push(r);
         }
-        self.record(writes, removed, handled_ops).await?;
+        let recorded: Vec<Key> = writes
+            .iter()
+            .map(|r| (r.namespace.clone(), r.name.clone()))
+            .chain(removed.iter().cloned())
+            .collect();
+        if let Err(e) = self.record(writes, removed, handled_ops).await {
+            let now = Instant::now();
+            for k in recorded {
+                self.due.insert(k, Due::after(now, STORE_RETRY));
+            }
+            return Err(e);
+        }
         Ok(self.due.values().map(|d| d.latest).min())
     }
 

@@ -2,7 +2,8 @@
 //! Kubernetes.
 //!
 //! One loop, a pipeline per pass: **read** the source (a directory scan, or a git fetch
-//! read from the commit's tree) → **diff** by content hash in the [`Catalog`] (a broken
+//! read from the commit's tree; on a task of its own, one read at a time, so that a slow
+//! or hanging read delays no reconcile and no operator request) → **diff** by content hash in the [`Catalog`] (a broken
 //! file keeps its last good version) → **reconcile** every rollout that is due (new or
 //! changed spec, a queued operator request, its requeue time) through the driver of its
 //! hub → **record** its status in the [`StateStore`]. A rollout whose file is gone is
@@ -60,7 +61,7 @@ enum Source {
         root: PathBuf,
         _watcher: Option<DirWatcher>,
     },
-    Git(GitSource),
+    Git(GitSource, Duration),
 }
 
 impl Source {
@@ -73,10 +74,61 @@ impl Source {
                     .await?
                     .with_context(|| format!("--dir {shown}: cannot read"))
             }
-            Source::Git(g) => {
-                let g = g.clone();
-                Ok(tokio::task::spawn_blocking(move || g.fetch()).await??)
+            Source::Git(g, timeout) => {
+                let (g, timeout) = (g.clone(), *timeout);
+                Ok(tokio::task::spawn_blocking(move || g.fetch_within(timeout)).await??)
             }
+        }
+    }
+
+    /// Moves the source onto a task of its own that reads it whenever asked, one read at a
+    /// time, and hands each result back: the loop never waits on a read, so a fetch that
+    /// hangs until its timeout, or a scan of a stuck folder, holds up no reconcile and no
+    /// operator request of the rollouts already known.
+    fn spawn_reader(self) -> Reader {
+        let (ask, mut asked) = mpsc::channel::<()>(1);
+        let (deliver, results) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while asked.recv().await.is_some() {
+                if deliver.send(self.read().await).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Reader {
+            ask,
+            results,
+            reading: false,
+            again: false,
+        }
+    }
+}
+
+/// The loop's side of the source's task (see [`Source::spawn_reader`]).
+struct Reader {
+    ask: mpsc::Sender<()>,
+    results: mpsc::Receiver<Result<Snapshot>>,
+    /// A read is in flight.
+    reading: bool,
+    /// A read was asked for (file event, webhook) while one was in flight: read again as
+    /// soon as it ends, since it may have started before the change.
+    again: bool,
+}
+
+impl Reader {
+    /// Starts a read unless one is in flight.
+    fn start(&mut self) {
+        if !self.reading && self.ask.try_send(()).is_ok() {
+            self.reading = true;
+        }
+    }
+
+    /// Asks for a read now: at once, or right after the one in flight.
+    fn asked(&mut self, next_read: &mut Instant) {
+        if self.reading {
+            self.again = true;
+        } else {
+            *next_read = Instant::now();
         }
     }
 }
@@ -191,7 +243,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 ssh_key,
                 known_hosts,
             };
-            (Source::Git(g), args.interval)
+            (Source::Git(g, args.git_timeout), args.interval)
         }
         _ => bail!("give exactly one source: --dir PATH or --git URL"),
     };
@@ -226,37 +278,56 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let mut reader = source.spawn_reader();
     let mut next_read = Instant::now();
-    let mut next_due: Option<Instant> = None;
     loop {
-        if Instant::now() >= next_read {
-            match source.read().await {
-                Ok(snap) => {
-                    if let Some(rev) = &snap.revision {
-                        tracing::debug!(commit = %rev, "source read");
-                    }
-                    if let Err(e) = ctl.ingest(&snap).await {
-                        tracing::error!("{e:#}");
-                    }
-                }
-                Err(e) => {
-                    api.metrics.source_error();
-                    tracing::warn!("{e:#}; what was applied stays as it is");
-                }
+        if !reader.reading && Instant::now() >= next_read {
+            reader.start();
+        }
+        let next_due = match ctl.reconcile_due().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("{e:#}; tried again in {:?}", controller::STORE_RETRY);
+                Some(Instant::now() + controller::STORE_RETRY)
             }
-            next_read = Instant::now() + period;
+        };
+        // While a read is in flight, its result wakes the loop; the next one is timed
+        // from its end.
+        let read_at = (!reader.reading).then_some(next_read);
+        let wake_at = match (next_due, read_at) {
+            (Some(d), Some(r)) => d.min(r),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => Instant::now() + period,
         }
-        match ctl.reconcile_due().await {
-            Ok(n) => next_due = n,
-            Err(e) => tracing::error!("{e:#}"),
-        }
-        let wake_at = next_due
-            .map_or(next_read, |d| d.min(next_read))
-            .max(Instant::now() + Duration::from_millis(50));
+        .max(Instant::now() + Duration::from_millis(50));
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = hint_rx.recv() => next_read = Instant::now(),
-            _ = api.fetch.notified() => next_read = Instant::now(),
+            Some(read) = reader.results.recv() => {
+                reader.reading = false;
+                match read {
+                    Ok(snap) => {
+                        if let Some(rev) = &snap.revision {
+                            tracing::debug!(commit = %rev, "source read");
+                        }
+                        ctl.source_read(None).await;
+                        if let Err(e) = ctl.ingest(&snap).await {
+                            tracing::error!("{e:#}");
+                        }
+                    }
+                    Err(e) => {
+                        api.metrics.source_error();
+                        tracing::warn!("{e:#}; what was applied stays as it is");
+                        ctl.source_read(Some(format!("{e:#}"))).await;
+                    }
+                }
+                next_read = if std::mem::take(&mut reader.again) {
+                    Instant::now()
+                } else {
+                    Instant::now() + period
+                };
+            }
+            _ = hint_rx.recv() => reader.asked(&mut next_read),
+            _ = api.fetch.notified() => reader.asked(&mut next_read),
             _ = api.wake.notified() => {}
             _ = tokio::time::sleep_until(wake_at) => {}
         }

@@ -43,6 +43,20 @@ pub enum StateError {
     /// Creating the store's files or making them owner-only failed: the path, and why.
     #[error("state store {0}: {1}")]
     Io(String, std::io::Error),
+    /// SQLite refused a statement on the store's file: the path, the error, and what it
+    /// means (a full or read-only filesystem, an I/O error).
+    #[error("state store {0}: {1}{cause}", cause = crate::files::sqlite_cause(.1))]
+    File(String, rusqlite::Error),
+}
+
+impl StateError {
+    /// A SQLite error as one naming the store's file (`File`); others as they are.
+    fn at(self, path: &str) -> StateError {
+        match self {
+            StateError::Sqlite(e) => StateError::File(path.to_string(), e),
+            other => other,
+        }
+    }
 }
 
 /// Result alias of this module.
@@ -84,6 +98,8 @@ pub struct StoredRollout {
 #[derive(Clone)]
 pub struct StateStore {
     conn: Arc<Mutex<Connection>>,
+    /// The file, as errors name it (`in memory` for a store without one).
+    path: Arc<str>,
 }
 
 const SCHEMA: &str = "
@@ -104,18 +120,22 @@ impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore> {
         crate::files::make_sqlite_private(path)
             .map_err(|e| StateError::Io(path.display().to_string(), e))?;
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        Self::init(conn)
+        let shown: Arc<str> = path.display().to_string().into();
+        let opened = || -> Result<StateStore> {
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            Self::init(conn, shown.clone())
+        };
+        opened().map_err(|e| e.at(&shown))
     }
 
     /// A store that lives in memory (tests).
     pub fn in_memory() -> Result<StateStore> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, "in memory".into())
     }
 
-    fn init(conn: Connection) -> Result<StateStore> {
+    fn init(conn: Connection, path: Arc<str>) -> Result<StateStore> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         // A store written before `hub_problem` existed gets the column.
@@ -129,10 +149,12 @@ impl StateStore {
         }
         Ok(StateStore {
             conn: Arc::new(Mutex::new(conn)),
+            path,
         })
     }
 
-    /// Runs `f` against the store on tokio's blocking pool.
+    /// Runs `f` against the store on tokio's blocking pool; a SQLite error comes back
+    /// naming the store's file ([`StateError::File`]).
     pub async fn run<R: Send + 'static>(
         &self,
         f: impl FnOnce(&StateStore) -> Result<R> + Send + 'static,
@@ -141,6 +163,7 @@ impl StateStore {
         tokio::task::spawn_blocking(move || f(&me))
             .await
             .map_err(|e| StateError::Join(e.to_string()))?
+            .map_err(|e| e.at(&self.path))
     }
 
     /// Every rollout, by namespace and name.

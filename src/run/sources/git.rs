@@ -79,7 +79,7 @@ pub struct GitSource {
 impl std::fmt::Debug for GitSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GitSource")
-            .field("url", &self.url)
+            .field("url", &shown_url(&self.url))
             .field("branch", &self.branch)
             .field("path", &self.path)
             .field("cache", &self.cache)
@@ -114,6 +114,31 @@ pub fn known_host(known_hosts: &str, host: &str, key: &[u8]) -> bool {
                     .decode(blob)
                     .is_ok_and(|b| b == key)
         })
+}
+
+/// The URL as errors, logs and the API show it: a password or token written into it
+/// (`https://user:TOKEN@host/repo`) is replaced by `***` (give tokens with
+/// `--git-token-file` or `--git-token-env` instead).
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else if user.len() > 20 {
+                "***".to_string() // a bare token as the user name
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// Errors of the git source.
@@ -167,7 +192,7 @@ impl GitSource {
                 git2::opts::set_server_connect_timeout_in_milliseconds(ms)
                     .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(ms))
                     .map_err(|error| GitError::Git {
-                        url: self.url.clone(),
+                        url: shown_url(&self.url),
                         branch: self.branch.clone(),
                         error,
                     })?;
@@ -194,7 +219,7 @@ impl GitSource {
 
     fn fetch_until(&self, deadline: Instant) -> Result<Snapshot, GitError> {
         let wrap = |error| GitError::Git {
-            url: self.url.clone(),
+            url: shown_url(&self.url),
             branch: self.branch.clone(),
             error,
         };
@@ -351,6 +376,37 @@ mod tests {
             );
         });
         rx.recv_timeout(within).ok()
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        for (url, shown) in [
+            (
+                "https://u:s3cret@example.com/r.git",
+                "https://u:***@example.com/r.git",
+            ),
+            (
+                "https://ghp_0123456789abcdefghijklmnop@example.com/r",
+                "https://***@example.com/r",
+            ),
+            ("ssh://git@example.com/r.git", "ssh://git@example.com/r.git"),
+            ("git@example.com:r.git", "git@example.com:r.git"),
+            ("https://example.com/a@b", "https://example.com/a@b"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+        let src = GitSource {
+            url: "http://u:s3cret@127.0.0.1:1/r.git".into(),
+            branch: "main".into(),
+            cache: tempfile::tempdir().unwrap().path().join("c.git"),
+            ..Default::default()
+        };
+        let err = src
+            .fetch_within(Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret") && err.contains("u:***@"), "{err}");
+        assert!(!format!("{src:?}").contains("s3cret"));
     }
 
     #[test]

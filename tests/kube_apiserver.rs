@@ -2,100 +2,13 @@
 //! `scripts/kube-env` on loopback. Skips with one line when the API server or etcd is
 //! absent (see `scripts/kube-env`; `.ci/run` installs both).
 
-use k8s_openapi::api::core::v1::Namespace;
+#[path = "common/kube_env.rs"]
+mod kube_env;
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
-
-/// etcd and kube-apiserver for one test; stopped (and their folder removed) on drop.
-struct KubeEnv {
-    dir: PathBuf,
-}
-
-impl KubeEnv {
-    fn script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-env")
-    }
-
-    /// `None` (after saying why) when the API server or etcd is not installed.
-    fn start() -> Option<KubeEnv> {
-        let available = Command::new(Self::script()).arg("available").status();
-        if !available.is_ok_and(|s| s.success()) {
-            eprintln!(
-                "skipping: no kube-apiserver in target/kube-assets (or $KUBE_ASSETS) or no etcd on PATH"
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap().keep();
-        let env = KubeEnv { dir };
-        let out = Command::new(Self::script())
-            .arg("start")
-            .arg(&env.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kube-env start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(env)
-    }
-
-    async fn client(&self) -> kube::Client {
-        let kc = Kubeconfig::read_from(self.dir.join("kubeconfig")).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
-    }
-}
-
-impl Drop for KubeEnv {
-    fn drop(&mut self) {
-        let _ = Command::new(Self::script())
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
-}
-
-/// Installs ringmaster's CRDs and waits (polling fast) until both are Established.
-async fn install_crds(client: &kube::Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in ringmaster::resources::crds() {
-        crds.create(&PostParams::default(), &crd).await.unwrap();
-    }
-    for (_, crd) in ringmaster::resources::crds() {
-        let name = crd.metadata.name.unwrap();
-        let mut established = false;
-        for _ in 0..300 {
-            let got = crds.get(&name).await.unwrap();
-            established = got
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(established, "{name} never became Established");
-    }
-    // Discovery of a new group lags the Established condition by a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
-
-async fn create_namespace(client: &kube::Client, name: &str) {
-    let ns: Api<Namespace> = Api::all(client.clone());
-    let object = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    ns.create(&PostParams::default(), &object).await.unwrap();
-}
+use kube_env::{KubeEnv, create_namespace, install_crds};
+use std::path::Path;
 
 fn api(client: &kube::Client, kind: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("ringmaster.dev", "v1alpha1", kind);

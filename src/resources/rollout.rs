@@ -235,7 +235,8 @@ pub struct DeviceRolloutStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rings: Vec<RingRecord>,
 
-    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
+    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`; and `Throttled` while the
+    /// rollout waits for one of its hub's budgets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -4,7 +4,7 @@
 
 use super::run::Run;
 use super::*;
-use crate::core::status::{self, READY, RECONCILING, STALLED};
+use crate::core::status::{self, READY, RECONCILING, STALLED, THROTTLED};
 use crate::resources::{Phase, RingState};
 
 impl<'a> Run<'a> {
@@ -51,6 +51,12 @@ impl<'a> Run<'a> {
             self.st.message = Some(self.message.clone());
         }
         let message = self.st.message.clone().unwrap_or_default();
+        match &self.throttled {
+            Some(what) => {
+                status::set_condition(&mut self.st, THROTTLED, true, "HubBudget", what, g, now)
+            }
+            None => status::clear_condition(&mut self.st, THROTTLED),
+        }
         let reason = |s: Option<RingState>| s.map_or("Pending".to_string(), |s| format!("{s:?}"));
         match (&self.stalled, phase) {
             (Some((r, m)), _) => {

@@ -85,6 +85,9 @@ pub(super) struct Run<'a> {
     /// One of the actions only writes marks (nothing to look at soon after it).
     pub(super) marks_write: bool,
     pub(super) message: String,
+    /// Which of the hub's budgets this decision waits for: the `Throttled` condition, never
+    /// the message (which keeps explaining the rollout's state, a rollback say).
+    pub(super) throttled: Option<String>,
 }
 
 impl<'a> Run<'a> {
@@ -112,6 +115,7 @@ impl<'a> Run<'a> {
             stalled: None,
             marks_write: false,
             message: String::new(),
+            throttled: None,
         }
     }
 
@@ -137,7 +141,7 @@ impl<'a> Run<'a> {
 
     /// Waits for the hub's budget to grow again, saying which one ran out.
     pub(super) fn budget_wait(&mut self, what: &str) -> Step {
-        self.message = format!("waiting for the hub's {what} budget");
+        self.throttled = Some(format!("waiting for the hub's {what} budget"));
         Step::Wait(self.obs.budget.refill)
     }
 
@@ -148,7 +152,7 @@ impl<'a> Run<'a> {
             return Ok(*n);
         }
         if self.queries_left == 0 {
-            self.message = "waiting for the hub's query budget".to_string();
+            self.throttled = Some("waiting for the hub's query budget".to_string());
             return Err(self.obs.budget.refill);
         }
         self.queries_left -= 1;

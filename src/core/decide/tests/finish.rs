@@ -57,6 +57,19 @@ fn conditions_keep_their_transition_time_while_nothing_flips() {
     assert_eq!(s.status.observed_generation, Some(1));
 }
 
+/// The message of the `Throttled` condition, which must be true.
+fn throttled(s: &Sim) -> String {
+    let c = s
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::core::status::THROTTLED)
+        .expect("a Throttled condition");
+    assert_eq!(c.status, "True");
+    assert_eq!(c.reason, "HubBudget");
+    c.message.clone()
+}
+
 #[test]
 fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
     let mut s = Sim::new(rollout());
@@ -68,12 +81,11 @@ fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
     let d = s.step();
     assert!(d.actions.is_empty() && d.counts_needed.is_empty());
     assert_eq!(d.requeue_after, SignedDuration::from_secs(40));
+    assert!(throttled(&s).contains("query budget"), "{:?}", s.status);
     assert!(
-        s.status
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("query budget")
+        !s.status.message.as_deref().unwrap_or("").contains("budget"),
+        "the message explains the rollout, not the wait: {:?}",
+        s.status.message
     );
     s.budget = Budget {
         queries: 5,
@@ -84,11 +96,14 @@ fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
     assert!(d.actions.is_empty());
     assert_eq!(d.requeue_after, SignedDuration::from_secs(20));
     assert!(
+        throttled(&s).contains("configuration-write budget"),
+        "{:?}",
         s.status
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("configuration-write budget")
+    );
+    assert!(
+        !s.status.message.as_deref().unwrap_or("").contains("budget"),
+        "the message explains the rollout, not the wait: {:?}",
+        s.status.message
     );
     // A refill of zero still does not spin.
     s.budget = Budget {
@@ -97,4 +112,19 @@ fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
         refill: SignedDuration::ZERO,
     };
     assert_eq!(s.step().requeue_after, MIN_REQUEUE);
+    // Budget back: the condition goes.
+    s.budget = Budget {
+        queries: 5,
+        writes: 5,
+        refill: SignedDuration::from_secs(20),
+    };
+    s.step();
+    assert!(
+        !s.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == crate::core::status::THROTTLED),
+        "{:?}",
+        s.status.conditions
+    );
 }

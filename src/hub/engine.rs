@@ -477,7 +477,7 @@ impl HubState {
                 stats.twins_changed += 1;
                 touched.push(s);
                 if let Some(slot) = &self.slots[s as usize] {
-                    changes.devices.push(slot.device.device_id.clone());
+                    changes.layers.push(slot.device.device_id.clone());
                 }
             }
         }
@@ -516,6 +516,11 @@ impl HubState {
         }
         changes.devices.sort();
         changes.devices.dedup();
+        // A twin rewritten whole in this write needs no layer row.
+        changes.layers.sort();
+        changes.layers.dedup();
+        let whole = &changes.devices;
+        changes.layers.retain(|id| whole.binary_search(id).is_err());
         stats
     }
 

@@ -85,8 +85,12 @@ impl Default for Limits {
 /// What a mutation or cycle changed, for the store to persist.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// Devices whose identity or twin changed.
+    /// Devices whose identity or twin changed (the store rewrites their rows).
     pub devices: Vec<String>,
+    /// Twins only the engine changed: the configuration layer of their desired
+    /// properties, their `configurations` statuses and versions (the store writes a small
+    /// layer row, not the twin).
+    pub layers: Vec<String>,
     /// Devices deleted.
     pub deleted_devices: Vec<String>,
     /// Configurations created or updated.
@@ -99,6 +103,7 @@ impl Changes {
     /// True when there is nothing to persist.
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+            && self.layers.is_empty()
             && self.deleted_devices.is_empty()
             && self.configurations.is_empty()
             && self.deleted_configurations.is_empty()

@@ -18,11 +18,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// The schema version this build writes. 2: twins are stored as their flat node list
-/// (`nodes`); version 1 rows (`tags`/`desired`/`reported`/`configurations` objects) are
-/// still read, and a version 1 store is marked 2 when opened (older builds then refuse it
-/// instead of misreading the new rows).
+/// The schema version of a store without layer rows. 2: twins are stored as their flat
+/// node list (`nodes`); version 1 rows (`tags`/`desired`/`reported`/`configurations`
+/// objects) are still read, and a version 1 store is marked 2 when opened (older builds
+/// then refuse it instead of misreading the new rows).
 pub const SCHEMA_VERSION: i64 = 2;
+
+/// The schema version of a store that holds layer rows (`layers`): what the engine
+/// changed in a twin since its row was last written whole. A store is marked 3 by its
+/// first layer row, so that a build that does not read them refuses the store rather
+/// than serving twins without their configuration layer.
+pub const LAYERED_SCHEMA_VERSION: i64 = 3;
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -37,6 +43,8 @@ pub enum Durability {
 /// The SQLite store behind an embedded hub.
 pub struct Store {
     conn: Connection,
+    /// True once the store is marked [`LAYERED_SCHEMA_VERSION`].
+    layered: bool,
 }
 
 fn db_err(e: rusqlite::Error) -> HubError {
@@ -87,22 +95,27 @@ impl Store {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, device TEXT NOT NULL, twin TEXT NOT NULL, owners TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, doc TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, doc TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS layers (id TEXT PRIMARY KEY, layer TEXT NOT NULL);",
         )
         .map_err(db_err)?;
-        let store = Store { conn };
+        let mut store = Store {
+            conn,
+            layered: false,
+        };
         match store.meta("schema_version")? {
             None => store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
             Some(v) => {
                 let v: i64 = v.parse().unwrap_or(i64::MAX);
-                if v > SCHEMA_VERSION {
+                if v > LAYERED_SCHEMA_VERSION {
                     return Err(HubError::new(
                         ErrorCode::ServerError,
                         format!(
-                            "hub store has schema version {v}; this ringmaster understands up to {SCHEMA_VERSION}: upgrade ringmaster"
+                            "hub store has schema version {v}; this ringmaster understands up to {LAYERED_SCHEMA_VERSION}: upgrade ringmaster"
                         ),
                     ));
                 }
+                store.layered = v == LAYERED_SCHEMA_VERSION;
                 if v < SCHEMA_VERSION {
                     store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?;
                 }
@@ -175,6 +188,23 @@ impl Store {
         }
         let mut stmt = self
             .conn
+            .prepare("SELECT id, layer FROM layers")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?;
+        for row in rows {
+            let (id, layer) = row.map_err(db_err)?;
+            let layer: Layer = serde_json::from_str(&layer).map_err(|e| {
+                HubError::new(
+                    ErrorCode::ServerError,
+                    format!("hub store: device '{id}': bad layer: {e}"),
+                )
+            })?;
+            state.restore_layer(&id, layer)?;
+        }
+        let mut stmt = self
+            .conn
             .prepare("SELECT seq, doc FROM configurations ORDER BY seq")
             .map_err(db_err)?;
         let rows = stmt
@@ -203,6 +233,7 @@ impl Store {
         }
         let tx = self.conn.transaction().map_err(db_err)?;
         let mut buf = Vec::with_capacity(1024);
+        let wrote_layers;
         {
             let mut put_dev = tx
                 .prepare_cached("INSERT INTO devices(id, device, twin, owners) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET device = excluded.device, twin = excluded.twin, owners = excluded.owners")
@@ -222,8 +253,42 @@ impl Store {
             let mut del_dev = tx
                 .prepare_cached("DELETE FROM devices WHERE id = ?1")
                 .map_err(db_err)?;
+            let mut del_layer = tx
+                .prepare_cached("DELETE FROM layers WHERE id = ?1")
+                .map_err(db_err)?;
             for id in &changes.deleted_devices {
                 del_dev.execute([id]).map_err(db_err)?;
+            }
+            if self.layered {
+                // A row written whole holds its layer.
+                for id in changes.devices.iter().chain(&changes.deleted_devices) {
+                    del_layer.execute([id]).map_err(db_err)?;
+                }
+            }
+            let whole: std::collections::HashSet<&str> =
+                changes.devices.iter().map(String::as_str).collect();
+            let layers: Vec<&String> = changes
+                .layers
+                .iter()
+                .filter(|id| !whole.contains(id.as_str()))
+                .collect();
+            wrote_layers = !layers.is_empty();
+            if wrote_layers && !self.layered {
+                tx.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [LAYERED_SCHEMA_VERSION.to_string()],
+                )
+                .map_err(db_err)?;
+            }
+            let mut put_layer = tx
+                .prepare_cached("INSERT INTO layers(id, layer) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET layer = excluded.layer")
+                .map_err(db_err)?;
+            for id in layers {
+                if let Some(slot) = state.slot(id) {
+                    put_layer
+                        .execute(params![id, layer_to_stored(slot, &mut buf)])
+                        .map_err(db_err)?;
+                }
             }
             let mut put_cfg = tx
                 .prepare_cached("INSERT INTO configurations(id, seq, doc) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc")
@@ -255,7 +320,89 @@ impl Store {
             )
             .map_err(db_err)?;
         }
-        tx.commit().map_err(db_err)
+        tx.commit().map_err(db_err)?;
+        self.layered |= wrote_layers;
+        Ok(())
+    }
+}
+
+/// What the engine changed in a twin since its row was last written whole: its versions
+/// and etag, who owns which content path, the desired section, and the `configurations`
+/// statuses. Reopening applies it over the twin row. The desired section is stored
+/// whole (tags and reported properties, usually most of a twin, are not), so a removed
+/// path leaves exactly what it left in memory.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer {
+    version: i64,
+    desired_version: i64,
+    desired_updated: jiff::Timestamp,
+    etag: u64,
+    owners: Vec<(String, String)>,
+    desired: Map<String, Value>,
+    statuses: Vec<(String, bool)>,
+}
+
+fn layer_to_stored<'b>(slot: &Slot, buf: &'b mut Vec<u8>) -> &'b str {
+    let layer = Layer {
+        version: slot.twin.version,
+        desired_version: slot.twin.desired_version,
+        desired_updated: slot.twin.desired_updated,
+        etag: slot.twin.etag_counter,
+        owners: slot.owners.clone(),
+        desired: slot.twin.section(Section::Desired),
+        statuses: slot.statuses.clone(),
+    };
+    buf.clear();
+    serde_json::to_writer(&mut *buf, &layer).expect("a layer serializes");
+    std::str::from_utf8(buf).expect("JSON is UTF-8")
+}
+
+impl HubState {
+    /// Applies a stored layer row over the twin restored from its device row.
+    pub fn restore_layer(&mut self, id: &str, layer: Layer) -> Result<()> {
+        let Some(&i) = self.index.get(id) else {
+            // A layer whose device row is gone (deleted in the same commit): nothing to do.
+            return Ok(());
+        };
+        let Some(slot) = self.slots[i as usize].as_mut() else {
+            return Ok(());
+        };
+        let desired = layer.desired;
+        let configurations: Map<String, Value> = layer
+            .statuses
+            .iter()
+            .map(|(id, applied)| {
+                let st = if *applied {
+                    super::state::STATUS_APPLIED
+                } else {
+                    super::state::STATUS_TARGETED
+                };
+                (id.clone(), serde_json::json!({ "status": st }))
+            })
+            .collect();
+        let mut twin = slot
+            .twin
+            .with_sections(&[
+                (Section::Desired, &desired),
+                (Section::Configurations, &configurations),
+            ])
+            .map_err(|e| {
+                HubError::new(
+                    ErrorCode::ServerError,
+                    format!(
+                        "hub store: device '{id}': layer does not apply: {}",
+                        e.message
+                    ),
+                )
+            })?;
+        twin.version = layer.version;
+        twin.desired_version = layer.desired_version;
+        twin.desired_updated = layer.desired_updated;
+        twin.etag_counter = layer.etag;
+        let device = slot.device.clone();
+        *slot = Slot::restored(device, twin, layer.owners);
+        Ok(())
     }
 }
 

@@ -256,7 +256,8 @@ fn twins_read_back_the_same_after_configuration_changes_and_reopening() {
             .collect()
     };
     let tick = || clock.advance(jiff::SignedDuration::from_secs(1));
-    let mut steps: Vec<Box<dyn Fn(&EmbeddedHub)>> = Vec::new();
+    type Step = Box<dyn Fn(&EmbeddedHub)>;
+    let mut steps: Vec<Step> = Vec::new();
     steps.push(Box::new(|hub| {
         for i in 0..6 {
             let ring = if i < 3 { "canary" } else { "broad" };

@@ -24,10 +24,17 @@ use std::path::Path;
 /// then refuse it instead of misreading the new rows).
 pub const SCHEMA_VERSION: i64 = 2;
 
-/// The schema version of a store that holds layer rows (`layers`): what the engine
+/// The schema version of a store that holds layer rows (`layer_log`): what the engine
 /// changed in a twin since its row was last written whole. A store is marked 3 by its
 /// first layer row, so that a build that does not read them refuses the store rather
 /// than serving twins without their configuration layer.
+///
+/// The log is append-only: a configuration that changes 16,000 scattered twins appends
+/// 16,000 short rows to the end of one table (a few hundred pages) instead of rewriting
+/// 16,000 pages of the device table. A twin written whole afterwards appends a marker
+/// (no layer), which voids its earlier layers. Reopening applies each twin's last layer
+/// when no marker follows it, and folds the log back into the device rows when it has
+/// grown past the number of devices.
 pub const LAYERED_SCHEMA_VERSION: i64 = 3;
 
 /// How hard a commit waits for the disk.
@@ -45,6 +52,10 @@ pub struct Store {
     conn: Connection,
     /// True once the store is marked [`LAYERED_SCHEMA_VERSION`].
     layered: bool,
+    /// Rows in `layer_log`.
+    log_rows: usize,
+    /// Twins whose last log entry is a layer (filled by [`Store::load`], for folding).
+    fold_ids: Vec<String>,
 }
 
 fn db_err(e: rusqlite::Error) -> HubError {
@@ -96,12 +107,14 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS devices (id TEXT PRIMARY KEY, device TEXT NOT NULL, twin TEXT NOT NULL, owners TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS configurations (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, doc TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS layers (id TEXT PRIMARY KEY, layer TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS layer_log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, layer TEXT);",
         )
         .map_err(db_err)?;
         let mut store = Store {
             conn,
             layered: false,
+            log_rows: 0,
+            fold_ids: Vec::new(),
         };
         match store.meta("schema_version")? {
             None => store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
@@ -154,7 +167,7 @@ impl Store {
     }
 
     /// Loads every device and configuration into `state`.
-    pub fn load(&self, state: &mut HubState) -> Result<()> {
+    pub fn load(&mut self, state: &mut HubState) -> Result<()> {
         let mut stmt = self
             .conn
             .prepare("SELECT id, device, twin, owners FROM devices ORDER BY rowid")
@@ -186,15 +199,29 @@ impl Store {
                 serde_json::from_str(&owners).map_err(|e| corrupt("owners", e.to_string()))?;
             state.restore_device(Slot::restored(device, twin, owners));
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, layer FROM layers")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(db_err)?;
-        for row in rows {
-            let (id, layer) = row.map_err(db_err)?;
+        // Each twin's last log entry: a layer applies, a marker (NULL) voids.
+        let mut last: std::collections::HashMap<String, Option<String>> =
+            std::collections::HashMap::new();
+        let mut log_rows = 0usize;
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id, layer FROM layer_log ORDER BY seq")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                let (id, layer) = row.map_err(db_err)?;
+                log_rows += 1;
+                last.insert(id, layer);
+            }
+        }
+        let mut layered_ids = Vec::new();
+        for (id, layer) in last {
+            let Some(layer) = layer else { continue };
             let layer: Layer = serde_json::from_str(&layer).map_err(|e| {
                 HubError::new(
                     ErrorCode::ServerError,
@@ -202,7 +229,10 @@ impl Store {
                 )
             })?;
             state.restore_layer(&id, layer)?;
+            layered_ids.push(id);
         }
+        self.log_rows = log_rows;
+        self.fold_ids = layered_ids;
         let mut stmt = self
             .conn
             .prepare("SELECT seq, doc FROM configurations ORDER BY seq")
@@ -234,35 +264,29 @@ impl Store {
         let tx = self.conn.transaction().map_err(db_err)?;
         let mut buf = Vec::with_capacity(1024);
         let wrote_layers;
+        let mut appended = 0usize;
         {
-            let mut put_dev = tx
-                .prepare_cached("INSERT INTO devices(id, device, twin, owners) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET device = excluded.device, twin = excluded.twin, owners = excluded.owners")
-                .map_err(db_err)?;
+            let mut put_dev = tx.prepare_cached(PUT_DEVICE).map_err(db_err)?;
             for id in &changes.devices {
                 if let Some(slot) = state.slot(id) {
-                    put_dev
-                        .execute(params![
-                            id,
-                            serde_json::to_string(&slot.device).expect("device serializes"),
-                            twin_to_stored(&slot.twin, &mut buf),
-                            serde_json::to_string(&slot.owners).expect("owners serialize"),
-                        ])
-                        .map_err(db_err)?;
+                    put_device(&mut put_dev, slot, &mut buf)?;
                 }
             }
             let mut del_dev = tx
                 .prepare_cached("DELETE FROM devices WHERE id = ?1")
                 .map_err(db_err)?;
-            let mut del_layer = tx
-                .prepare_cached("DELETE FROM layers WHERE id = ?1")
-                .map_err(db_err)?;
             for id in &changes.deleted_devices {
                 del_dev.execute([id]).map_err(db_err)?;
             }
+            let mut log = tx
+                .prepare_cached("INSERT INTO layer_log(id, layer) VALUES (?1, ?2)")
+                .map_err(db_err)?;
             if self.layered {
-                // A row written whole holds its layer.
+                // A row written whole holds its layer: a marker voids the earlier ones.
                 for id in changes.devices.iter().chain(&changes.deleted_devices) {
-                    del_layer.execute([id]).map_err(db_err)?;
+                    log.execute(params![id, Option::<&str>::None])
+                        .map_err(db_err)?;
+                    appended += 1;
                 }
             }
             let whole: std::collections::HashSet<&str> =
@@ -280,14 +304,11 @@ impl Store {
                 )
                 .map_err(db_err)?;
             }
-            let mut put_layer = tx
-                .prepare_cached("INSERT INTO layers(id, layer) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET layer = excluded.layer")
-                .map_err(db_err)?;
             for id in layers {
                 if let Some(slot) = state.slot(id) {
-                    put_layer
-                        .execute(params![id, layer_to_stored(slot, &mut buf)])
+                    log.execute(params![id, layer_to_stored(slot, &mut buf)])
                         .map_err(db_err)?;
+                    appended += 1;
                 }
             }
             let mut put_cfg = tx
@@ -322,6 +343,7 @@ impl Store {
         }
         tx.commit().map_err(db_err)?;
         self.layered |= wrote_layers;
+        self.log_rows += appended;
         Ok(())
     }
 }
@@ -402,6 +424,56 @@ impl HubState {
         twin.etag_counter = layer.etag;
         let device = slot.device.clone();
         *slot = Slot::restored(device, twin, layer.owners);
+        Ok(())
+    }
+}
+
+const PUT_DEVICE: &str = "INSERT INTO devices(id, device, twin, owners) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET device = excluded.device, twin = excluded.twin, owners = excluded.owners";
+
+/// Log rows below which reopening leaves the layer log as it is.
+#[cfg(not(test))]
+const FOLD_MIN: usize = 10_000;
+#[cfg(test)]
+const FOLD_MIN: usize = 10;
+
+fn put_device(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    slot: &Slot,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    stmt.execute(params![
+        slot.device.device_id,
+        serde_json::to_string(&slot.device).expect("device serializes"),
+        twin_to_stored(&slot.twin, buf),
+        serde_json::to_string(&slot.owners).expect("owners serialize"),
+    ])
+    .map(|_| ())
+    .map_err(db_err)
+}
+
+impl Store {
+    /// Folds the layer log into the device rows when it holds more rows than there are
+    /// devices (and at least [`FOLD_MIN`]): the twins whose last entry is a layer are
+    /// written whole, and the log is emptied, in one transaction. Called when the hub
+    /// opens, after [`Store::load`], so the write path never pays for it.
+    pub fn fold(&mut self, state: &HubState) -> Result<()> {
+        if self.log_rows < FOLD_MIN.max(state.device_count()) {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(db_err)?;
+        {
+            let mut buf = Vec::with_capacity(1024);
+            let mut put_dev = tx.prepare_cached(PUT_DEVICE).map_err(db_err)?;
+            for id in &self.fold_ids {
+                if let Some(slot) = state.slot(id) {
+                    put_device(&mut put_dev, slot, &mut buf)?;
+                }
+            }
+            tx.execute("DELETE FROM layer_log", []).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        self.log_rows = 0;
+        self.fold_ids.clear();
         Ok(())
     }
 }
@@ -492,5 +564,67 @@ mod tests {
         for p in [old.clone(), side(&old, "-wal"), side(&old, "-shm")] {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
+    }
+
+    /// Reopening folds a long layer log into the device rows: the log is emptied and
+    /// every twin reads back as it was served, before and after the fold.
+    #[test]
+    fn reopening_folds_a_long_layer_log_and_twins_read_back_the_same() {
+        use crate::clock::ManualClock;
+        use crate::hub::{EmbeddedHub, HubOptions};
+        use crate::iothub::configuration::{Configuration, ConfigurationContent};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let clock = ManualClock::at_epoch();
+        let open =
+            || EmbeddedHub::open(&path, Arc::new(clock.clone()), HubOptions::default()).unwrap();
+        let twins = |hub: &EmbeddedHub| -> Vec<Value> {
+            (0..4)
+                .map(|i| hub.get_twin(&format!("d{i}")).unwrap())
+                .collect()
+        };
+        let log_rows = || -> i64 {
+            Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT count(*) FROM layer_log", [], |r| r.get(0))
+                .unwrap()
+        };
+        let before = {
+            let hub = open();
+            for i in 0..4 {
+                hub.create_device_with_twin(
+                    Device::new(&format!("d{i}")),
+                    &serde_json::json!({"tags": {"n": i}}),
+                )
+                .unwrap();
+            }
+            let mut c = Configuration {
+                id: "c".into(),
+                target_condition: "tags.n >= 0".into(),
+                content: ConfigurationContent {
+                    device_content: Some(
+                        serde_json::json!({"properties.desired.fw": {"v": 1}})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                    ),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            c = hub.create_configuration(&c).unwrap();
+            for k in 0..12 {
+                c.target_condition = format!("tags.n >= {}", k % 3);
+                c = hub.update_configuration(&c, None).unwrap();
+            }
+            twins(&hub)
+        };
+        assert!(log_rows() >= FOLD_MIN as i64, "{} log rows", log_rows());
+        let hub = open();
+        assert_eq!(log_rows(), 0, "the log was folded");
+        assert_eq!(twins(&hub), before);
+        drop(hub);
+        assert_eq!(twins(&open()), before, "the folded rows read back");
     }
 }

@@ -56,6 +56,66 @@ pub struct Store {
     log_rows: usize,
     /// Twins whose last log entry is a layer (filled by [`Store::load`], for folding).
     fold_ids: Vec<String>,
+    /// The checkpointer, for a store in a file.
+    checkpointer: Option<Checkpointer>,
+    /// Bytes of rows written since the checkpointer was last woken.
+    uncheckpointed: usize,
+}
+
+/// WAL checkpoints off the write path: SQLite's automatic checkpoint (every 1,000 pages,
+/// run by the committing writer) is turned off, and a thread with its own connection
+/// copies the WAL into the database when woken, after about [`CHECKPOINT_BYTES`] of rows
+/// were committed. A write never waits for a checkpoint, and pages rewritten by several
+/// commits in between are copied once.
+struct Checkpointer {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Bytes of committed rows after which the checkpointer is woken.
+const CHECKPOINT_BYTES: usize = 8 << 20;
+
+impl Checkpointer {
+    fn start(path: &Path, durability: Durability) -> Result<Checkpointer> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(db_err)?;
+        let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("hub-checkpoint".into())
+            .spawn(move || {
+                // Woken after commits; ends when the store is dropped.
+                while rx.recv().is_ok() {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "hub store: WAL checkpoint failed; the next one retries");
+                    }
+                }
+            })
+            .map_err(|e| {
+                HubError::new(
+                    ErrorCode::ServerError,
+                    format!("cannot start the hub store's checkpoint thread: {e}"),
+                )
+            })?;
+        Ok(Checkpointer {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.wake.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn db_err(e: rusqlite::Error) -> HubError {
@@ -83,7 +143,13 @@ impl Store {
                 format!("cannot open hub store {}: {e}", path.display()),
             )
         })?;
-        Self::init(conn, durability)
+        let mut store = Self::init(conn, durability)?;
+        store
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db_err)?;
+        store.checkpointer = Some(Checkpointer::start(path, durability)?);
+        Ok(store)
     }
 
     /// A store that lives in memory only (tests).
@@ -115,6 +181,8 @@ impl Store {
             layered: false,
             log_rows: 0,
             fold_ids: Vec::new(),
+            checkpointer: None,
+            uncheckpointed: 0,
         };
         match store.meta("schema_version")? {
             None => store.set_meta("schema_version", &SCHEMA_VERSION.to_string())?,
@@ -265,11 +333,13 @@ impl Store {
         let mut buf = Vec::with_capacity(1024);
         let wrote_layers;
         let mut appended = 0usize;
+        let mut written = 0usize;
         {
             let mut put_dev = tx.prepare_cached(PUT_DEVICE).map_err(db_err)?;
             for id in &changes.devices {
                 if let Some(slot) = state.slot(id) {
                     put_device(&mut put_dev, slot, &mut buf)?;
+                    written += buf.len() + 512;
                 }
             }
             let mut del_dev = tx
@@ -309,6 +379,7 @@ impl Store {
                     log.execute(params![id, layer_to_stored(slot, &mut buf)])
                         .map_err(db_err)?;
                     appended += 1;
+                    written += buf.len() + id.len();
                 }
             }
             let mut put_cfg = tx
@@ -344,6 +415,14 @@ impl Store {
         tx.commit().map_err(db_err)?;
         self.layered |= wrote_layers;
         self.log_rows += appended;
+        self.uncheckpointed += written;
+        if self.uncheckpointed >= CHECKPOINT_BYTES
+            && let Some(wake) = self.checkpointer.as_ref().and_then(|c| c.wake.as_ref())
+        {
+            // Full: a checkpoint is already due to run, and will see this commit too.
+            let _ = wake.try_send(());
+            self.uncheckpointed = 0;
+        }
         Ok(())
     }
 }
@@ -626,5 +705,24 @@ mod tests {
         assert_eq!(twins(&hub), before);
         drop(hub);
         assert_eq!(twins(&open()), before, "the folded rows read back");
+    }
+
+    /// The writer never checkpoints (the checkpoint thread does, when woken), and the
+    /// thread ends with the store.
+    #[test]
+    fn checkpoints_are_off_the_write_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let store = Store::open(&path, Durability::Normal).unwrap();
+        let n: i64 = store
+            .conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        if let Some(wake) = store.checkpointer.as_ref().and_then(|c| c.wake.as_ref()) {
+            wake.send(()).unwrap();
+        }
+        // Dropping the store joins the thread: this returns only when it ended.
+        drop(store);
     }
 }

@@ -10,7 +10,9 @@ the extracted columns (what a columnar engine holds), with the matched count to 
 with the hub's.
 """
 import json
+import os
 import sys
+import tempfile
 import time
 
 import duckdb
@@ -50,9 +52,11 @@ def best(con, sql, runs=5):
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     con = duckdb.connect()
-    con.execute("CREATE TABLE twins (id VARCHAR, doc JSON)")
-    con.executemany("INSERT INTO twins VALUES (?, ?)",
-                    [(f"dev-{i:07}", json.dumps(twin(i))) for i in range(n)])
+    with tempfile.NamedTemporaryFile("w", suffix=".ndjson", delete=False) as f:
+        for i in range(n):
+            f.write(json.dumps(twin(i)) + "\n")
+    con.execute(f"CREATE TABLE twins AS SELECT json AS doc FROM read_ndjson_objects('{f.name}')")
+    os.unlink(f.name)
     q = ("SELECT count(*) FROM twins WHERE json_extract_string(doc, '$.tags.env') = 'prod' "
          "AND json_extract_string(doc, '$.tags.ring') IN ('canary', 'early') "
          "AND json_extract_string(doc, '$.properties.desired.firmware.version') != '2.4.0'")

@@ -79,8 +79,10 @@ impl EmbeddedHub {
         let hub = Self::build(Some(store), clock, options);
         {
             let mut st = hub.inner.state.write();
-            let store = hub.inner.store.lock();
-            store.as_ref().expect("store just set").load(&mut st)?;
+            let mut store = hub.inner.store.lock();
+            let store = store.as_mut().expect("store just set");
+            store.load(&mut st)?;
+            store.fold(&st)?;
             // Rebuild targets, owners' statuses and counts from what was stored.
             let mut ch = Changes::default();
             st.run_cycle(hub.inner.clock.now(), &mut ch);
@@ -559,7 +561,7 @@ mod tests {
         hub.set_store_read_only(false);
         // A second process sees what memory shows (its own open-time cycle aside).
         let on_disk = {
-            let other = Store::open(&path, Durability::Full).unwrap();
+            let mut other = Store::open(&path, Durability::Full).unwrap();
             let mut st = HubState::new(Limits::default());
             other.load(&mut st).unwrap();
             st.twin_json("d1").unwrap()

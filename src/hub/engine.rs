@@ -17,8 +17,8 @@
 //! undocumented).
 
 use super::bitset::BitSet;
-use super::registry::{if_match, precondition_failed, scan_slots};
-use super::state::{Changes, HubState, STATUS_APPLIED, STATUS_TARGETED, Slot};
+use super::registry::{if_match, precondition_failed};
+use super::state::{Changes, HubState, STATUS_APPLIED, STATUS_TARGETED, Slot, select};
 use crate::iothub::configuration::{
     Configuration, ConfigurationMetrics, MAX_CUSTOM_METRICS, MAX_QUERY_LEN, validate_id,
 };
@@ -442,10 +442,7 @@ impl HubState {
         }
         for cs in self.configs.iter_mut().filter(|c| c.target_dirty) {
             stats.configurations_rescanned += 1;
-            let mut fresh = BitSet::new();
-            scan_slots(&self.slots, Some(&cs.target), |i, _| {
-                fresh.set(i, true);
-            });
+            let fresh = select(&self.slots, &self.index, &self.columns, Some(&cs.target));
             // Every twin it targets, or targeted before, is re-decided (covers priority
             // changes as well as target changes).
             for s in cs.targeted.iter().chain(fresh.iter()) {
@@ -480,7 +477,7 @@ impl HubState {
                 stats.twins_changed += 1;
                 touched.push(s);
                 if let Some(slot) = &self.slots[s as usize] {
-                    changes.devices.push(slot.device.device_id.clone());
+                    changes.layers.push(slot.device.device_id.clone());
                 }
             }
         }
@@ -489,11 +486,12 @@ impl HubState {
         for cs in &mut self.configs {
             if cs.metrics_dirty {
                 for m in &mut cs.metrics {
-                    m.set.clear();
-                    let set = &mut m.set;
-                    scan_slots(&self.slots, m.condition.as_ref(), |i, _| {
-                        set.set(i, true);
-                    });
+                    m.set = select(
+                        &self.slots,
+                        &self.index,
+                        &self.columns,
+                        m.condition.as_ref(),
+                    );
                 }
                 cs.metrics_dirty = false;
             } else if !touched.is_empty() {
@@ -518,6 +516,11 @@ impl HubState {
         }
         changes.devices.sort();
         changes.devices.dedup();
+        // A twin rewritten whole in this write needs no layer row.
+        changes.layers.sort();
+        changes.layers.dedup();
+        let whole = &changes.devices;
+        changes.layers.retain(|id| whole.binary_search(id).is_err());
         stats
     }
 
@@ -648,6 +651,7 @@ impl HubState {
         }
         let e = self.next_etag();
         twin.etag_counter = e;
+        self.columns.get_mut().touch(s);
         let slot = self.slots[s as usize].as_mut().expect("slot checked above");
         let twin = std::mem::replace(&mut slot.twin, twin);
         let owners = std::mem::replace(&mut slot.owners, new_owners);

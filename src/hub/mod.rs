@@ -5,6 +5,7 @@
 //! - [`state`]: what one hub holds ([`state::HubState`]), plain data with no I/O.
 //! - [`registry`]: devices, twins, and twin queries with their paging.
 //! - [`engine`]: configurations and the incremental engine that applies them.
+//! - [`index`]: the columns conditions are answered from.
 //! - [`store`]: SQLite persistence.
 //! - [`embedded`]: all of it behind one lock, as [`EmbeddedHub`].
 //! - [`fleet`]: simulated devices that react to desired properties.
@@ -15,6 +16,7 @@ pub mod bitset;
 pub mod embedded;
 pub mod engine;
 pub mod fleet;
+pub mod index;
 pub mod registry;
 pub mod server;
 pub mod state;

@@ -311,11 +311,10 @@ impl HubState {
         let cond = q.condition();
         if q.is_aggregate() {
             let rows: Vec<TwinRow<'_>> = self
-                .slots
+                .matching(cond)
                 .iter()
-                .flatten()
+                .filter_map(|i| self.slots[i as usize].as_ref())
                 .map(|s| s.row())
-                .filter(|r| cond.is_none_or(|c| c.matches(r)))
                 .collect();
             let mut it = rows.iter().map(|r| r as &dyn Row);
             let mut out = q.aggregate(&mut it);
@@ -330,26 +329,19 @@ impl HubState {
             _ => (0, 0),
         };
         let top = q.top();
+        let hits = self.matching(cond);
         let mut out = Vec::new();
-        while (start as usize) < self.slots.len() {
+        for i in hits.iter_from(start) {
             if out.len() >= page || top.is_some_and(|t| emitted >= t) {
                 break;
             }
-            if let Some(slot) = &self.slots[start as usize] {
-                let row = slot.row();
-                if cond.is_none_or(|c| c.matches(&row)) {
-                    out.push(q.project(&row));
-                    emitted += 1;
-                }
+            if let Some(slot) = &self.slots[i as usize] {
+                out.push(q.project(&slot.row()));
+                emitted += 1;
             }
-            start += 1;
+            start = i + 1;
         }
-        let more = (start as usize) < self.slots.len()
-            && top.is_none_or(|t| emitted < t)
-            && self.slots[start as usize..]
-                .iter()
-                .flatten()
-                .any(|s| cond.is_none_or(|c| c.matches(&s.row())));
+        let more = top.is_none_or(|t| emitted < t) && hits.iter_from(start).next().is_some();
         let token = more.then(|| encode_continuation(start, emitted));
         Ok((q.item_type(), out, token))
     }

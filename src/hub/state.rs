@@ -9,11 +9,13 @@
 
 use super::bitset::BitSet;
 use super::engine::ConfigState;
+use super::index::Columns;
 use super::registry::scan_slots;
 use crate::iothub::configuration::DEFAULT_MAX_CONFIGURATIONS;
 use crate::iothub::device::Device;
 use crate::iothub::query::Condition;
 use crate::iothub::twin::{Section, Twin, TwinRow};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 
 /// Status of a configuration in a twin's `configurations` map that targets the twin but
@@ -83,8 +85,12 @@ impl Default for Limits {
 /// What a mutation or cycle changed, for the store to persist.
 #[derive(Debug, Default)]
 pub struct Changes {
-    /// Devices whose identity or twin changed.
+    /// Devices whose identity or twin changed (the store rewrites their rows).
     pub devices: Vec<String>,
+    /// Twins only the engine changed: the configuration layer of their desired
+    /// properties, their `configurations` statuses and versions (the store writes a small
+    /// layer row, not the twin).
+    pub layers: Vec<String>,
     /// Devices deleted.
     pub deleted_devices: Vec<String>,
     /// Configurations created or updated.
@@ -97,6 +103,7 @@ impl Changes {
     /// True when there is nothing to persist.
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
+            && self.layers.is_empty()
             && self.deleted_devices.is_empty()
             && self.configurations.is_empty()
             && self.deleted_configurations.is_empty()
@@ -128,6 +135,10 @@ pub struct HubState {
     pub limits: Limits,
     /// Before-images of what the current write changed; `None` outside a write.
     pub(super) journal: Option<Journal>,
+    /// The columns conditions are answered from ([`super::index`]). Readers share the
+    /// hub's lock, so the columns (brought up to date, or grown, on first use by a
+    /// reader) sit behind a lock of their own.
+    pub(super) columns: Mutex<Columns>,
 }
 
 /// What one write changed, as it was before: enough to undo the write when the store
@@ -178,6 +189,7 @@ impl HubState {
             removed: Vec::new(),
             limits,
             journal: None,
+            columns: Mutex::new(Columns::default()),
         }
     }
 
@@ -247,6 +259,9 @@ impl HubState {
         // ones are re-decided by the next cycle.
         let live =
             |slots: &[Option<Slot>], s: u32| slots.get(s as usize).is_some_and(Option::is_some);
+        for &i in &touched {
+            self.columns.get_mut().touch(i);
+        }
         for i in touched {
             if live(&self.slots, i) {
                 self.mark_dirty(i);
@@ -267,6 +282,8 @@ impl HubState {
 
     /// Records slot `i`'s before-image (a copy) ahead of its first change in this write.
     pub(super) fn journal_slot(&mut self, i: u32) {
+        // Every change to a slot goes through here first: the columns re-read it.
+        self.columns.get_mut().touch(i);
         if let Some(j) = self.journal.as_mut() {
             let slots = &self.slots;
             j.record(i, || slots.get(i as usize).cloned().flatten());
@@ -316,8 +333,23 @@ impl HubState {
 
     /// Calls `f(slot number, slot)` for every device matching `cond` (`None`: all), in slot
     /// order. This is the engine's hot loop: it prefetches twins ahead of evaluation.
-    pub fn scan<'a>(&'a self, cond: Option<&Condition>, f: impl FnMut(u32, &'a Slot)) {
-        scan_slots(&self.slots, cond, f)
+    pub fn scan<'a>(&'a self, cond: Option<&Condition>, mut f: impl FnMut(u32, &'a Slot)) {
+        for i in self.matching(cond).iter() {
+            if let Some(Some(slot)) = self.slots.get(i as usize) {
+                f(i, slot);
+            }
+        }
+    }
+
+    /// The slots matching `cond` (`None`: every device), from the key index or the
+    /// columns ([`super::index`]).
+    pub fn matching(&self, cond: Option<&Condition>) -> BitSet {
+        select(&self.slots, &self.index, &self.columns, cond)
+    }
+
+    /// Number of columns the hub keeps for conditions (tests and the bench).
+    pub fn column_count(&self) -> usize {
+        self.columns.lock().column_count()
     }
 
     /// Every device, in slot order.
@@ -331,6 +363,7 @@ impl HubState {
         self.slots.push(Some(slot));
         let i = (self.slots.len() - 1) as u32;
         self.index.insert(id, i);
+        self.columns.get_mut().touch(i);
     }
 
     /// Sets the etag counter at least to `n` (restored from the store).
@@ -342,4 +375,41 @@ impl HubState {
     pub fn etag_counter(&self) -> u64 {
         self.etag_counter
     }
+}
+
+/// The slots of `slots` matching `cond`: a condition that pins `deviceId` to a few values
+/// is answered from the key index `index`, anything else from the columns, and row by
+/// row only when the plan needs more columns than are kept.
+pub(super) fn select(
+    slots: &[Option<Slot>],
+    index: &HashMap<String, u32>,
+    columns: &Mutex<Columns>,
+    cond: Option<&Condition>,
+) -> BitSet {
+    let Some(cond) = cond else {
+        return columns.lock().live(slots);
+    };
+    if let Some(ids) = cond.device_ids() {
+        let mut out = BitSet::new();
+        for id in ids {
+            if let Some(&i) = index.get(id)
+                && let Some(Some(s)) = slots.get(i as usize)
+                && cond.matches(&s.row())
+            {
+                out.set(i, true);
+            }
+        }
+        return out;
+    }
+    let from_columns = match cond.plan() {
+        None => Some(columns.lock().live(slots)),
+        Some(plan) => columns.lock().matching(slots, &plan),
+    };
+    from_columns.unwrap_or_else(|| {
+        let mut out = BitSet::new();
+        scan_slots(slots, Some(cond), |i, _| {
+            out.set(i, true);
+        });
+        out
+    })
 }

@@ -27,9 +27,10 @@ pub mod ast;
 mod eval;
 mod lexer;
 mod parser;
+mod plan;
 
 #[cfg(test)]
-mod proptests;
+pub(crate) mod proptests;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,7 @@ use crate::iothub::path::{PathId, intern_lc};
 use crate::iothub::value::Row;
 
 pub use ast::{Expr, Select};
+pub use plan::{ColumnTest, Plan, RowTest, Truth};
 
 /// IoT Hub's limit on the length of a query or target condition, in characters.
 pub const MAX_QUERY_CHARS: usize = 8192;

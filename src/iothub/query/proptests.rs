@@ -141,7 +141,7 @@ fn any_select() -> impl Strategy<Value = Select> {
 
 // Twins and conditions over a small vocabulary, so that conditions hit real values.
 
-fn small_path() -> BoxedStrategy<Path> {
+pub(crate) fn small_path() -> BoxedStrategy<Path> {
     let p = |s: &str| Path(s.split('.').map(String::from).collect());
     prop::sample::select(vec![
         p("deviceId"),
@@ -162,7 +162,7 @@ fn small_path() -> BoxedStrategy<Path> {
     .boxed()
 }
 
-fn small_const() -> BoxedStrategy<Const> {
+pub(crate) fn small_const() -> BoxedStrategy<Const> {
     prop_oneof![
         Just(Const::Undefined),
         Just(Const::Null),
@@ -178,7 +178,7 @@ fn small_const() -> BoxedStrategy<Const> {
     .boxed()
 }
 
-fn small_value() -> impl Strategy<Value = Value> {
+pub(crate) fn small_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         1 => Just(Value::Null),
         1 => any::<bool>().prop_map(Value::Bool),
@@ -197,7 +197,7 @@ fn small_value() -> impl Strategy<Value = Value> {
     ]
 }
 
-fn opt_fields(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+pub(crate) fn opt_fields(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
     prop::collection::vec(proptest::option::of(small_value()), keys.len()).prop_map(move |vals| {
         let mut m = serde_json::Map::new();
         for (k, v) in keys.iter().zip(vals) {
@@ -209,7 +209,7 @@ fn opt_fields(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
     })
 }
 
-fn twin() -> impl Strategy<Value = Value> {
+pub(crate) fn twin() -> impl Strategy<Value = Value> {
     (
         proptest::option::of(prop::sample::select(vec!["d1", "d2", "a"])),
         opt_fields(&["a", "b", "ring", "Mixed"]),
@@ -234,7 +234,7 @@ fn twin() -> impl Strategy<Value = Value> {
 /// Conditions shaped like real ones: comparisons, IN and functions over paths and
 /// constants (sometimes with arithmetic), combined with AND, OR and NOT; and now and then
 /// a fully random expression.
-fn small_expr() -> impl Strategy<Value = Expr> {
+pub(crate) fn small_expr() -> impl Strategy<Value = Expr> {
     let c = small_const();
     let value = prop_oneof![
         6 => small_path().prop_map(Expr::Path),

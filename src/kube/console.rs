@@ -40,6 +40,9 @@ pub const LIST_TTL: Duration = Duration::from_secs(1);
 /// Secret change is picked up within this time).
 pub const DRIVER_TTL: Duration = Duration::from_secs(30);
 
+/// A namespace and a name.
+type Key = (String, String);
+
 /// What the console reads and acts through in Kubernetes mode.
 pub struct KubeConsole {
     client: Client,
@@ -48,9 +51,9 @@ pub struct KubeConsole {
     auth: KubeAuth,
     listed: tokio::sync::Mutex<Option<(Instant, Vec<RolloutRow>)>>,
     /// (namespace, hub) → the driver and when it was resolved.
-    hub_drivers: Mutex<HashMap<(String, String), (Instant, Arc<Driver>)>>,
+    hub_drivers: Mutex<HashMap<Key, (Instant, Arc<Driver>)>>,
     /// (namespace, rollout) → the driver of its Hub.
-    drivers: Mutex<HashMap<(String, String), Arc<Driver>>>,
+    drivers: Mutex<HashMap<Key, Arc<Driver>>>,
 }
 
 impl KubeConsole {

@@ -42,6 +42,8 @@ pub const DRIVER_TTL: Duration = Duration::from_secs(30);
 
 /// A namespace and a name.
 type Key = (String, String);
+/// A resolved Hub driver (`None`: the Hub cannot be used) and when it was resolved.
+type Resolved = (Instant, Option<Arc<Driver>>);
 
 /// What the console reads and acts through in Kubernetes mode.
 pub struct KubeConsole {
@@ -50,8 +52,9 @@ pub struct KubeConsole {
     hubs: Arc<dyn HubClients>,
     auth: KubeAuth,
     listed: tokio::sync::Mutex<Option<(Instant, Vec<RolloutRow>)>>,
-    /// (namespace, hub) → the driver and when it was resolved.
-    hub_drivers: Mutex<HashMap<Key, (Instant, Arc<Driver>)>>,
+    /// (namespace, hub) → the driver (`None`: the Hub cannot be used) and when it was
+    /// resolved.
+    hub_drivers: Mutex<HashMap<Key, Resolved>>,
     /// (namespace, rollout) → the driver of its Hub.
     drivers: Mutex<HashMap<Key, Arc<Driver>>>,
 }
@@ -79,28 +82,26 @@ impl KubeConsole {
         }
     }
 
-    /// The driver of Hub `hub` in `ns`, reused for [`DRIVER_TTL`]; `None` while the Hub
-    /// cannot be used (the rollout's status says why).
+    /// The driver of Hub `hub` in `ns`, or `None` while the Hub cannot be used (the
+    /// rollout's status says why); either answer is reused for [`DRIVER_TTL`].
     async fn hub_driver(&self, ns: &str, hub: &str) -> Option<Arc<Driver>> {
         let key = (ns.to_string(), hub.to_string());
         if let Some((at, d)) = self.hub_drivers.lock().get(&key)
             && at.elapsed() < DRIVER_TTL
         {
-            return Some(d.clone());
+            return d.clone();
         }
-        match self.hubs.driver(ns, hub).await {
-            Ok(d) => {
-                self.hub_drivers
-                    .lock()
-                    .insert(key, (Instant::now(), d.clone()));
-                Some(d)
-            }
+        let d = match self.hubs.driver(ns, hub).await {
+            Ok(d) => Some(d),
             Err(e) => {
                 tracing::debug!(namespace = ns, hub, error = %e, "console: no driver for the Hub");
-                self.hub_drivers.lock().remove(&key);
                 None
             }
-        }
+        };
+        self.hub_drivers
+            .lock()
+            .insert(key, (Instant::now(), d.clone()));
+        d
     }
 
     async fn list(&self) -> Result<Vec<RolloutRow>, String> {
@@ -129,11 +130,7 @@ impl KubeConsole {
                     .insert((namespace.clone(), name.clone()), d);
             }
             rows.push(RolloutRow {
-                created: ro
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .and_then(|t| t.0.to_string().parse().ok()),
+                created: ro.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 deleting: ro.metadata.deletion_timestamp.is_some(),
                 status: ro.status.clone().unwrap_or_default(),
                 error: None,

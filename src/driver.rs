@@ -380,6 +380,7 @@ impl Driver {
             queries,
             writes,
             refill,
+            applying: decide::applying_poll(queries, writes),
         }
     }
 
@@ -427,8 +428,10 @@ fn quote_etag(etag: &str) -> String {
     }
 }
 
+/// A decision's requeue as a std duration: never below [`decide::APPLYING_POLL`] (the
+/// core's own floor; only an applying ring goes below [`decide::MIN_REQUEUE`]).
 fn to_std(d: SignedDuration) -> std::time::Duration {
-    std::time::Duration::try_from(d.max(decide::MIN_REQUEUE))
+    std::time::Duration::try_from(d.max(decide::APPLYING_POLL))
         .unwrap_or(std::time::Duration::from_secs(5))
 }
 

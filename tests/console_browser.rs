@@ -680,7 +680,7 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
         )
         .await;
     eprintln!(
-        "console: ring early first seen applied on the hub -> the page showing it: {:?} (the controller's requeue after its write, then the page's poll)",
+        "console: ring early first seen applied on the hub -> the page showing it: {:?} (the controller's next look at the applying ring, every 2 s within the hub's budget, then the page's poll)",
         hub_changed.elapsed()
     );
     browser.screenshot("6-good-promoted").await;

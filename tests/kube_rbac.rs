@@ -3,7 +3,8 @@
 //! token for the ServiceAccount from the TokenRequest API (`kubectl create token`), and
 //! the controller on that token alone reconciles a rollout, holds the Lease, and sets up
 //! the admission webhook's certificate Secret and caBundle. And an identity without the
-//! rights is told which verb on which resource it lacks. Skips with one line when the API
+//! rights is told which verb on which resource it lacks. And the chart's `console.enabled`
+//! ClusterRole lets the ServiceAccount review tokens and access for the console. Skips with one line when the API
 //! server or etcd is absent (`scripts/kube-env`).
 
 #[path = "common/kube_env.rs"]
@@ -202,5 +203,88 @@ async fn an_identity_without_rbac_is_told_which_verb_on_which_resource_it_lacks(
             && stderr.contains("devicerollouts.ringmaster.dev")
             && !stderr.contains("is the CRD installed"),
         "{stderr}"
+    );
+}
+
+/// The chart's `console.enabled` ClusterRole is what the console's sign-in needs: on the
+/// ServiceAccount's token alone, TokenReview names a person and SubjectAccessReview
+/// answers for them (no 403). Skips with one line without helm (`scripts/check-packaging
+/// --tools` puts it in target/packaging/bin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_console_role_lets_the_controller_sign_people_in() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let helm = root.join("target/packaging/bin/helm");
+    if !helm.exists() {
+        eprintln!("skipping: no helm in target/packaging/bin (scripts/check-packaging --tools)");
+        return;
+    }
+    let Some(env) = KubeEnv::start() else { return };
+    let install = root.join("manifests/install.yaml");
+    poll(60, "manifests/install.yaml applies", || async {
+        env.kubectl(&["apply", "-f", &install.display().to_string()])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let rendered = std::process::Command::new(&helm)
+        .args(["template", "ringmaster"])
+        .arg(root.join("charts/ringmaster"))
+        .args([
+            "--namespace",
+            "ringmaster-system",
+            "--set",
+            "console.enabled=true",
+        ])
+        .args(["--show-only", "templates/rbac.yaml"])
+        .env("HELM_CACHE_HOME", env.dir.join("helm-cache"))
+        .env("HELM_CONFIG_HOME", env.dir.join("helm-config"))
+        .env("HELM_DATA_HOME", env.dir.join("helm-data"))
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rbac = env.dir.join("rbac-console.yaml");
+    std::fs::write(&rbac, &rendered.stdout).unwrap();
+    apply(&env, &rbac);
+
+    let controller_token = create_token(&env, "ringmaster-system", "ringmaster");
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig_with_token(&env, &controller_token))
+        .unwrap();
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap();
+    let auth =
+        ringmaster::console::kube_auth::KubeAuth::new(kube::Client::try_from(config).unwrap());
+    // A person: a ServiceAccount of ringmaster-system with no rights.
+    let out = env.kubectl(&[
+        "create",
+        "serviceaccount",
+        "viewer",
+        "-n",
+        "ringmaster-system",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let person_token = create_token(&env, "ringmaster-system", "viewer");
+    let person = poll(30, "TokenReview on the chart's console role", || async {
+        auth.sign_in(&person_token).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(
+        person.name,
+        "system:serviceaccount:ringmaster-system:viewer"
+    );
+    assert_eq!(
+        auth.may_patch(&person, "fleet", "fw").await,
+        Ok(false),
+        "SubjectAccessReview answers (the person may not patch)"
     );
 }

@@ -10,7 +10,9 @@
 //!   validate`'s checks);
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`;
 //! - [`events`]: one new Event per transition;
-//! - [`listings`]: one listing of a hub's configurations per pass.
+//! - [`listings`]: one listing of a hub's configurations per pass;
+//! - [`console`]: the operator console on `--console-addr` (sign-in with one's own
+//!   Kubernetes token, actions allowed by SubjectAccessReview).
 //!
 //! The controller watches `DeviceRollout`s and `Hub`s as plain objects (a Hub's change
 //! reconciles the rollouts naming it; a rollout's own status write does not, see
@@ -27,7 +29,10 @@
 //! - core `secrets`: get
 //! - `events.k8s.io` `events`: create (patch is no longer used: every event is new)
 //! - `coordination.k8s.io` `leases`: get, create, patch (in the lease namespace)
+//! - with `--console-addr`: `authentication.k8s.io` `tokenreviews` and
+//!   `authorization.k8s.io` `subjectaccessreviews`: create
 
+pub mod console;
 pub mod controller;
 pub mod events;
 pub mod fence;
@@ -139,6 +144,13 @@ pub struct KubeArgs {
     /// a cluster (probes and scrapers come from outside the pod), `127.0.0.1:8081` outside.
     #[arg(long, env = "RINGMASTER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Where to serve the operator console (`/console/`; [`console`]). Off by default.
+    /// People sign in with their own Kubernetes bearer token, and act on a rollout only
+    /// if the cluster's RBAC lets them `patch` it. Plain HTTP: keep it on loopback or
+    /// behind `kubectl port-forward` or a TLS-terminating proxy.
+    #[arg(long, env = "RINGMASTER_CONSOLE_ADDR")]
+    pub console_addr: Option<SocketAddr>,
 
     /// The validating admission webhook ([`webhook`]).
     #[command(flatten)]
@@ -259,7 +271,6 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| start_error(&e, settings.namespace.as_deref()))?;
     start_webhook(&client, &args.webhook, &settings.lease_namespace).await?;
-    ready.store(true, Ordering::Relaxed);
 
     let reporter = Reporter {
         controller: CONTROLLER_NAME.into(),
@@ -270,6 +281,10 @@ pub async fn run(args: KubeArgs) -> anyhow::Result<()> {
         Arc::new(SystemClock),
         leader.clone(),
     ));
+    if let Some(addr) = args.console_addr {
+        start_console(&client, addr, settings.namespace.clone(), hubs.clone()).await?;
+    }
+    ready.store(true, Ordering::Relaxed);
     let ctx = Arc::new(
         Context::new(client.clone(), hubs, reporter, metrics, leader.clone()).with_ready(ready),
     );
@@ -301,6 +316,34 @@ fn start_error(e: &kube::Error, namespace: Option<&str>) -> anyhow::Error {
         ),
         other => anyhow::anyhow!("cannot list DeviceRollouts: {other}"),
     }
+}
+
+/// Serves the operator console on `addr` ([`console`]).
+async fn start_console(
+    client: &Client,
+    addr: SocketAddr,
+    namespace: Option<String>,
+    hubs: Arc<dyn HubClients>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --console-addr {addr}: {e}"))?;
+    let url = format!("http://{}/console/", listener.local_addr()?);
+    let backend = Arc::new(console::KubeConsole::new(client.clone(), namespace, hubs));
+    tokio::spawn(async move {
+        let served = crate::net::serve(
+            listener,
+            crate::console::router(backend),
+            crate::net::Limits::DEFAULT,
+            std::future::pending(),
+        );
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "the operator console stopped");
+        }
+    });
+    tracing::info!(%url, "serving the operator console");
+    println!("operator console: {url}");
+    Ok(())
 }
 
 /// Starts the admission webhook when `--webhook-addr` is given: its certificate, the

@@ -120,7 +120,7 @@ impl<'a> Run<'a> {
         Decision {
             actions: self.actions,
             status: self.st,
-            requeue_after: requeue.max(MIN_REQUEUE),
+            requeue_after: requeue.max(APPLYING_POLL),
             counts_needed: self.counts_needed,
             finalized: self.finalized,
         }

@@ -97,7 +97,7 @@ impl<'a> Run<'a> {
             n.targeted.map_or("?".to_string(), |v| v.to_string()),
             n.applied.map_or("?".to_string(), |v| v.to_string())
         );
-        Step::Wait(poll(APPLY_POLL, &EffectiveGate::for_ring(&self.ro.spec, i)))
+        self.wait_applying(poll(APPLY_POLL, &EffectiveGate::for_ring(&self.ro.spec, i)))
     }
 
     pub(super) fn analyze(&mut self, c: Ours<'a>, i: usize, n: &Numbers, promote: bool) -> Step {

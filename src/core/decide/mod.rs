@@ -88,8 +88,30 @@ use std::collections::BTreeMap;
 // How often a rollout looks again depends on what it waits for. Every requeue is at least
 // MIN_REQUEUE; a decision that wrote something looks again within AFTER_WRITE.
 
-/// Shortest requeue: the controller never spins.
+/// Shortest requeue: the controller never spins. (The one exception is a ring the hub is
+/// applying while the hub's budgets have room: [`APPLYING_POLL`].)
 pub const MIN_REQUEUE: SignedDuration = SignedDuration::from_secs(5);
+/// While the hub applies a ring and its budgets have room ([`applying_poll`]): look again
+/// this soon, so a ring's applied counts reach the status (and the operator console)
+/// within seconds of the hub reporting them, not after [`AFTER_WRITE`].
+pub const APPLYING_POLL: SignedDuration = SignedDuration::from_secs(2);
+/// Count queries and configuration operations the fast polling of an applying ring
+/// leaves in the hub's budgets for everything else: below this many of either, an
+/// applying ring is looked at as before ([`AFTER_WRITE`], then [`APPLY_POLL`]). On an
+/// IoT Hub S1 unit (20 of each a minute) fast looks (a listing and a count or two each)
+/// thus take at most about half of each budget, and writes always find tokens.
+pub const FAST_POLL_RESERVE: u32 = 10;
+
+/// How soon a ring the hub is applying may be looked at again, given the count queries
+/// and configuration operations left in the hub's budgets: [`APPLYING_POLL`] while both
+/// hold at least [`FAST_POLL_RESERVE`], else [`APPLY_POLL`] (no faster than usual).
+pub fn applying_poll(queries_left: u32, writes_left: u32) -> SignedDuration {
+    if queries_left >= FAST_POLL_RESERVE && writes_left >= FAST_POLL_RESERVE {
+        APPLYING_POLL
+    } else {
+        APPLY_POLL
+    }
+}
 /// After a write: look again soon to see the hub's answer.
 pub const AFTER_WRITE: SignedDuration = SignedDuration::from_secs(15);
 /// While the hub applies a ring or confirms a rollback (the embedded hub recomputes its
@@ -147,6 +169,9 @@ pub struct Budget {
     pub writes: u32,
     /// How long until the budget grows again (used as the requeue when it is spent).
     pub refill: SignedDuration,
+    /// How soon a ring the hub is applying may be looked at again ([`applying_poll`] of
+    /// what is left); a longer wait than the usual one changes nothing.
+    pub applying: SignedDuration,
 }
 
 /// What a decision may spend when the driver does not say: enough for a whole ring step
@@ -157,6 +182,8 @@ impl Default for Budget {
             queries: 20,
             writes: 20,
             refill: SignedDuration::from_secs(3),
+            // The driver did not say how its budgets stand: no faster than usual.
+            applying: APPLY_POLL,
         }
     }
 }

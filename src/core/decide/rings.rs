@@ -291,7 +291,7 @@ impl<'a> Run<'a> {
             ..Default::default()
         };
         self.message = format!("ring {} targeted", self.ring_names[next]);
-        Step::Wait(AFTER_WRITE)
+        self.wait_applying(AFTER_WRITE)
     }
 
     /// Ring `i` passed: the next ring waits for its guard, or, after the last ring, the

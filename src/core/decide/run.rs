@@ -4,7 +4,7 @@
 //! hub's budget or requeue sooner than [`MIN_REQUEUE`].
 
 use super::requests::Requests;
-use super::{Action, CountRequest, MIN_REQUEUE, Observation};
+use super::{APPLYING_POLL, Action, CountRequest, MIN_REQUEUE, Observation};
 use crate::core::plan::{Cond, Plan};
 use crate::core::revision::{ConfigState, Marks};
 use crate::core::status;
@@ -128,6 +128,17 @@ impl<'a> Run<'a> {
     pub(super) fn wait(&mut self, d: SignedDuration) {
         let d = d.max(MIN_REQUEUE);
         self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    /// Asks to look again at a ring the hub is applying within `usual`, or sooner when
+    /// the hub's budgets allow ([`Budget::applying`], which may be below
+    /// [`MIN_REQUEUE`]).
+    pub(super) fn wait_applying(&mut self, usual: SignedDuration) -> Step {
+        let d = usual
+            .max(MIN_REQUEUE)
+            .min(self.obs.budget.applying.max(APPLYING_POLL));
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+        Step::Wait(usual)
     }
 
     /// Takes one configuration write from the budget; false when none is left.

@@ -77,6 +77,7 @@ fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
         queries: 0,
         writes: 5,
         refill: SignedDuration::from_secs(40),
+        ..Budget::default()
     };
     let d = s.step();
     assert!(d.actions.is_empty() && d.counts_needed.is_empty());
@@ -91,6 +92,7 @@ fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
         queries: 5,
         writes: 0,
         refill: SignedDuration::from_secs(20),
+        ..Budget::default()
     };
     let d = s.step();
     assert!(d.actions.is_empty());
@@ -110,6 +112,7 @@ fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
         queries: 5,
         writes: 0,
         refill: SignedDuration::ZERO,
+        ..Budget::default()
     };
     assert_eq!(s.step().requeue_after, MIN_REQUEUE);
     // Budget back: the condition goes.

@@ -231,8 +231,14 @@ impl Sim {
             obs.budget.queries -= d.counts_needed.len() as u32;
             d = decide(&self.ro, &self.status, &obs, self.now);
         }
+        // Never below MIN_REQUEUE, except APPLYING_POLL while the hub applies a ring.
+        let applying = d
+            .status
+            .ring
+            .as_ref()
+            .is_some_and(|r| r.state == RingState::Applying);
         assert!(
-            d.requeue_after >= MIN_REQUEUE,
+            d.requeue_after >= MIN_REQUEUE || (applying && d.requeue_after >= APPLYING_POLL),
             "requeue {:?} spins",
             d.requeue_after
         );

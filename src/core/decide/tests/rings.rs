@@ -229,3 +229,46 @@ fn a_short_bake_is_looked_at_about_when_it_ends_a_long_one_as_before() {
     assert_eq!(poll(APPLY_POLL, &gate(120)), APPLY_POLL);
     assert_eq!(poll(ANALYZE_POLL, &gate(120)), ANALYZE_POLL);
 }
+
+#[test]
+fn an_applying_ring_is_looked_at_every_few_seconds_while_the_hubs_budgets_have_room() {
+    // The interval: fast while both budgets keep their reserve, as before otherwise.
+    assert_eq!(applying_poll(20, 20), APPLYING_POLL);
+    assert_eq!(
+        applying_poll(FAST_POLL_RESERVE, FAST_POLL_RESERVE),
+        APPLYING_POLL
+    );
+    assert_eq!(applying_poll(FAST_POLL_RESERVE - 1, 20), APPLY_POLL);
+    assert_eq!(applying_poll(20, FAST_POLL_RESERVE - 1), APPLY_POLL);
+
+    // A driver whose budgets have room: the ring just targeted is looked at again after
+    // APPLYING_POLL, and so on while the hub applies it.
+    let mut s = Sim::new(rollout());
+    s.budget = Budget {
+        applying: applying_poll(20, 20),
+        ..Budget::default()
+    };
+    let d = s.step();
+    assert_eq!(s.ring_state(), (0, RingState::Applying));
+    assert_eq!(d.requeue_after, APPLYING_POLL);
+    s.advance(APPLYING_POLL);
+    let d = s.step();
+    assert_eq!(s.ring_state(), (0, RingState::Applying));
+    assert_eq!(d.requeue_after, APPLYING_POLL);
+    // Applied: baking waits as before.
+    s.refresh();
+    let d = s.step();
+    assert_eq!(s.ring_state(), (0, RingState::Baking));
+    assert_eq!(d.requeue_after, BAKE_POLL);
+
+    // Budgets short of the reserve: as before (AFTER_WRITE after the write, then
+    // APPLY_POLL while applying).
+    let mut s = Sim::new(rollout());
+    s.budget = Budget {
+        applying: applying_poll(FAST_POLL_RESERVE - 1, 20),
+        ..Budget::default()
+    };
+    assert_eq!(s.step().requeue_after, AFTER_WRITE);
+    s.advance(AFTER_WRITE);
+    assert_eq!(s.step().requeue_after, APPLY_POLL);
+}

@@ -26,6 +26,8 @@ pub struct RunCommand {
 /// `ringmaster run`: the Kubernetes controller with `--kube`, else the directory or git
 /// controller, until SIGINT/SIGTERM.
 pub async fn run(cmd: RunCommand) -> anyhow::Result<()> {
+    // `--drift-interval` is one flag of both controllers.
+    crate::driver::set_drift_interval(cmd.run.drift_interval);
     if cmd.kube {
         crate::kube::run(cmd.kube_args).await
     } else {

@@ -23,6 +23,7 @@
 //! - `coordination.k8s.io` `leases`: get, create, patch (in the lease namespace)
 
 pub mod controller;
+pub mod drift_events;
 pub mod hubs;
 pub mod leader;
 pub mod metrics;

@@ -12,8 +12,9 @@ pub mod rollout;
 pub use hub::{Hub, HubLimits, HubSpec, HubType, SecretKeyRef};
 pub use operation::{Operation, OperationKind};
 pub use rollout::{
-    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, DeviceRolloutStatus, GateSpec, HistoryEntry,
-    OnFailure, PauseState, Phase, Ring, RingRecord, RingState, RingStatus, RolloutContent, Verdict,
+    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, DeviceRolloutStatus, DriftPolicy, GateSpec,
+    HistoryEntry, OnFailure, PauseState, Phase, Ring, RingRecord, RingState, RingStatus,
+    RolloutContent, Verdict,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

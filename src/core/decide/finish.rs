@@ -109,6 +109,7 @@ impl<'a> Run<'a> {
             requeue_after: requeue.max(MIN_REQUEUE),
             counts_needed: self.counts_needed,
             finalized: self.finalized,
+            drift: self.drifts,
         }
     }
 }

@@ -85,6 +85,10 @@ pub(super) struct Run<'a> {
     /// One of the actions only writes marks (nothing to look at soon after it).
     pub(super) marks_write: bool,
     pub(super) message: String,
+    /// Configurations being put back after drift (their update is not a spec change).
+    pub(super) healing: Vec<String>,
+    /// What differs between the hub and the status ([`super::drift`]).
+    pub(super) drifts: Vec<super::Drift>,
 }
 
 impl<'a> Run<'a> {
@@ -112,6 +116,8 @@ impl<'a> Run<'a> {
             stalled: None,
             marks_write: false,
             message: String::new(),
+            healing: Vec::new(),
+            drifts: Vec::new(),
         }
     }
 

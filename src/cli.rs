@@ -62,6 +62,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let (mut rollouts, mut hubs, mut problems) = (0, 0, 0);
+    let mut rings = 0;
     for f in &files {
         let name = f.display().to_string();
         let text = match std::fs::read_to_string(f) {
@@ -77,6 +78,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                     match d {
                         Document::DeviceRollout(_) => rollouts += 1,
                         Document::Hub(_) => hubs += 1,
+                        Document::DeviceRings(_) => rings += 1,
                     }
                 }
             }
@@ -89,8 +91,13 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if problems == 0 {
+        let rings = if rings > 0 {
+            format!(", {rings} DeviceRings")
+        } else {
+            String::new()
+        };
         println!(
-            "valid: {rollouts} DeviceRollout and {hubs} Hub documents in {} files",
+            "valid: {rollouts} DeviceRollout and {hubs} Hub documents{rings} in {} files",
             files.len()
         );
         Ok(ExitCode::SUCCESS)

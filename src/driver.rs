@@ -415,5 +415,7 @@ fn to_std(d: SignedDuration) -> std::time::Duration {
         .unwrap_or(std::time::Duration::from_secs(5))
 }
 
+pub mod rings;
+
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,8 @@ pub struct RunCommand {
 /// `ringmaster run`: the Kubernetes controller with `--kube`, else the directory or git
 /// controller, until SIGINT/SIGTERM.
 pub async fn run(cmd: RunCommand) -> anyhow::Result<()> {
+    // `--drift-interval` is one flag of both controllers.
+    crate::driver::set_drift_interval(cmd.run.drift_interval);
     if cmd.kube {
         crate::kube::run(cmd.kube_args).await
     } else {
@@ -60,6 +62,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let (mut rollouts, mut hubs, mut problems) = (0, 0, 0);
+    let mut rings = 0;
     for f in &files {
         let name = f.display().to_string();
         let text = match std::fs::read_to_string(f) {
@@ -75,6 +78,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                     match d {
                         Document::DeviceRollout(_) => rollouts += 1,
                         Document::Hub(_) => hubs += 1,
+                        Document::DeviceRings(_) => rings += 1,
                     }
                 }
             }
@@ -87,8 +91,13 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if problems == 0 {
+        let rings = if rings > 0 {
+            format!(", {rings} DeviceRings")
+        } else {
+            String::new()
+        };
         println!(
-            "valid: {rollouts} DeviceRollout and {hubs} Hub documents in {} files",
+            "valid: {rollouts} DeviceRollout and {hubs} Hub documents{rings} in {} files",
             files.len()
         );
         Ok(ExitCode::SUCCESS)

@@ -27,6 +27,26 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// How often a rollout is looked at when nothing else wakes it, so that drift on the hub
+/// is found (`--drift-interval`, `docs/rollouts.md`, "Drift"): every requeue is at most
+/// this long. Process-wide: it is a flag of the controller. Default 3 minutes: one
+/// listing of the hub's configurations per round, a small part of S1's 20 a minute.
+static DRIFT_INTERVAL_SECS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_DRIFT_INTERVAL.as_secs());
+
+/// The default of `--drift-interval`.
+pub const DEFAULT_DRIFT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Sets the longest requeue of every rollout (`--drift-interval`); at least 5 seconds.
+pub fn set_drift_interval(d: std::time::Duration) {
+    DRIFT_INTERVAL_SECS.store(d.as_secs().max(5), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The longest requeue of every rollout (`--drift-interval`).
+pub fn drift_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(DRIFT_INTERVAL_SECS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// What one reconcile did and what comes next.
 #[derive(Clone, Debug)]
 pub struct ReconcileOutcome {
@@ -45,6 +65,8 @@ pub struct ReconcileOutcome {
     pub error: Option<HubError>,
     /// Every request sent to the hub, for the metrics.
     pub requests: Vec<HubRequest>,
+    /// Drift found on the hub (`docs/rollouts.md`, "Drift"); empty when the reconcile failed.
+    pub drift: Vec<decide::Drift>,
 }
 
 /// One request to the hub: what, the HTTP status it got (or would get, for an in-process
@@ -186,6 +208,7 @@ impl Driver {
             finalized: false,
             error: None,
             requests: Vec::new(),
+            drift: Vec::new(),
         };
 
         // Validate: bad input never costs data, and needs no hub traffic. (A rollout being
@@ -313,6 +336,8 @@ impl Driver {
         outcome.status = decision.status;
         outcome.requeue_after = to_std(decision.requeue_after);
         outcome.finalized = decision.finalized;
+        outcome.drift = decision.drift;
+        outcome.requeue_after = outcome.requeue_after.min(drift_interval());
         outcome
     }
 
@@ -434,6 +459,8 @@ fn to_std(d: SignedDuration) -> std::time::Duration {
     std::time::Duration::try_from(d.max(decide::APPLYING_POLL))
         .unwrap_or(std::time::Duration::from_secs(5))
 }
+
+pub mod rings;
 
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,8 @@ pub enum Document {
     DeviceRollout(Box<DeviceRollout>),
     /// A `Hub`.
     Hub(Box<Hub>),
+    /// A `DeviceRings` (`docs/rings.md`).
+    DeviceRings(Box<crate::resources::DeviceRings>),
 }
 
 /// A problem in a manifest, located as precisely as the parser allows.
@@ -128,6 +130,7 @@ pub fn load_manifests(file_name: &str, text: &str) -> Result<Vec<Document>, Vec<
                 let problems = match &doc {
                     Document::DeviceRollout(ro) => validate::validate_rollout(ro),
                     Document::Hub(hub) => validate::validate_hub(hub),
+                    Document::DeviceRings(r) => crate::core::rings::validate::validate_rings(r),
                 };
                 for FieldError { path, message } in problems {
                     doc_errors.push(located(&path, message));
@@ -168,6 +171,7 @@ pub fn check_object(json: &serde_json::Value) -> Result<Option<Document>, Vec<Fi
     errors.extend(match &doc {
         Document::DeviceRollout(ro) => validate::validate_rollout(ro),
         Document::Hub(hub) => validate::validate_hub(hub),
+        Document::DeviceRings(r) => crate::core::rings::validate::validate_rings(r),
     });
     if errors.is_empty() {
         Ok(Some(doc))
@@ -236,16 +240,17 @@ fn read_document(json: &serde_json::Value) -> Result<Option<Document>, (String, 
     let doc = match kind {
         "DeviceRollout" => Document::DeviceRollout(Box::new(typed(json)?)),
         "Hub" => Document::Hub(Box::new(typed(json)?)),
+        "DeviceRings" => Document::DeviceRings(Box::new(typed(json)?)),
         "" => {
             return Err((
                 String::new(),
-                "missing field `kind`; expected DeviceRollout or Hub".into(),
+                "missing field `kind`; expected DeviceRollout or Hub (or DeviceRings)".into(),
             ));
         }
         other => {
             return Err((
                 "kind".into(),
-                format!("unknown kind `{other}`; expected DeviceRollout or Hub"),
+                format!("unknown kind `{other}`; expected DeviceRollout or Hub (or DeviceRings)"),
             ));
         }
     };
@@ -276,6 +281,10 @@ fn unknown_fields(input: &serde_json::Value, doc: &Document) -> Vec<(String, Str
     let (schema, meta) = match doc {
         Document::DeviceRollout(ro) => (DeviceRollout::crd(), serde_json::to_value(&ro.metadata)),
         Document::Hub(hub) => (Hub::crd(), serde_json::to_value(&hub.metadata)),
+        Document::DeviceRings(r) => (
+            crate::resources::DeviceRings::crd(),
+            serde_json::to_value(&r.metadata),
+        ),
     };
     let schema = schema
         .spec

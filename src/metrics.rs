@@ -12,6 +12,7 @@
 //! | `ringmaster_hub_request_duration_seconds` | `operation` | their durations, the client's wait for its request budget included (histogram) |
 //! | `ringmaster_hub_actions_total` | `action` | configuration writes done |
 //! | `ringmaster_hub_errors_total` | `code` | hub errors that stopped a reconcile, by IoT Hub error code |
+//! | `ringmaster_drift_total` | `kind` | drift newly found on a hub: `modified`, `labels`, `deleted`, `shadowed` (`docs/rollouts.md`, "Drift") |
 //! | `ringmaster_source_errors_total` | | source reads (directory scan, git fetch) that failed |
 //! | `ringmaster_webhooks_total` | | accepted git webhooks |
 //! | `ringmaster_leader` | | 1 while this replica holds the leader lease (`--kube`) |
@@ -46,6 +47,7 @@ pub struct Metrics {
     request_duration: Family<Labels, Histogram, fn() -> Histogram>,
     actions: Family<Labels, Counter>,
     hub_errors: Family<Labels, Counter>,
+    drift: Family<Labels, Counter>,
     source_errors: Counter,
     webhooks: Counter,
     leader: Gauge,
@@ -67,6 +69,7 @@ impl Default for Metrics {
             request_duration: Family::new_with_constructor(durations as fn() -> Histogram),
             actions: Family::default(),
             hub_errors: Family::default(),
+            drift: Family::default(),
             source_errors: Counter::default(),
             webhooks: Counter::default(),
             leader: Gauge::default(),
@@ -108,6 +111,11 @@ impl Default for Metrics {
             "hub_errors",
             "Hub errors that stopped a reconcile, by IoT Hub error code",
             m.hub_errors.clone(),
+        );
+        registry.register(
+            "drift",
+            "Drift newly found on a hub, by kind",
+            m.drift.clone(),
         );
         registry.register(
             "source_errors",
@@ -167,6 +175,11 @@ impl Metrics {
             };
             self.actions
                 .get_or_create(&vec![("action", action.to_string())])
+                .inc();
+        }
+        for d in outcome.drift.iter().filter(|d| d.new) {
+            self.drift
+                .get_or_create(&vec![("kind", d.kind.label().to_string())])
                 .inc();
         }
         if let Some(e) = &outcome.error {

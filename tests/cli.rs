@@ -84,3 +84,28 @@ fn run_kube_without_a_cluster_says_so_and_exits_2() {
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("cannot reach Kubernetes"), "{stderr}");
 }
+
+#[test]
+fn device_rings_are_validated_with_file_line_and_field() {
+    let out = ringmaster()
+        .args(["validate", "examples/rings"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("1 DeviceRings"), "{stdout}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("rings.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: ringmaster.dev/v1alpha1\nkind: DeviceRings\nmetadata: {name: x}\nspec:\n  target: \"tags.a=\"\n  rings: [{name: a, percent: 50}]\n  spreadBy: [model]\n",
+    )
+    .unwrap();
+    let out = ringmaster().arg("validate").arg(&bad).assert().code(1);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("rings.yaml:5:3: spec.target"), "{stdout}");
+    assert!(stdout.contains("percents add up to 50"), "{stdout}");
+    assert!(stdout.contains("spec.spreadBy[0]"), "{stdout}");
+    let crd = std::fs::read_to_string("crds/devicerings.ringmaster.dev.yaml").unwrap();
+    let out = ringmaster().arg("crd").assert().success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains(crd.trim()));
+}

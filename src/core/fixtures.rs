@@ -57,6 +57,7 @@ pub fn rollout() -> DeviceRollout {
             on_failure: OnFailure::Rollback,
             baseline: BaselinePolicy::Required,
             suspend: false,
+            drift: Default::default(),
         },
     );
     ro.metadata.namespace = Some("fleet".into());

@@ -13,6 +13,7 @@ pub(crate) mod fixtures;
 pub mod gate;
 pub mod plan;
 pub mod revision;
+pub mod rings;
 pub mod status;
 pub mod validate;
 

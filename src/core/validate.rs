@@ -378,6 +378,7 @@ mod tests {
                 on_failure: Default::default(),
                 baseline: Default::default(),
                 suspend: false,
+                drift: Default::default(),
             },
         );
         ro.metadata.namespace = Some("fleet".into());

@@ -235,6 +235,8 @@ fn prepare(args: &DemoArgs) -> Result<Setup> {
                     h.metadata.name.as_deref().unwrap_or(""),
                     h.spec.type_
                 )),
+                // The demo's fleet is tagged by its fleet file.
+                Document::DeviceRings(_) => {}
             }
         }
     }

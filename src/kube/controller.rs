@@ -576,6 +576,7 @@ pub fn transitions(last: &DeviceRolloutStatus, next: &DeviceRolloutStatus) -> Ve
             secondary: None,
         });
     }
+    events.extend(crate::kube::drift_events::drift_events(last, next));
     let ring_of = |s: &DeviceRolloutStatus| s.ring.as_ref().map(|r| (r.index, r.name.clone()));
     if ring_of(next) != ring_of(last)
         && let Some(ring) = &next.ring

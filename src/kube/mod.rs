@@ -34,6 +34,7 @@
 
 pub mod console;
 pub mod controller;
+pub mod drift_events;
 pub mod events;
 pub mod fence;
 pub mod hubs;

@@ -59,7 +59,7 @@ pub fn plan(args: PlanArgs) -> Result<ExitCode> {
             match load_manifests(&name, &text) {
                 Ok(docs) => rollouts.extend(docs.into_iter().filter_map(|d| match d {
                     Document::DeviceRollout(r) => Some(*r),
-                    Document::Hub(_) => None,
+                    Document::Hub(_) | Document::DeviceRings(_) => None,
                 })),
                 Err(errors) => {
                     for e in errors {

@@ -91,6 +91,15 @@ pub struct HubLimits {
     #[serde(default = "default_quota")]
     #[schemars(range(min = 1))]
     pub max_configurations: u32,
+    /// Twin updates per second (IoT Hub S1: 50 per unit, docs/design.md §3): the pace of
+    /// the tags a `DeviceRings` writes.
+    #[serde(default = "default_twin_updates")]
+    #[schemars(range(min = 1))]
+    pub twin_updates_per_second: u32,
+}
+
+fn default_twin_updates() -> u32 {
+    50
 }
 
 fn default_per_minute() -> u32 {
@@ -106,6 +115,7 @@ impl Default for HubLimits {
             queries_per_minute: default_per_minute(),
             configuration_writes_per_minute: default_per_minute(),
             max_configurations: default_quota(),
+            twin_updates_per_second: default_twin_updates(),
         }
     }
 }

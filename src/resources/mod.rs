@@ -7,13 +7,16 @@
 
 pub mod hub;
 pub mod operation;
+pub mod rings;
 pub mod rollout;
 
 pub use hub::{Hub, HubLimits, HubSpec, HubType, SecretKeyRef};
 pub use operation::{Operation, OperationKind};
+pub use rings::{DeviceRings, DeviceRingsSpec, DeviceRingsStatus, HandSetPolicy, RingShare};
 pub use rollout::{
-    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, DeviceRolloutStatus, GateSpec, HistoryEntry,
-    OnFailure, PauseState, Phase, Ring, RingRecord, RingState, RingStatus, RolloutContent, Verdict,
+    BaselinePolicy, DeviceRollout, DeviceRolloutSpec, DeviceRolloutStatus, DriftPolicy, GateSpec,
+    HistoryEntry, OnFailure, PauseState, Phase, Ring, RingRecord, RingState, RingStatus,
+    RolloutContent, Verdict,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -28,7 +31,7 @@ pub const API_VERSION: &str = "ringmaster.dev/v1alpha1";
 
 /// The CustomResourceDefinitions, one per resource, with the file name each has in `crds/`.
 pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
-    [DeviceRollout::crd(), Hub::crd()]
+    [DeviceRollout::crd(), Hub::crd(), DeviceRings::crd()]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

@@ -86,6 +86,30 @@ pub struct DeviceRolloutSpec {
     /// Stop reconciling this rollout: no hub writes and no queries until set back to false.
     #[serde(default)]
     pub suspend: bool,
+
+    /// What to do when the hub's configurations differ from what the rollout's state says
+    /// they should be (edited or deleted by someone else): `heal` puts them back, `report`
+    /// changes nothing and stalls the rollout with the difference (`docs/rollouts.md`, "Drift").
+    #[serde(default, skip_serializing_if = "DriftPolicy::is_heal")]
+    pub drift: DriftPolicy,
+}
+
+/// What a rollout does about drift on the hub (`docs/rollouts.md`, "Drift").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DriftPolicy {
+    /// Put a changed configuration back and recreate a deleted one at the rollout's ring.
+    #[default]
+    Heal,
+    /// Change nothing: report the difference and stall until it is gone.
+    Report,
+}
+
+impl DriftPolicy {
+    /// True for the default, [`DriftPolicy::Heal`].
+    pub fn is_heal(&self) -> bool {
+        *self == DriftPolicy::Heal
+    }
 }
 
 /// What the rollout's configuration writes.
@@ -257,6 +281,12 @@ pub struct DeviceRolloutStatus {
     /// Human summary of the latest decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// A hash of the spec fields the configurations follow (targets, rings, priority,
+    /// metrics) as last brought onto the hub: a configuration that differs from the spec
+    /// while this is unchanged has drifted (`docs/rollouts.md`, "Drift").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_spec: Option<String>,
 }
 
 /// One-word summary of a rollout.

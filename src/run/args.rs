@@ -36,6 +36,12 @@ pub struct RunArgs {
     /// How often to rescan the directory even without file events (`--dir`).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse_duration)]
     pub rescan: Duration,
+    /// Look at every rollout at least this often, so that drift on the hub (a
+    /// configuration edited or deleted by someone else) is found and shown
+    /// (`docs/rollouts.md`, "Drift"). Each look lists the hub's configurations once per round.
+    /// Also a flag of `--kube`.
+    #[arg(long, default_value = "3m", value_parser = crate::duration::parse_duration)]
+    pub drift_interval: Duration,
     /// Let a read that finds no DeviceRollout delete every rollout. Without it such a read
     /// (an emptied or unmounted folder, a commit leaving `--path` without rollout files)
     /// changes nothing and is reported, when the last good read had rollouts.

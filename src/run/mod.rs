@@ -170,6 +170,7 @@ impl Secrets {
 
 /// `ringmaster run`: until Ctrl-C or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<()> {
+    crate::driver::set_drift_interval(args.drift_interval);
     let secrets = Secrets::read(&args)?;
     let store_path = args.state.clone();
     let store = tokio::task::spawn_blocking(move || StateStore::open(&store_path))

@@ -123,6 +123,7 @@ impl<'a> Run<'a> {
             requeue_after: requeue.max(APPLYING_POLL),
             counts_needed: self.counts_needed,
             finalized: self.finalized,
+            drift: self.drifts,
         }
     }
 }

@@ -59,11 +59,13 @@
 //! - [`coverage`]: which other configurations cover or shield this rollout's devices.
 //! - [`rollback`]: narrowing a revision to no device and confirming the rollback.
 //! - [`cleanup`]: deleting a rollout's configurations when the rollout goes.
+//! - [`drift`]: the hub compared with the status: edited, deleted and shadowed configurations.
 //! - [`finish`]: the phase, the conditions and the requeue of the decision.
 
 mod baseline;
 mod cleanup;
 mod coverage;
+mod drift;
 mod finish;
 mod judging;
 mod marks;
@@ -74,6 +76,7 @@ mod rollback;
 mod run;
 
 pub use coverage::paths_overlap;
+pub use drift::{DRIFTED, Drift, DriftKind, SHADOWED, spec_hash};
 
 use super::plan::Plan;
 use super::revision::{ConfigLabels, ConfigState, belongs_to};
@@ -265,6 +268,8 @@ pub struct Decision {
     pub counts_needed: Vec<CountRequest>,
     /// Deletion only: every configuration of the rollout is gone.
     pub finalized: bool,
+    /// What differs between the hub and the rollout's state ([`drift`]).
+    pub drift: Vec<Drift>,
 }
 
 /// The status for a rollout that failed validation: nothing is written to the hub (bad
@@ -318,6 +323,7 @@ pub fn invalid(
         requeue_after: IDLE_POLL,
         counts_needed: Vec::new(),
         finalized: false,
+        drift: Vec::new(),
     }
 }
 
@@ -348,10 +354,15 @@ impl<'a> Run<'a> {
             self.cleanup(&ours, deletion);
             return;
         }
+        // Drift: the hub compared with the status; the rest sees the status's ring.
+        let (ours, stop) = self.drift(ours);
+        if stop {
+            return;
+        }
         let cur = ours
             .iter()
             .copied()
-            .find(|o| o.revision == self.plan.revision);
+            .find(|o| o.config.id == self.plan.id && o.revision == self.plan.revision);
         self.new_revision_bookkeeping();
         // What the status lost, the configuration's marks give back; before the requests,
         // so that a request aimed at the current ring finds it.
@@ -380,6 +391,7 @@ impl<'a> Run<'a> {
             }
         }
         self.sync_marks(cur);
+        self.record_applied_spec(&ours);
     }
 
     /// This rollout's configurations on the hub, with what their labels say.

@@ -126,12 +126,14 @@ impl<'a> Run<'a> {
             let config = self
                 .plan
                 .retarget(c.config, c.revision, k, ConfigState::Rolling);
-            self.history(
-                "Retarget",
-                Some(k),
-                Some(&numbers(c.config)),
-                "the spec changed: configuration updated".into(),
-            );
+            if !self.healing.contains(&c.config.id) {
+                self.history(
+                    "Retarget",
+                    Some(k),
+                    Some(&numbers(c.config)),
+                    "the spec changed: configuration updated".into(),
+                );
+            }
             self.actions.push(Action::Update {
                 config,
                 etag: c.config.etag.clone(),

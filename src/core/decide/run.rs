@@ -88,6 +88,10 @@ pub(super) struct Run<'a> {
     /// Which of the hub's budgets this decision waits for: the `Throttled` condition, never
     /// the message (which keeps explaining the rollout's state, a rollback say).
     pub(super) throttled: Option<String>,
+    /// Configurations being put back after drift (their update is not a spec change).
+    pub(super) healing: Vec<String>,
+    /// What differs between the hub and the status ([`super::drift`]).
+    pub(super) drifts: Vec<super::Drift>,
 }
 
 impl<'a> Run<'a> {
@@ -116,6 +120,8 @@ impl<'a> Run<'a> {
             marks_write: false,
             message: String::new(),
             throttled: None,
+            healing: Vec::new(),
+            drifts: Vec::new(),
         }
     }
 

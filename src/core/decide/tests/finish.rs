@@ -120,6 +120,7 @@ fn budgets_are_never_exceeded_and_an_empty_budget_waits_for_the_refill() {
         queries: 5,
         writes: 5,
         refill: SignedDuration::from_secs(20),
+        ..Budget::default()
     };
     s.step();
     assert!(

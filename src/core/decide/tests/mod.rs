@@ -337,6 +337,7 @@ fn decisions(s: &Sim) -> Vec<String> {
 
 mod baseline;
 mod cleanup;
+mod drift;
 mod finish;
 mod marks;
 mod properties;

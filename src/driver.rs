@@ -182,6 +182,11 @@ impl Driver {
         &self.hub
     }
 
+    /// The limits of the hub's `Hub` resource (S1's without one).
+    pub fn limits(&self) -> &HubLimits {
+        &self.limits
+    }
+
     /// One reconcile, with operator requests and deletion read from the object.
     pub async fn reconcile(
         &self,

@@ -138,6 +138,14 @@ impl RingsDriver {
         }
     }
 
+    /// Drops what is queued for the `DeviceRings` `namespace/name` (it is gone: no pass
+    /// writes its tags any more; the tags already written stay).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let k = format!("{namespace}/{name}");
+        self.queues.lock().remove(&k);
+        self.pages.lock().remove(&k);
+    }
+
     /// Reads the devices `r` organizes; `Ok(None)` when the query budget ran out first.
     async fn read(
         &self,

@@ -5,6 +5,8 @@
 //! | `GET /api/v1/rollouts` | every rollout with its status, the source files' problems, the source revision, `sourceError` (why the last read of the source failed; `null` once one succeeds) |
 //! | `GET /api/v1/rollouts/{namespace}/{name}` | one rollout |
 //! | `POST /api/v1/rollouts/{namespace}/{name}/{promote\|pause\|resume\|abort\|retry}` | queue an operator request (bearer token) |
+//! | `GET /api/v1/devicerings` | every `DeviceRings` of the source with what its last pass found (devices per ring and stratum, pending writes, conflicts, hand-set tags, conditions), `sourceError`/`hubError` ([`super::rings`]) |
+//! | `GET /api/v1/devicerings/{namespace}/{name}` | one `DeviceRings` |
 //! | `POST /webhook/git` | fetch now (GitHub-style `X-Hub-Signature-256` and `X-GitHub-Delivery`; a delivery id seen before is refused) |
 //! | `/healthz`, `/readyz`, `/metrics` | liveness, readiness (first source read done), Prometheus |
 //! | `/console/` | the operator console ([`crate::console`], backed by [`super::console`]) |
@@ -15,6 +17,7 @@
 
 use crate::net::{self, Limits};
 use crate::resources::{Operation, OperationKind};
+use crate::run::rings::RingsEntry;
 use crate::run::store::StateStore;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -83,6 +86,9 @@ pub struct ApiState {
     /// device lists query through it, within the same budget).
     pub drivers:
         parking_lot::Mutex<std::collections::HashMap<(String, String), Arc<crate::driver::Driver>>>,
+    /// The `DeviceRings` of the source and what their last pass found (`GET
+    /// /api/v1/devicerings`), kept by the controller ([`super::rings`]).
+    pub rings: parking_lot::Mutex<std::collections::BTreeMap<(String, String), RingsEntry>>,
 }
 
 impl ApiState {
@@ -98,6 +104,7 @@ impl ApiState {
             ready: AtomicBool::new(false),
             deliveries: parking_lot::Mutex::new(Deliveries::default()),
             drivers: parking_lot::Mutex::default(),
+            rings: parking_lot::Mutex::default(),
         }
     }
 }
@@ -111,6 +118,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/rollouts/{namespace}/{name}/{action}",
             post(operation),
         )
+        .route("/api/v1/devicerings", get(list_rings))
+        .route("/api/v1/devicerings/{namespace}/{name}", get(one_rings))
         .route("/webhook/git", post(webhook))
         .merge(net::health_routes(readiness, |st: &Arc<ApiState>| {
             st.metrics.encode()
@@ -175,6 +184,25 @@ async fn one(
             format!("no DeviceRollout {namespace}/{name}"),
         ),
         Err(e) => internal(e),
+    }
+}
+
+async fn list_rings(State(st): State<Arc<ApiState>>) -> Response {
+    let items: Vec<RingsEntry> = st.rings.lock().values().cloned().collect();
+    Json(json!({"items": items})).into_response()
+}
+
+async fn one_rings(
+    State(st): State<Arc<ApiState>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let found = st.rings.lock().get(&(namespace.clone(), name.clone())).cloned();
+    match found {
+        Some(r) => Json(r).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no DeviceRings {namespace}/{name} in the source"),
+        ),
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Controller {
     source_revision: Option<String>,
     /// How the last read of the source ended, as recorded (`None` before the first).
     source_error: Option<Option<String>>,
+    /// The `DeviceRings` of the source: when each is due ([`super::rings`]).
+    rings: super::rings::Rings,
 }
 
 impl Controller {
@@ -85,6 +87,7 @@ impl Controller {
             ingested_once: false,
             source_revision: None,
             source_error: None,
+            rings: Default::default(),
         }
     }
 
@@ -244,6 +247,11 @@ impl Controller {
                 });
             }
         }
+        let (rings, duplicates) = self.catalog.device_rings();
+        for d in &duplicates {
+            tracing::warn!("{d}");
+        }
+        self.rings.ingest(&self.api, rings, &errors_by_file, now);
         self.record(writes, Vec::new(), Vec::new()).await?;
         self.api.ready.store(true, Ordering::Relaxed);
         Ok(())
@@ -269,18 +277,24 @@ impl Controller {
     /// Makes every rollout due now (tests; a forced resync).
     pub fn reconcile_all_now(&mut self) {
         self.due.clear();
+        self.rings.all_now();
     }
 
     /// The driver for a rollout's hub: the resolver's for a Hub of the source, the
     /// in-process hub's for `default` when the source has no Hub of that name.
     async fn driver_for(&self, ro: &StoredRollout) -> Result<Arc<Driver>, HubConfigError> {
         let name = ro.rollout.spec.hub.as_deref().unwrap_or("default");
+        self.hub_driver(&ro.namespace, name).await
+    }
+
+    /// The driver for Hub `name` in `namespace` (see [`Controller::driver_for`]).
+    async fn hub_driver(&self, namespace: &str, name: &str) -> Result<Arc<Driver>, HubConfigError> {
         let hubs = self.catalog.hubs();
-        let hub = hubs.get(&(ro.namespace.clone(), name.to_string()));
+        let hub = hubs.get(&(namespace.to_string(), name.to_string()));
         if hub.is_none() && name == "default" {
             return Ok(self.embedded_driver.clone());
         }
-        match self.hubs.driver(&ro.namespace, name, hub).await {
+        match self.hubs.driver(namespace, name, hub).await {
             Ok(d) => Ok(d),
             Err(ResolveError::Hub(e)) => Err(e),
             Err(ResolveError::Source(never)) => match never {},
@@ -300,7 +314,19 @@ impl Controller {
         if res.is_err() {
             self.rollouts = None;
         }
-        res
+        // The DeviceRings of the source: a pass each when due (they keep no store state).
+        let due = self.rings.due(&self.api, Instant::now());
+        let mut resolved = Vec::with_capacity(due.len());
+        for (key, hub) in due {
+            let driver = self.hub_driver(&key.0, &hub).await;
+            resolved.push((key, driver));
+        }
+        self.rings.pass(&self.api, resolved).await;
+        let rings_next = self.rings.next_due();
+        res.map(|next| match (next, rings_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     async fn reconcile_round(&mut self) -> Result<Option<Instant>> {

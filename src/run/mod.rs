@@ -19,6 +19,7 @@
 //! - [`hubs`]: where a Hub's connection string comes from (the environment or
 //!   `--hub-secrets-dir`, by namespace and name), for the [hub resolver](crate::resolver);
 //! - [`controller`]: ingest a snapshot, reconcile what is due, record it;
+//! - [`rings`]: the `DeviceRings` of the source, a pass on their hub at least every minute;
 //! - [`schedule`]: when each rollout is due;
 //! - [`store`]: the SQLite state store; [`api`]: the HTTP API; [`console`]: what the
 //!   operator console reads and queues through;
@@ -32,6 +33,7 @@ pub mod args;
 pub mod console;
 pub mod controller;
 pub mod hubs;
+pub mod rings;
 pub mod schedule;
 pub mod sources;
 pub mod store;

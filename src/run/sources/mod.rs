@@ -23,7 +23,7 @@ pub mod dir;
 pub mod git;
 
 use crate::manifest::{Document, ManifestError, load_manifests};
-use crate::resources::{DeviceRollout, Hub};
+use crate::resources::{DeviceRings, DeviceRollout, Hub};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -287,6 +287,35 @@ impl Catalog {
                     let mut ro = (**ro).clone();
                     ro.metadata.namespace = Some(key.0.clone());
                     out.insert(key, (path.clone(), ro));
+                }
+            }
+        }
+        (out, duplicates)
+    }
+
+    /// The `DeviceRings` of the good versions, each with the file it came from (namespace
+    /// defaulted). One defined in two files is taken from the first (by path); the second
+    /// is reported.
+    pub fn device_rings(&self) -> (BTreeMap<Key, (String, DeviceRings)>, Vec<String>) {
+        let mut out = BTreeMap::new();
+        let mut duplicates = Vec::new();
+        for (path, f) in &self.files {
+            for doc in f.good.iter().flat_map(|(_, d)| d) {
+                if let Document::DeviceRings(r) = doc {
+                    let key = (
+                        r.metadata
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+                        r.metadata.name.clone().unwrap_or_default(),
+                    );
+                    if let Some((first, _)) = out.get(&key) {
+                        duplicates.push(format!("{path}: DeviceRings {}/{} is already defined in {first}; this one is ignored", key.0, key.1));
+                        continue;
+                    }
+                    let mut r = (**r).clone();
+                    r.metadata.namespace = Some(key.0.clone());
+                    out.insert(key, (path.clone(), r));
                 }
             }
         }

@@ -1,0 +1,214 @@
+//! `DeviceRings` in directory mode, in process: a file over untagged devices of an embedded
+//! hub, run by the controller loop's steps (ingest, reconcile), its status read through
+//! the HTTP API; a change of percents; the file deleted.
+
+use ringmaster::clock::SystemClock;
+use ringmaster::hub::EmbeddedHub;
+use ringmaster::iothub::device::Device;
+use ringmaster::run::api::{self, ApiState};
+use ringmaster::run::sources::Catalog;
+use ringmaster::run::sources::dir::scan;
+use ringmaster::run::store::StateStore;
+use ringmaster::run::{Controller, HubAccess};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const DEVICES: usize = 400;
+
+/// A Hub in the source: the shared in-process hub, with a twin-update budget that tags
+/// the whole fleet in one pass.
+const HUB: &str = "apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {name: plant, namespace: fleet}\nspec:\n  type: embedded\n  limits: {twinUpdatesPerSecond: 100000}\n";
+
+fn rings(canary: u32, early: u32) -> String {
+    let broad = 100 - canary - early;
+    format!(
+        "apiVersion: ringmaster.dev/v1alpha1\nkind: DeviceRings\nmetadata: {{name: chillers, namespace: fleet}}\nspec:\n  hub: plant\n  target: \"tags.environment='prod'\"\n  tag: ring\n  rings:\n    - {{name: canary, percent: {canary}}}\n    - {{name: early, percent: {early}}}\n    - {{name: broad, percent: {broad}}}\n  spreadBy: [tags.model]\n  salt: \"2026-11\"\n"
+    )
+}
+
+struct Setup {
+    ctl: Controller,
+    hub: EmbeddedHub,
+    api: Arc<ApiState>,
+}
+
+fn setup(dir: &Path) -> Setup {
+    let store = StateStore::open(&dir.join("state.db")).unwrap();
+    let hub = EmbeddedHub::in_memory(Arc::new(SystemClock));
+    let devices = (0..DEVICES)
+        .map(|i| {
+            let model = ["4000x", "4000x", "5000x"][i % 3];
+            (
+                Device::new(&format!("dev-{i:04}")),
+                Some(json!({"tags": {"environment": "prod", "model": model}})),
+            )
+        })
+        .collect();
+    hub.create_devices(devices).unwrap();
+    hub.create_device_with_twin(Device::new("lab-1"), &json!({"tags": {"environment": "lab"}}))
+        .unwrap();
+    let api = Arc::new(ApiState::new(store.clone()));
+    let ctl = Controller::new(
+        api.clone(),
+        Catalog::restore(store.good_files().unwrap()),
+        hub.clone(),
+        HubAccess::default(),
+    );
+    Setup { ctl, hub, api }
+}
+
+/// Reads the source and reconciles what is due, as one turn of the loop does.
+async fn pass(s: &mut Setup, root: &Path) {
+    s.ctl.ingest(&scan(root).unwrap()).await.unwrap();
+    s.ctl.reconcile_due().await.unwrap();
+}
+
+/// Every device's ring tag.
+fn tags(hub: &EmbeddedHub) -> BTreeMap<String, Option<String>> {
+    hub.list_devices(usize::MAX)
+        .into_iter()
+        .map(|d| {
+            let t = hub.get_twin(&d.device_id).unwrap();
+            (
+                d.device_id,
+                t["tags"]["ring"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn count(tags: &BTreeMap<String, Option<String>>, ring: &str) -> usize {
+    tags.values().filter(|t| t.as_deref() == Some(ring)).count()
+}
+
+async fn get(url: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rings_file_tags_the_fleet_moves_only_what_a_change_asks_and_stops_when_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("hub.yaml"), HUB).unwrap();
+    std::fs::write(root.join("rings.yaml"), rings(10, 30)).unwrap();
+    let mut s = setup(dir.path());
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", tcp.local_addr().unwrap());
+    tokio::spawn(api::serve(tcp, s.api.clone()));
+
+    // One pass tags every device the target matches, in the declared proportions; the
+    // device outside the target is left alone.
+    pass(&mut s, &root).await;
+    let before = tags(&s.hub);
+    assert_eq!(before["lab-1"], None);
+    let (canary, early, broad) = (
+        count(&before, "canary"),
+        count(&before, "early"),
+        count(&before, "broad"),
+    );
+    assert_eq!(canary + early + broad, DEVICES, "{before:?}");
+    // Two strata (4000x, 5000x): each ring within one device per stratum.
+    assert!(canary.abs_diff(DEVICES / 10) <= 2, "canary {canary}");
+    assert!(early.abs_diff(DEVICES * 3 / 10) <= 2, "early {early}");
+
+    let (code, list) = get(&format!("{base}/api/v1/devicerings")).await;
+    assert_eq!(code, 200, "{list}");
+    let item = &list["items"][0];
+    assert_eq!(item["namespace"], "fleet");
+    assert_eq!(item["name"], "chillers");
+    assert_eq!(item["source"], "rings.yaml");
+    let st = &item["status"];
+    assert_eq!(st["devices"], DEVICES as u64, "{st}");
+    assert_eq!(st["rings"]["canary"], canary as u64, "{st}");
+    assert_eq!(st["rings"]["early"], early as u64);
+    assert_eq!(st["rings"]["broad"], broad as u64);
+    assert_eq!(st["pendingWrites"], 0);
+    assert_eq!(st["written"], DEVICES as u64);
+    assert_eq!(st["observedGeneration"], 1);
+    assert!(st["strata"]["5000x"]["canary"].as_u64().unwrap() > 0, "{st}");
+    let ready = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True", "{st}");
+
+    // Canary grows from 10% to 20%, early shrinks by as much: only early devices move,
+    // all into canary; every canary device stays; broad is untouched.
+    std::fs::write(root.join("rings.yaml"), rings(20, 20)).unwrap();
+    pass(&mut s, &root).await;
+    let after = tags(&s.hub);
+    let moved: Vec<(&String, &Option<String>, &Option<String>)> = before
+        .iter()
+        .filter(|(id, t)| after[*id] != **t)
+        .map(|(id, t)| (id, t, &after[id]))
+        .collect();
+    assert!(!moved.is_empty());
+    for (id, from, to) in &moved {
+        assert_eq!(from.as_deref(), Some("early"), "{id} moved from {from:?}");
+        assert_eq!(to.as_deref(), Some("canary"), "{id} moved to {to:?}");
+    }
+    assert_eq!(count(&after, "canary"), canary + moved.len());
+    assert!(count(&after, "canary").abs_diff(DEVICES / 5) <= 2);
+    assert_eq!(count(&after, "broad"), broad);
+    let (_, one) = get(&format!("{base}/api/v1/devicerings/fleet/chillers")).await;
+    assert_eq!(one["generation"], 2);
+    assert_eq!(one["status"]["observedGeneration"], 2, "{one}");
+    assert_eq!(one["status"]["written"], moved.len() as u64);
+    assert_eq!(one["status"]["rings"]["canary"], count(&after, "canary") as u64);
+
+    // A device that arrives is tagged by the next pass.
+    s.hub
+        .create_device_with_twin(
+            Device::new("new-1"),
+            &json!({"tags": {"environment": "prod", "model": "5000x"}}),
+        )
+        .unwrap();
+    s.ctl.reconcile_all_now();
+    pass(&mut s, &root).await;
+    assert!(tags(&s.hub)["new-1"].is_some());
+
+    // The file deleted: no more passes (a new device stays untagged), the tags stay, the
+    // API no longer lists it.
+    std::fs::remove_file(root.join("rings.yaml")).unwrap();
+    pass(&mut s, &root).await;
+    s.hub
+        .create_device_with_twin(
+            Device::new("new-2"),
+            &json!({"tags": {"environment": "prod", "model": "5000x"}}),
+        )
+        .unwrap();
+    s.ctl.reconcile_all_now();
+    pass(&mut s, &root).await;
+    let last = tags(&s.hub);
+    assert_eq!(last["new-2"], None);
+    assert_eq!(count(&last, "canary"), count(&after, "canary"));
+    let (_, list) = get(&format!("{base}/api/v1/devicerings")).await;
+    assert_eq!(list["items"], json!([]));
+    let (code, _) = get(&format!("{base}/api/v1/devicerings/fleet/chillers")).await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rings_file_naming_a_missing_hub_says_so_and_tags_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("rings.yaml"), rings(10, 30)).unwrap();
+    let mut s = setup(dir.path());
+    pass(&mut s, &root).await;
+    assert!(tags(&s.hub).values().all(Option::is_none));
+    let entries = s.api.rings.lock().clone();
+    let e = &entries[&("fleet".to_string(), "chillers".to_string())];
+    assert_eq!(
+        e.hub_problem,
+        Some(ringmaster::resolver::HubProblem::HubNotFound)
+    );
+    assert!(e.hub_error.as_deref().unwrap().contains("plant"), "{e:?}");
+}

@@ -1,7 +1,14 @@
-//! `DeviceRings` in directory mode, in process: a file over untagged devices of an embedded
-//! hub, run by the controller loop's steps (ingest, reconcile), its status read through
-//! the HTTP API; a change of percents; the file deleted.
+//! `DeviceRings` in directory mode: in process (a file over untagged devices of an
+//! embedded hub, run by the controller loop's steps, its status read through the HTTP
+//! API; a change of percents; the file deleted), and end to end (`ringmaster run --dir`
+//! on `ringmaster hub serve --fleet`).
 
+#[path = "common/proc.rs"]
+mod proc;
+
+use proc::Proc;
+use ringmaster::client::Hub as _;
+use ringmaster::client::azure::{AzureHub, AzureHubOptions};
 use ringmaster::clock::SystemClock;
 use ringmaster::hub::EmbeddedHub;
 use ringmaster::iothub::device::Device;
@@ -13,7 +20,11 @@ use ringmaster::run::{Controller, HubAccess};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringmaster");
 
 const DEVICES: usize = 400;
 
@@ -47,8 +58,11 @@ fn setup(dir: &Path) -> Setup {
         })
         .collect();
     hub.create_devices(devices).unwrap();
-    hub.create_device_with_twin(Device::new("lab-1"), &json!({"tags": {"environment": "lab"}}))
-        .unwrap();
+    hub.create_device_with_twin(
+        Device::new("lab-1"),
+        &json!({"tags": {"environment": "lab"}}),
+    )
+    .unwrap();
     let api = Arc::new(ApiState::new(store.clone()));
     let ctl = Controller::new(
         api.clone(),
@@ -71,10 +85,7 @@ fn tags(hub: &EmbeddedHub) -> BTreeMap<String, Option<String>> {
         .into_iter()
         .map(|d| {
             let t = hub.get_twin(&d.device_id).unwrap();
-            (
-                d.device_id,
-                t["tags"]["ring"].as_str().map(str::to_string),
-            )
+            (d.device_id, t["tags"]["ring"].as_str().map(str::to_string))
         })
         .collect()
 }
@@ -130,7 +141,10 @@ async fn a_rings_file_tags_the_fleet_moves_only_what_a_change_asks_and_stops_whe
     assert_eq!(st["pendingWrites"], 0);
     assert_eq!(st["written"], DEVICES as u64);
     assert_eq!(st["observedGeneration"], 1);
-    assert!(st["strata"]["5000x"]["canary"].as_u64().unwrap() > 0, "{st}");
+    assert!(
+        st["strata"]["5000x"]["canary"].as_u64().unwrap() > 0,
+        "{st}"
+    );
     let ready = st["conditions"]
         .as_array()
         .unwrap()
@@ -161,7 +175,10 @@ async fn a_rings_file_tags_the_fleet_moves_only_what_a_change_asks_and_stops_whe
     assert_eq!(one["generation"], 2);
     assert_eq!(one["status"]["observedGeneration"], 2, "{one}");
     assert_eq!(one["status"]["written"], moved.len() as u64);
-    assert_eq!(one["status"]["rings"]["canary"], count(&after, "canary") as u64);
+    assert_eq!(
+        one["status"]["rings"]["canary"],
+        count(&after, "canary") as u64
+    );
 
     // A device that arrives is tagged by the next pass.
     s.hub
@@ -211,4 +228,174 @@ async fn a_rings_file_naming_a_missing_hub_says_so_and_tags_nothing() {
         Some(ringmaster::resolver::HubProblem::HubNotFound)
     );
     assert!(e.hub_error.as_deref().unwrap().contains("plant"), "{e:?}");
+}
+
+/// Every device's ring tag, through the hub's REST query.
+async fn remote_tags(hub: &AzureHub) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
+    let mut continuation: Option<String> = None;
+    loop {
+        let page = hub
+            .query(
+                "SELECT deviceId, tags FROM devices",
+                Some(1000),
+                continuation.as_deref(),
+            )
+            .await
+            .unwrap();
+        for row in &page.items {
+            out.insert(
+                row["deviceId"].as_str().unwrap().to_string(),
+                row["tags"]["ring"].as_str().map(str::to_string),
+            );
+        }
+        match page.continuation {
+            Some(c) => continuation = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// Polls `GET url` until `done` holds for its body (30 s at most).
+async fn until(
+    url: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+            && done(&v)
+        {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const FLEET: &str = "devices: 300\nidPrefix: dev-\nseed: 7\nmodels: {\"4000x\": 0.5, \"5000x\": 0.5}\nregions: {eu-west: 0.5, us-east: 0.5}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_dir_on_hub_serve_tags_the_fleet_and_follows_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = dir.path().join("fleet.yaml");
+    std::fs::write(&fleet, FLEET).unwrap();
+    let cs_file = dir.path().join("hub.cs");
+    let hub = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "hub",
+                "serve",
+                "--in-memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--fleet",
+            ])
+            .arg(&fleet)
+            .arg("--connection-string-file")
+            .arg(&cs_file)
+            .env("RUST_LOG", "warn"),
+    );
+    let hub_url = hub.wait_for(|l| {
+        l.strip_prefix("ringmaster hub listening on ")
+            .map(str::to_string)
+    });
+    hub.wait_for(|l| {
+        l.starts_with("connection string: written to ")
+            .then_some(())
+    });
+    let cs = std::fs::read_to_string(&cs_file).unwrap();
+    let cs = cs.lines().next().unwrap().to_string();
+    let client = AzureHub::new(
+        &cs,
+        AzureHubOptions {
+            base_url: Some(hub_url.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(remote_tags(&client).await.values().all(Option::is_none));
+
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(
+        src.join("hub.yaml"),
+        format!("apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {{name: plant, namespace: fleet}}\nspec: {{type: embedded, url: \"{hub_url}\", limits: {{twinUpdatesPerSecond: 1000}}}}\n"),
+    )
+    .unwrap();
+    let file = |canary, early| rings(canary, early).replace("\"tags.environment='prod'\"", "\"*\"");
+    std::fs::write(src.join("rings.yaml"), file(10, 30)).unwrap();
+    let run = Proc::spawn(
+        Command::new(BIN)
+            .args(["run", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&src)
+            .arg("--state")
+            .arg(dir.path().join("state.db"))
+            .env("RINGMASTER_HUB_FLEET_PLANT", &cs)
+            .env("RUST_LOG", "warn"),
+    );
+    let api = run.wait_for(|l| {
+        l.strip_prefix("ringmaster api listening on ")
+            .map(str::to_string)
+    });
+    let one = format!("{api}/api/v1/devicerings/fleet/chillers");
+    let settled = |g: i64| {
+        move |v: &serde_json::Value| {
+            v["status"]["observedGeneration"] == g
+                && v["status"]["devices"] == 300
+                && v["status"]["pendingWrites"] == 0
+                && v["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        }
+    };
+    let st = until(&one, "every device tagged", settled(1)).await;
+    let before = remote_tags(&client).await;
+    assert_eq!(before.len(), 300);
+    for ring in ["canary", "early", "broad"] {
+        assert_eq!(
+            st["status"]["rings"][ring],
+            count(&before, ring) as u64,
+            "{st}"
+        );
+    }
+    assert!(count(&before, "canary").abs_diff(30) <= 2, "{before:?}");
+    assert!(count(&before, "early").abs_diff(90) <= 2, "{before:?}");
+
+    // Canary 10% -> 20% (early 30% -> 20%): the file event brings a pass at once; only
+    // early devices move, into canary.
+    std::fs::write(src.join("rings.yaml"), file(20, 20)).unwrap();
+    until(&one, "the new percents applied", settled(2)).await;
+    let after = remote_tags(&client).await;
+    let moved: Vec<_> = before
+        .iter()
+        .filter(|(id, t)| after[*id] != **t)
+        .map(|(id, t)| (id.clone(), t.clone(), after[id].clone()))
+        .collect();
+    assert!(!moved.is_empty());
+    for (id, from, to) in &moved {
+        assert_eq!(
+            (from.as_deref(), to.as_deref()),
+            (Some("early"), Some("canary")),
+            "{id}"
+        );
+    }
+    assert_eq!(count(&after, "broad"), count(&before, "broad"));
+
+    // The file deleted: the API stops listing it; the tags stay.
+    std::fs::remove_file(src.join("rings.yaml")).unwrap();
+    until(
+        &format!("{api}/api/v1/devicerings"),
+        "the DeviceRings gone",
+        |v| v["items"] == json!([]),
+    )
+    .await;
+    assert_eq!(remote_tags(&client).await, after);
+    drop(run);
 }

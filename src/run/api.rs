@@ -196,7 +196,11 @@ async fn one_rings(
     State(st): State<Arc<ApiState>>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    let found = st.rings.lock().get(&(namespace.clone(), name.clone())).cloned();
+    let found = st
+        .rings
+        .lock()
+        .get(&(namespace.clone(), name.clone()))
+        .cloned();
     match found {
         Some(r) => Json(r).into_response(),
         None => error(

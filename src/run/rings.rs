@@ -219,16 +219,15 @@ impl Rings {
                 }
             }
         }
-        let done: Vec<_> = futures::stream::iter(work.into_iter().map(
-            |(key, entry, driver)| async move {
+        let done: Vec<_> =
+            futures::stream::iter(work.into_iter().map(|(key, entry, driver)| async move {
                 let r = entry.resource();
                 let outcome = driver.reconcile(&r, &entry.status).await;
                 (key, entry.generation, outcome)
-            },
-        ))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         let now = Instant::now();
         let mut entries = api.rings.lock();
         for (key, generation, outcome) in done {

@@ -366,6 +366,22 @@ async fn run_dir_on_hub_serve_tags_the_fleet_and_follows_the_file() {
         );
     }
     assert!(count(&before, "canary").abs_diff(30) <= 2, "{before:?}");
+    // `ringmaster status` shows it under the rollouts.
+    let out = Command::new(BIN)
+        .args(["status", "--api", &api])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "devicerings fleet/chillers: 300 devices (canary {}, early {}, broad {}), 0 writes pending",
+            count(&before, "canary"),
+            count(&before, "early"),
+            count(&before, "broad")
+        )),
+        "{text}"
+    );
     assert!(count(&before, "early").abs_diff(90) <= 2, "{before:?}");
 
     // Canary 10% -> 20% (early 30% -> 20%): the file event brings a pass at once; only

@@ -115,6 +115,56 @@ async fn list(client: &reqwest::Client, api: &str) -> Result<Listing> {
     })
 }
 
+/// The `DeviceRings` lines of `ringmaster status` (`GET /api/v1/devicerings`), one per
+/// resource in `namespace` (all without one): devices per ring, pending writes,
+/// conflicts, hand-set tags, and a hub or file problem. Empty when the controller has none
+/// or does not serve the route (Kubernetes mode: `kubectl get drg`).
+async fn rings_lines(client: &reqwest::Client, api: &str, namespace: Option<&str>) -> String {
+    let url = format!("{}/api/v1/devicerings", api.trim_end_matches('/'));
+    let Ok(resp) = client.get(&url).send().await else {
+        return String::new();
+    };
+    if !resp.status().is_success() {
+        return String::new();
+    }
+    let Ok(body) = resp.json::<serde_json::Value>().await else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for r in body["items"].as_array().into_iter().flatten() {
+        let ns = r["namespace"].as_str().unwrap_or_default();
+        if namespace.is_some_and(|n| n != ns) {
+            continue;
+        }
+        let st = &r["status"];
+        let rings: Vec<String> = r["spec"]["rings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["name"].as_str())
+            .map(|n| format!("{n} {}", st["rings"][n].as_u64().unwrap_or(0)))
+            .collect();
+        out.push_str(&format!(
+            "devicerings {ns}/{}: {} devices ({}), {} writes pending, {} conflicts, {} hand-set\n",
+            r["name"].as_str().unwrap_or_default(),
+            st["devices"].as_u64().unwrap_or(0),
+            rings.join(", "),
+            st["pendingWrites"].as_u64().unwrap_or(0),
+            st["conflicts"].as_u64().unwrap_or(0),
+            st["handSetCount"].as_u64().unwrap_or(0),
+        ));
+        for e in [&r["sourceError"], &r["hubError"]] {
+            if let Some(e) = e.as_str() {
+                out.push_str(&format!(
+                    "devicerings {ns}/{}: {e}\n",
+                    r["name"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Picks the rollouts NAME means.
 fn select<'a>(
     items: &'a [StoredRollout],
@@ -235,6 +285,9 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 }
             }
             if args.name.is_none() {
+                text.push_str(
+                    &rings_lines(&client, &args.api.api, args.api.namespace.as_deref()).await,
+                );
                 for f in &listing.failing_files {
                     text.push_str(&format!("source file {f}\n"));
                 }

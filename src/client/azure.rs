@@ -50,11 +50,13 @@ pub type RequestBudget = Rates;
 
 impl RequestBudget {
     /// What a `Hub` resource's `limits` declare (its units and tier): configuration
-    /// operations and queries at those rates, the rest as one S1 unit.
+    /// operations, queries and twin updates (the tags `DeviceRings` writes) at those
+    /// rates, the rest as one S1 unit.
     pub fn for_limits(limits: &crate::resources::HubLimits) -> RequestBudget {
         RequestBudget {
             configurations_per_min: f64::from(limits.configuration_writes_per_minute.max(1)),
             queries_per_min: f64::from(limits.queries_per_minute.max(1)),
+            twin_updates_per_sec: f64::from(limits.twin_updates_per_second.max(1)),
             ..RequestBudget::s1(1)
         }
     }
@@ -775,6 +777,17 @@ mod tests {
     use super::*;
 
     const CS: &str = "HostName=hub.example:8443;SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY=";
+
+    #[test]
+    fn the_budget_of_a_hub_takes_its_declared_twin_update_rate() {
+        let limits = crate::resources::HubLimits {
+            twin_updates_per_second: 200,
+            ..Default::default()
+        };
+        let b = RequestBudget::for_limits(&limits);
+        assert_eq!(b.twin_updates_per_sec, 200.0);
+        assert_eq!(b.queries_per_min, 20.0);
+    }
 
     #[test]
     fn debug_output_hides_the_key_and_tokens() {

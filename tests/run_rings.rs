@@ -280,12 +280,12 @@ async fn until(
 
 const FLEET: &str = "devices: 300\nidPrefix: dev-\nseed: 7\nmodels: {\"4000x\": 0.5, \"5000x\": 0.5}\nregions: {eu-west: 0.5, us-east: 0.5}\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_dir_on_hub_serve_tags_the_fleet_and_follows_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let fleet = dir.path().join("fleet.yaml");
+/// `ringmaster hub serve --fleet` with 300 untagged devices: the process, its url, its
+/// connection string and a client.
+fn hub_serve(dir: &Path) -> (Proc, String, String, AzureHub) {
+    let fleet = dir.join("fleet.yaml");
     std::fs::write(&fleet, FLEET).unwrap();
-    let cs_file = dir.path().join("hub.cs");
+    let cs_file = dir.join("hub.cs");
     let hub = Proc::spawn(
         Command::new(BIN)
             .args([
@@ -319,16 +319,43 @@ async fn run_dir_on_hub_serve_tags_the_fleet_and_follows_the_file() {
         },
     )
     .unwrap();
+    (hub, hub_url, cs, client)
+}
+
+fn hub_file(hub_url: &str) -> String {
+    format!(
+        "apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {{name: plant, namespace: fleet}}\nspec: {{type: embedded, url: \"{hub_url}\", limits: {{twinUpdatesPerSecond: 1000}}}}\n"
+    )
+}
+
+/// A DeviceRings over every device, in the Hub `plant`.
+fn file(canary: u32, early: u32) -> String {
+    rings(canary, early).replace("\"tags.environment='prod'\"", "\"*\"")
+}
+
+/// Whether a `GET /api/v1/devicerings/...` body shows generation `g` applied to the 300
+/// devices, nothing pending, Ready.
+fn settled(g: i64) -> impl Fn(&serde_json::Value) -> bool {
+    move |v: &serde_json::Value| {
+        v["status"]["observedGeneration"] == g
+            && v["status"]["devices"] == 300
+            && v["status"]["pendingWrites"] == 0
+            && v["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_dir_on_hub_serve_tags_the_fleet_and_follows_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_hub, hub_url, cs, client) = hub_serve(dir.path());
     assert!(remote_tags(&client).await.values().all(Option::is_none));
 
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(
-        src.join("hub.yaml"),
-        format!("apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {{name: plant, namespace: fleet}}\nspec: {{type: embedded, url: \"{hub_url}\", limits: {{twinUpdatesPerSecond: 1000}}}}\n"),
-    )
-    .unwrap();
-    let file = |canary, early| rings(canary, early).replace("\"tags.environment='prod'\"", "\"*\"");
+    std::fs::write(src.join("hub.yaml"), hub_file(&hub_url)).unwrap();
     std::fs::write(src.join("rings.yaml"), file(10, 30)).unwrap();
     let run = Proc::spawn(
         Command::new(BIN)
@@ -344,17 +371,6 @@ async fn run_dir_on_hub_serve_tags_the_fleet_and_follows_the_file() {
             .map(str::to_string)
     });
     let one = format!("{api}/api/v1/devicerings/fleet/chillers");
-    let settled = |g: i64| {
-        move |v: &serde_json::Value| {
-            v["status"]["observedGeneration"] == g
-                && v["status"]["devices"] == 300
-                && v["status"]["pendingWrites"] == 0
-                && v["status"]["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-        }
-    };
     let st = until(&one, "every device tagged", settled(1)).await;
     let before = remote_tags(&client).await;
     assert_eq!(before.len(), 300);
@@ -406,6 +422,89 @@ async fn run_dir_on_hub_serve_tags_the_fleet_and_follows_the_file() {
 
     // The file deleted: the API stops listing it; the tags stay.
     std::fs::remove_file(src.join("rings.yaml")).unwrap();
+    until(
+        &format!("{api}/api/v1/devicerings"),
+        "the DeviceRings gone",
+        |v| v["items"] == json!([]),
+    )
+    .await;
+    assert_eq!(remote_tags(&client).await, after);
+    drop(run);
+}
+
+/// Runs `git` in `dir`.
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_git_on_hub_serve_tags_the_fleet_and_follows_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_hub, hub_url, cs, client) = hub_serve(dir.path());
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    std::fs::write(work.join("hub.yaml"), hub_file(&hub_url)).unwrap();
+    std::fs::write(work.join("rings.yaml"), file(10, 30)).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "rings"]);
+    let run = Proc::spawn(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--interval",
+                "1s",
+                "--git",
+            ])
+            .arg(format!("file://{}", work.display()))
+            .args(["--branch", "main", "--git-cache"])
+            .arg(dir.path().join("cache.git"))
+            .arg("--state")
+            .arg(dir.path().join("state.db"))
+            .env("RINGMASTER_HUB_FLEET_PLANT", &cs)
+            .env("RUST_LOG", "warn"),
+    );
+    let api = run.wait_for(|l| {
+        l.strip_prefix("ringmaster api listening on ")
+            .map(str::to_string)
+    });
+    let one = format!("{api}/api/v1/devicerings/fleet/chillers");
+    until(&one, "every device tagged", settled(1)).await;
+    let before = remote_tags(&client).await;
+    assert!(count(&before, "canary").abs_diff(30) <= 2, "{before:?}");
+
+    // A commit grows canary: the next fetch applies it, moving early devices only.
+    std::fs::write(work.join("rings.yaml"), file(20, 20)).unwrap();
+    git(&work, &["commit", "-q", "-am", "canary 20%"]);
+    until(&one, "the commit applied", settled(2)).await;
+    let after = remote_tags(&client).await;
+    for (id, t) in &before {
+        if after[id] != *t {
+            assert_eq!(
+                (t.as_deref(), after[id].as_deref()),
+                (Some("early"), Some("canary")),
+                "{id}"
+            );
+        }
+    }
+    assert!(count(&after, "canary").abs_diff(60) <= 2, "{after:?}");
+
+    // A commit removes the file: it drops out; the tags stay.
+    git(&work, &["rm", "-q", "rings.yaml"]);
+    git(&work, &["commit", "-q", "-m", "no rings"]);
     until(
         &format!("{api}/api/v1/devicerings"),
         "the DeviceRings gone",

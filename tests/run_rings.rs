@@ -46,6 +46,10 @@ struct Setup {
 }
 
 fn setup(dir: &Path) -> Setup {
+    setup_with(dir, HubAccess::default())
+}
+
+fn setup_with(dir: &Path, access: HubAccess) -> Setup {
     let store = StateStore::open(&dir.join("state.db")).unwrap();
     let hub = EmbeddedHub::in_memory(Arc::new(SystemClock));
     let devices = (0..DEVICES)
@@ -68,7 +72,7 @@ fn setup(dir: &Path) -> Setup {
         api.clone(),
         Catalog::restore(store.good_files().unwrap()),
         hub.clone(),
-        HubAccess::default(),
+        access,
     );
     Setup { ctl, hub, api }
 }
@@ -77,6 +81,7 @@ fn setup(dir: &Path) -> Setup {
 async fn pass(s: &mut Setup, root: &Path) {
     s.ctl.ingest(&scan(root).unwrap()).await.unwrap();
     s.ctl.reconcile_due().await.unwrap();
+    s.ctl.rings_passed().await;
 }
 
 /// Every device's ring tag.
@@ -513,4 +518,64 @@ async fn run_git_on_hub_serve_tags_the_fleet_and_follows_commits() {
     .await;
     assert_eq!(remote_tags(&client).await, after);
     drop(run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_never_answers_a_pass_holds_up_no_rollout() {
+    // A hub that takes connections and never answers.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = stuck.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = stuck.accept().await {
+            held.push(sock);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(secrets.join("fleet")).unwrap();
+    std::fs::write(
+        secrets.join("fleet").join("stuck"),
+        format!("HostName={at};SharedAccessKeyName=iothubowner;SharedAccessKey=c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY="),
+    )
+    .unwrap();
+    let root = dir.path().join("src");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(
+        root.join("hub.yaml"),
+        format!("apiVersion: ringmaster.dev/v1alpha1\nkind: Hub\nmetadata: {{name: stuck, namespace: fleet}}\nspec: {{type: embedded, url: \"http://{at}\"}}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("rings.yaml"),
+        rings(10, 30).replace("hub: plant", "hub: stuck"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("rollout.yaml"),
+        "apiVersion: ringmaster.dev/v1alpha1\nkind: DeviceRollout\nmetadata: {name: a, namespace: fleet}\nspec:\n  target: \"*\"\n  priority: 5\n  content:\n    device:\n      properties.desired.x: {value: 1}\n  rings:\n    - {name: all, target: \"*\"}\n  baseline: \"off\"\n",
+    )
+    .unwrap();
+    let mut s = setup_with(
+        dir.path(),
+        HubAccess {
+            secrets_dir: Some(secrets),
+            ca_pem: None,
+        },
+    );
+    s.ctl.ingest(&scan(&root).unwrap()).await.unwrap();
+    // The round returns with the rollout applied while the pass still waits on the hub.
+    s.ctl.reconcile_due().await.unwrap();
+    assert!(
+        s.hub
+            .list_configurations()
+            .iter()
+            .any(|c| c.id.starts_with("fleet_a_")),
+        "the rollout was reconciled"
+    );
+    let entry = s.api.rings.lock()[&("fleet".to_string(), "chillers".to_string())].clone();
+    assert_eq!(entry.last_pass, None, "{entry:?}");
+    // The next round starts no second pass of it.
+    s.ctl.reconcile_all_now();
+    s.ctl.reconcile_due().await.unwrap();
 }

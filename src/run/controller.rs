@@ -274,6 +274,12 @@ impl Controller {
         }
     }
 
+    /// Waits for the `DeviceRings` passes that run (on a task of their own, see
+    /// [`super::rings`]; tests).
+    pub async fn rings_passed(&mut self) {
+        self.rings.wait().await;
+    }
+
     /// Makes every rollout due now (tests; a forced resync).
     pub fn reconcile_all_now(&mut self) {
         self.due.clear();
@@ -321,7 +327,7 @@ impl Controller {
             let driver = self.hub_driver(&key.0, &hub).await;
             resolved.push((key, driver));
         }
-        self.rings.pass(&self.api, resolved).await;
+        self.rings.pass(&self.api, resolved);
         let rings_next = self.rings.next_due();
         res.map(|next| match (next, rings_next) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -8,6 +8,11 @@
 //! seen (1 for the first), so that `observedGeneration` says whether the status is of the
 //! spec in the file.
 //!
+//! Passes run on a task of their own, so that a slow hub (a read of 100 pages, a burst of
+//! tag writes, a request that hangs until its timeout) holds up no rollout's reconcile and
+//! no operator request; a `DeviceRings` has one pass at a time, and the end of a pass
+//! wakes the loop.
+//!
 //! A `DeviceRings` whose file is gone gets no more passes: the tags it wrote stay on the
 //! twins (rollouts target them; removing them would take devices out of their rings).
 //!
@@ -16,14 +21,15 @@
 //! when the resolver makes a new one (the Hub or its secret changed).
 
 use crate::driver::Driver;
-use crate::driver::rings::RingsDriver;
+use crate::driver::rings::{RingsDriver, RingsOutcome};
 use crate::resolver::{HubConfigError, HubProblem};
 use crate::resources::{DeviceRings, DeviceRingsSpec, DeviceRingsStatus};
 use crate::run::api::ApiState;
 use crate::run::sources::Key;
 use futures::StreamExt;
+use parking_lot::Mutex;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -88,7 +94,11 @@ impl RingsEntry {
 /// When each `DeviceRings` is due, and the rings driver of each hub.
 #[derive(Default)]
 pub(crate) struct Rings {
-    due: HashMap<Key, Instant>,
+    due: Arc<Mutex<HashMap<Key, Instant>>>,
+    /// Those whose pass is running.
+    in_flight: Arc<Mutex<HashSet<Key>>>,
+    /// The tasks running passes.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// By the address of the rollouts' driver it was made from (kept alive here, so the
     /// address is not reused while the entry exists).
     drivers: HashMap<usize, (Arc<Driver>, Arc<RingsDriver>)>,
@@ -114,7 +124,7 @@ impl Rings {
             if let Some(old) = entries.remove(&key) {
                 tracing::info!(devicerings = %format!("{}/{}", key.0, key.1), file = %old.source, "its file is gone: no more passes; the tags it wrote stay");
             }
-            self.due.remove(&key);
+            self.due.lock().remove(&key);
             for (_, d) in self.drivers.values() {
                 d.forget(&key.0, &key.1);
             }
@@ -128,13 +138,13 @@ impl Rings {
                     if e.spec != r.spec {
                         e.spec = r.spec;
                         e.generation += 1;
-                        self.due.insert(key.clone(), now);
+                        self.due.lock().insert(key.clone(), now);
                     }
                     e.source = file;
                     e.source_error = source_error;
                 }
                 None => {
-                    self.due.insert(key.clone(), now);
+                    self.due.lock().insert(key.clone(), now);
                     entries.insert(
                         key.clone(),
                         RingsEntry {
@@ -157,22 +167,37 @@ impl Rings {
 
     /// The `DeviceRings` due by `now`, with the `Hub` each names: `(key, hub name)`.
     pub(crate) fn due(&self, api: &ApiState, now: Instant) -> Vec<(Key, String)> {
+        let (due, in_flight) = (self.due.lock(), self.in_flight.lock());
         let entries = api.rings.lock();
         entries
             .iter()
-            .filter(|(k, _)| self.due.get(*k).is_none_or(|at| *at <= now))
+            .filter(|(k, _)| !in_flight.contains(*k))
+            .filter(|(k, _)| due.get(*k).is_none_or(|at| *at <= now))
             .map(|(k, e)| (k.clone(), e.hub().to_string()))
             .collect()
     }
 
     /// Makes every `DeviceRings` due now.
     pub(crate) fn all_now(&mut self) {
-        self.due.clear();
+        self.due.lock().clear();
     }
 
-    /// When the next `DeviceRings` is due.
+    /// When the next `DeviceRings` is due (the end of a running pass wakes the loop).
     pub(crate) fn next_due(&self) -> Option<Instant> {
-        self.due.values().min().copied()
+        let in_flight = self.in_flight.lock();
+        self.due
+            .lock()
+            .iter()
+            .filter(|(k, _)| !in_flight.contains(*k))
+            .map(|(_, at)| *at)
+            .min()
+    }
+
+    /// Waits for the passes that run.
+    pub(crate) async fn wait(&mut self) {
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
     }
 
     fn rings_driver(&mut self, driver: &Arc<Driver>) -> Arc<RingsDriver> {
@@ -193,13 +218,14 @@ impl Rings {
             .clone()
     }
 
-    /// One pass of each due `DeviceRings` whose hub resolved (`Ok`), at most
-    /// [`CONCURRENCY`] at once; a hub problem is recorded and tried again later.
-    pub(crate) async fn pass(
+    /// Starts a pass of each due `DeviceRings` whose hub resolved (`Ok`) on a task, at
+    /// most [`CONCURRENCY`] at once; a hub problem is recorded and tried again later.
+    pub(crate) fn pass(
         &mut self,
-        api: &ApiState,
+        api: &Arc<ApiState>,
         resolved: Vec<(Key, Result<Arc<Driver>, HubConfigError>)>,
     ) {
+        self.tasks.retain(|t| !t.is_finished());
         let mut work = Vec::new();
         for (key, driver) in resolved {
             let Some(entry) = api.rings.lock().get(&key).cloned() else {
@@ -211,6 +237,7 @@ impl Rings {
                     let msg = format!("{}: {e}", e.problem);
                     tracing::warn!(devicerings = %format!("{}/{}", key.0, key.1), "{msg}");
                     self.due
+                        .lock()
                         .insert(key.clone(), Instant::now() + HUB_PROBLEM_RETRY);
                     if let Some(en) = api.rings.lock().get_mut(&key) {
                         en.hub_error = Some(msg);
@@ -219,39 +246,66 @@ impl Rings {
                 }
             }
         }
-        let done: Vec<_> =
-            futures::stream::iter(work.into_iter().map(|(key, entry, driver)| async move {
-                let r = entry.resource();
-                let outcome = driver.reconcile(&r, &entry.status).await;
-                (key, entry.generation, outcome)
-            }))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        let now = Instant::now();
-        let mut entries = api.rings.lock();
-        for (key, generation, outcome) in done {
-            let who = format!("{}/{}", key.0, key.1);
-            if outcome.updates > 0 || outcome.queries > 0 {
-                tracing::debug!(devicerings = %who, queries = outcome.queries, updates = outcome.updates, "pass");
-            }
-            let Some(e) = entries.get_mut(&key) else {
-                continue; // its file went while the pass ran
-            };
-            if e.status.message != outcome.status.message
-                && let Some(m) = &outcome.status.message
-            {
-                tracing::info!(devicerings = %who, "{m}");
-            }
-            e.status = outcome.status;
-            e.hub_error = None;
-            e.hub_problem = None;
-            e.last_pass = Some(jiff::Timestamp::now().to_string());
-            // A spec changed while the pass ran stays due now.
-            if e.generation == generation {
-                self.due
-                    .insert(key, now + outcome.requeue_after.min(MAX_INTERVAL));
-            }
+        if work.is_empty() {
+            return;
+        }
+        self.in_flight
+            .lock()
+            .extend(work.iter().map(|(k, _, _)| k.clone()));
+        let (api, due, in_flight) = (api.clone(), self.due.clone(), self.in_flight.clone());
+        self.tasks.push(tokio::spawn(async move {
+            let done: Vec<_> =
+                futures::stream::iter(work.into_iter().map(|(key, entry, driver)| async move {
+                    let r = entry.resource();
+                    let outcome = driver.reconcile(&r, &entry.status).await;
+                    (key, entry.generation, driver, outcome)
+                }))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            record(&api, &due, &in_flight, done);
+            api.wake.notify_one();
+        }));
+    }
+}
+
+/// What a pass gives back: the key, the generation it ran on, its driver, its outcome.
+type Done = (Key, i64, Arc<RingsDriver>, RingsOutcome);
+
+/// Records what passes found, and when each `DeviceRings` is due next.
+fn record(
+    api: &ApiState,
+    due: &Mutex<HashMap<Key, Instant>>,
+    in_flight: &Mutex<HashSet<Key>>,
+    done: Vec<Done>,
+) {
+    let now = Instant::now();
+    let mut entries = api.rings.lock();
+    let mut due = due.lock();
+    let mut in_flight = in_flight.lock();
+    for (key, generation, driver, outcome) in done {
+        in_flight.remove(&key);
+        let who = format!("{}/{}", key.0, key.1);
+        if outcome.updates > 0 || outcome.queries > 0 {
+            tracing::debug!(devicerings = %who, queries = outcome.queries, updates = outcome.updates, "pass");
+        }
+        let Some(e) = entries.get_mut(&key) else {
+            // Its file went while the pass ran.
+            driver.forget(&key.0, &key.1);
+            continue;
+        };
+        if e.status.message != outcome.status.message
+            && let Some(m) = &outcome.status.message
+        {
+            tracing::info!(devicerings = %who, "{m}");
+        }
+        e.status = outcome.status;
+        e.hub_error = None;
+        e.hub_problem = None;
+        e.last_pass = Some(jiff::Timestamp::now().to_string());
+        // A spec changed while the pass ran stays due now.
+        if e.generation == generation {
+            due.insert(key, now + outcome.requeue_after.min(MAX_INTERVAL));
         }
     }
 }

@@ -196,6 +196,23 @@ async fn a_rings_file_tags_the_fleet_moves_only_what_a_change_asks_and_stops_whe
     pass(&mut s, &root).await;
     assert!(tags(&s.hub)["new-1"].is_some());
 
+    // A broken version (percents add up to 110) keeps the last good one in effect, and
+    // says so.
+    let good = tags(&s.hub);
+    std::fs::write(
+        root.join("rings.yaml"),
+        rings(30, 20).replace("percent: 50", "percent: 60"),
+    )
+    .unwrap();
+    pass(&mut s, &root).await;
+    let (_, one) = get(&format!("{base}/api/v1/devicerings/fleet/chillers")).await;
+    assert_eq!(one["generation"], 2, "{one}");
+    assert!(
+        one["sourceError"].as_str().unwrap().contains("rings.yaml"),
+        "{one}"
+    );
+    assert_eq!(tags(&s.hub), good);
+
     // The file deleted: no more passes (a new device stays untagged), the tags stay, the
     // API no longer lists it.
     std::fs::remove_file(root.join("rings.yaml")).unwrap();

@@ -136,6 +136,17 @@ spec:
     .await;
     assert!(status.phase.is_some(), "{status:?}");
 
+    // Its Events, created on the ServiceAccount's `create` alone (every transition is a
+    // new Event; the Role grants no `patch`).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), "fleet");
+    poll(30, "an Event about the rollout", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("fw"))
+    })
+    .await;
+
     let leases: Api<Lease> = Api::namespaced(admin.clone(), "ringmaster-system");
     let holder = leases
         .get("ringmaster-controller")

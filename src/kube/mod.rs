@@ -27,7 +27,7 @@
 //! - `ringmaster.dev` `devicerollouts/status`: get, patch
 //! - `ringmaster.dev` `hubs`: get, list, watch
 //! - core `secrets`: get
-//! - `events.k8s.io` `events`: create (patch is no longer used: every event is new)
+//! - `events.k8s.io` `events`: create (every transition is a new Event)
 //! - `coordination.k8s.io` `leases`: get, create, patch (in the lease namespace)
 //! - with `--console-addr`: `authentication.k8s.io` `tokenreviews` and
 //!   `authorization.k8s.io` `subjectaccessreviews`: create

@@ -360,16 +360,7 @@ async fn the_console_shows_explains_troubleshoots_and_acts_in_a_browser() {
             .arg(&cs_file)
             .env("RUST_LOG", "warn"),
     );
-    let hub_url = hub.wait_for(|l| {
-        l.strip_prefix("ringmaster hub listening on ")
-            .map(str::to_string)
-    });
-    hub.wait_for(|l| {
-        l.starts_with("connection string: written to ")
-            .then_some(())
-    });
-    let cs = std::fs::read_to_string(&cs_file).unwrap();
-    let cs = cs.lines().next().unwrap().to_string();
+    let (hub_url, cs) = hub.hub_serve_ready(&cs_file);
     let hub_client = AzureHub::new(
         &cs,
         AzureHubOptions {

@@ -135,16 +135,7 @@ async fn run_kube_serves_the_console_and_the_clusters_rbac_decides_who_promotes(
             .arg(&cs_file)
             .env("RUST_LOG", "warn"),
     );
-    let url = hub.wait_for(|l| {
-        l.strip_prefix("ringmaster hub listening on ")
-            .map(str::to_string)
-    });
-    hub.wait_for(|l| {
-        l.starts_with("connection string: written to ")
-            .then_some(())
-    });
-    let cs = std::fs::read_to_string(&cs_file).unwrap();
-    let cs = cs.lines().next().unwrap().to_string();
+    let (url, cs) = hub.hub_serve_ready(&cs_file);
     let secret = ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&());
     create(
         &client,

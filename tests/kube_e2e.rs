@@ -446,16 +446,7 @@ async fn run_kube_takes_a_good_rollout_to_healthy_and_rolls_a_faulty_one_back() 
             .arg(&cs_file)
             .env("RUST_LOG", "warn"),
     );
-    let url = hub.wait_for(|l| {
-        l.strip_prefix("ringmaster hub listening on ")
-            .map(str::to_string)
-    });
-    hub.wait_for(|l| {
-        l.starts_with("connection string: written to ")
-            .then_some(())
-    });
-    let cs = std::fs::read_to_string(&cs_file).unwrap();
-    let cs = cs.lines().next().unwrap().to_string();
+    let (url, cs) = hub.hub_serve_ready(&cs_file);
 
     // The Secret, the Hub, a baseline under everything and the two rollouts.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "fleet");

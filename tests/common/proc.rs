@@ -42,6 +42,22 @@ impl Proc {
     }
 
     /// The first line that `f` accepts (60 s at most).
+    /// For `ringmaster hub serve … --connection-string-file CS_FILE`: waits until it says
+    /// where it listens and that it wrote the connection string; returns the URL and the
+    /// connection string (the file's first line).
+    pub fn hub_serve_ready(&self, cs_file: &std::path::Path) -> (String, String) {
+        let url = self.wait_for(|l| {
+            l.strip_prefix("ringmaster hub listening on ")
+                .map(str::to_string)
+        });
+        self.wait_for(|l| {
+            l.starts_with("connection string: written to ")
+                .then_some(())
+        });
+        let cs = std::fs::read_to_string(cs_file).unwrap();
+        (url, cs.lines().next().unwrap().to_string())
+    }
+
     pub fn wait_for<T>(&self, mut f: impl FnMut(&str) -> Option<T>) -> T {
         loop {
             let line = self

@@ -11,10 +11,9 @@ mod kube_env;
 #[path = "common/proc.rs"]
 mod proc;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
-use kube_env::{KubeEnv, create_namespace, install_crds, wait_until};
+use kube_env::{KubeEnv, create_namespace, install_crds, token_of, wait_until};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -37,24 +36,6 @@ firmware:
   failures: []
 settings: []
 "#;
-
-async fn token_of(client: &kube::Client, ns: &str, sa: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let tr = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: Vec::new(),
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create_token_request(sa, &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-}
 
 async fn create(client: &kube::Client, ns: &str, ar: &ApiResource, object: Value) {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);

@@ -4,74 +4,22 @@
 //! console's routes, the one allowed is recorded by name and the other is refused.
 //! Skips with one line when the API server or etcd is absent.
 
+#[path = "common/kube_env.rs"]
+mod kube_env;
+
 use async_trait::async_trait;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube_env::{KubeEnv, token_of};
 use parking_lot::Mutex;
 use ringmaster::console::kube_auth::KubeAuth;
 use ringmaster::console::{Backend, Person, RolloutRow};
 use ringmaster::driver::Driver;
 use ringmaster::resources::{DeviceRollout, Operation, OperationKind};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct KubeEnv {
-    dir: PathBuf,
-}
-
-impl KubeEnv {
-    fn script() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-env")
-    }
-
-    fn start() -> Option<KubeEnv> {
-        let available = Command::new(Self::script()).arg("available").status();
-        if !available.is_ok_and(|s| s.success()) {
-            eprintln!(
-                "skipping: no kube-apiserver in target/kube-assets (or $KUBE_ASSETS) or no etcd on PATH"
-            );
-            return None;
-        }
-        let env = KubeEnv {
-            dir: tempfile::tempdir().unwrap().keep(),
-        };
-        let out = Command::new(Self::script())
-            .arg("start")
-            .arg(&env.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kube-env start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(env)
-    }
-
-    async fn client(&self) -> kube::Client {
-        let kc = Kubeconfig::read_from(self.dir.join("kubeconfig")).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .unwrap();
-        kube::Client::try_from(config).unwrap()
-    }
-}
-
-impl Drop for KubeEnv {
-    fn drop(&mut self) {
-        let _ = Command::new(Self::script())
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-    }
-}
 
 /// A console backend whose sign-in and permissions are the cluster's.
 struct ClusterBackend {
@@ -110,24 +58,6 @@ impl Backend for ClusterBackend {
     ) -> Result<bool, String> {
         self.auth.may_patch(who, namespace, name).await
     }
-}
-
-async fn token_of(client: &kube::Client, ns: &str, sa: &str) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let tr = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: Vec::new(),
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create_token_request(sa, &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
 }
 
 #[tokio::test]
